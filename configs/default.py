@@ -1,0 +1,131 @@
+"""The default experiment config: every section and key that the library reads.
+
+Variant configs import this, call `get_config()` and change only what differs. Sections:
+  model      SpaceTimeUNet hyper-parameters (vdm_jax/models/unet.py)
+  diffusion  schedule, parameterization, loss weighting, sampler (vdm_jax/diffusion)
+  data       dataset and pipeline (vdm_jax/data)
+  text       text encoder and embedding store (vdm_jax/text)
+  train      optimizer, steps, EMA, checkpoints, logging (vdm_jax/train)
+  sharding   mesh and logical axis rules (vdm_jax/sharding.py)
+  sample     sampling at the end of / during training (vdm_jax/diffusion/samplers.py)
+  eval       evaluation (vdm_jax/eval)
+"""
+import ml_collections
+
+from vdm_jax.models import axes
+
+
+def get_config(arg=None):
+  del arg
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.stage = "base"  # base | ssr | tsr
+
+  # --- video geometry of this stage (channels-last [B, T, H, W, C]) ---
+  c.frames = 8
+  c.height = 16
+  c.width = 16
+  c.channels = 3
+  c.fps = 8.0
+
+  # --- model ---
+  m = c.model = ml_collections.ConfigDict()
+  m.base_channels = 32
+  m.channel_mult = (1, 2)
+  m.num_res_blocks = 1
+  m.spatial_attention = (False, True)     # per level
+  m.temporal_mixing = ("attention", "attention")  # per level: attention | conv | none
+  m.temporal_conv_in_resblock = False     # 3x1x1 conv inside every ResBlock (SR stages)
+  m.num_heads = 4
+  m.head_dim = 32
+  m.dropout = 0.0
+  m.num_groups = 8
+  m.rel_pos_buckets = 32
+  m.rel_pos_max_distance = 128
+  m.cond_embed_dim = 128
+  m.text_embed_dim = 384
+  m.text_cross_attention = True
+  m.fps_conditioning = True
+  m.lowres_conditioning = "none"          # none | spatial | temporal
+  m.cond_aug_conditioning = False
+  m.guidance_weight_conditioning = False  # guided distillation students
+  m.attention_impl = "xla"                # xla | cudnn | splash
+  m.dtype = "float32"                     # compute dtype (bfloat16 on accelerators)
+  m.param_dtype = "float32"
+  m.remat = "none"                        # none | block | full
+
+  # --- diffusion ---
+  d = c.diffusion = ml_collections.ConfigDict()
+  d.schedule = "cosine"                   # cosine | shifted_cosine | linear
+  d.logsnr_min = -20.0
+  d.logsnr_max = 20.0
+  d.schedule_base_resolution = 64         # shifted_cosine: shift = 2 * log(base / res)
+  d.prediction = "v"                      # v | eps | x
+  d.loss_weighting = "v_mse"              # constant | snr | truncated_snr | v_mse
+  d.num_train_timesteps = 0               # 0: continuous t; N: t on N discrete steps
+  d.cond_drop_prob = 0.1                  # classifier-free guidance dropout
+
+  # --- data ---
+  dd = c.data = ml_collections.ConfigDict()
+  dd.name = "moving_shapes"               # moving_shapes | moving_shapes_images | video_folder
+  dd.data_dir = "data"                    # where tfds builds live
+  dd.num_train_examples = 2048
+  dd.num_eval_examples = 256
+  dd.source_frames = 16                   # frames and size the clips are rendered/stored at
+  dd.source_resolution = 32
+  dd.source_fps = 8.0
+  dd.video_dir = ""                       # video_folder: the user's directory
+  dd.images_per_video = 0                 # joint image-video training: extra images per video
+  dd.shuffle_seed = 0
+  dd.worker_count = 0
+
+  # --- text ---
+  t = c.text = ml_collections.ConfigDict()
+  t.encoder = "minilm"                    # minilm | t5 | none
+  t.path = ""                             # a Hugging Face directory; "" = the packaged MiniLM
+  t.max_length = 32
+  t.precompute = True
+
+  # --- train ---
+  tr = c.train = ml_collections.ConfigDict()
+  tr.batch_size = 8                       # global batch
+  tr.num_steps = 1000
+  tr.optimizer = "adamw"                  # adam | adamw
+  tr.lr = 3e-4
+  tr.lr_schedule = "warmup_cosine"        # warmup_cosine | constant
+  tr.warmup_steps = 100
+  tr.weight_decay = 0.0
+  tr.b1 = 0.9
+  tr.b2 = 0.99
+  tr.grad_clip = 1.0
+  tr.grad_accum_steps = 1
+  tr.ema_decay = 0.9999
+  tr.ema_warmup = True
+  tr.log_every = 20
+  tr.checkpoint_every = 500
+  tr.keep_last = 3
+  tr.keep_every = 0
+  tr.sample_every = 0
+  tr.max_consecutive_nonfinite = 5
+
+  # --- sharding ---
+  s = c.sharding = ml_collections.ConfigDict()
+  s.mesh_shape = (-1, 1, 1)                # over axes (data, fsdp, tensor); -1 = the rest
+  s.logical_axis_rules = axes.DEFAULT_RULES
+
+  # --- sampling ---
+  sm = c.sample = ml_collections.ConfigDict()
+  sm.sampler = "ddim"                     # ddim | ddpm
+  sm.num_steps = 64
+  sm.eta = 0.0
+  sm.guidance_weight = 3.0
+  sm.guidance_schedule = "constant"       # constant | oscillating
+  sm.clip = "dynamic"                     # none | static | dynamic
+  sm.dynamic_percentile = 0.995
+  sm.prompts = ("a red circle moving left", "a blue square moving up")
+
+  # --- eval ---
+  e = c.eval = ml_collections.ConfigDict()
+  e.num_videos = 64
+  e.fvd = True
+  return c
