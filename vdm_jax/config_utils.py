@@ -1,0 +1,109 @@
+"""Config helpers: variant arguments (`configs/x.py:key=value,...`) and checks before compiling.
+
+`validate_config` is called by every entry point before anything is traced, so that a wrong
+value fails in a second with a message that says what is wrong and what to do, instead of deep
+inside an XLA compile.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict
+
+_CHOICES = {
+    "stage": ("base", "ssr", "tsr"),
+    "model.attention_impl": ("xla", "cudnn", "splash"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "model.lowres_conditioning": ("none", "spatial", "temporal"),
+    "diffusion.schedule": ("cosine", "shifted_cosine", "linear"),
+    "diffusion.prediction": ("v", "eps", "x"),
+    "diffusion.loss_weighting": ("constant", "snr", "truncated_snr", "v_mse"),
+    "data.name": ("moving_shapes", "moving_shapes_images", "video_folder"),
+    "text.encoder": ("minilm", "t5", "none"),
+    "train.optimizer": ("adam", "adamw"),
+    "train.lr_schedule": ("warmup_cosine", "constant"),
+    "sample.sampler": ("ddim", "ddpm"),
+    "sample.guidance_schedule": ("constant", "oscillating"),
+    "sample.clip": ("none", "static", "dynamic"),
+}
+
+
+def parse_variant(arg: str | None) -> Dict[str, str]:
+  """Parses a config variant string `key=value,key2=value2` (or a bare `name`) into a dict."""
+  out: Dict[str, str] = {}
+  if not arg:
+    return out
+  for part in arg.split(","):
+    part = part.strip()
+    if not part:
+      continue
+    if "=" in part:
+      k, v = part.split("=", 1)
+      out[k.strip()] = v.strip()
+    else:
+      out[part] = "true"
+  return out
+
+
+def _get(config, dotted: str) -> Any:
+  node = config
+  for name in dotted.split("."):
+    if name not in node:
+      return None
+    node = node[name]
+  return node
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message says which key and what to do."""
+
+
+def validate_config(config) -> None:
+  """Checks a full experiment config; raises ConfigError naming the key and the fix."""
+  errors = []
+  for key, choices in _CHOICES.items():
+    value = _get(config, key)
+    if value is not None and value not in choices:
+      errors.append(f"{key}={value!r} is not one of {choices}")
+  m = config.model
+  levels = len(m.channel_mult)
+  for key in ("spatial_attention", "temporal_mixing"):
+    if len(m[key]) != levels:
+      errors.append(
+          f"model.{key} has {len(m[key])} entries but model.channel_mult has {levels} levels; "
+          "give one entry per level")
+  for mode in m.temporal_mixing:
+    if mode not in ("attention", "conv", "none"):
+      errors.append(f"model.temporal_mixing entry {mode!r} is not one of attention|conv|none")
+  down = 2 ** (levels - 1)
+  if config.height % down or config.width % down:
+    errors.append(
+        f"height x width = {config.height}x{config.width} must be divisible by {down} "
+        f"(the U-Net halves space {levels - 1} times); change the size or model.channel_mult")
+  for key in ("base_channels", "num_groups"):
+    if m[key] <= 0:
+      errors.append(f"model.{key} must be positive, got {m[key]}")
+  if m.base_channels % m.num_groups:
+    errors.append(f"model.base_channels={m.base_channels} must be divisible by "
+                  f"model.num_groups={m.num_groups}")
+  d = config.diffusion
+  if not d.logsnr_min < d.logsnr_max:
+    errors.append(f"diffusion.logsnr_min={d.logsnr_min} must be below "
+                  f"diffusion.logsnr_max={d.logsnr_max}")
+  if not 0.0 <= d.cond_drop_prob < 1.0:
+    errors.append(f"diffusion.cond_drop_prob={d.cond_drop_prob} must lie in [0, 1)")
+  t = config.train
+  if t.batch_size <= 0 or t.num_steps < 0:
+    errors.append("train.batch_size must be positive and train.num_steps non-negative")
+  if t.grad_accum_steps <= 0 or t.batch_size % t.grad_accum_steps:
+    errors.append(f"train.batch_size={t.batch_size} must be divisible by "
+                  f"train.grad_accum_steps={t.grad_accum_steps}")
+  if not (0.0 <= t.ema_decay < 1.0):
+    errors.append(f"train.ema_decay={t.ema_decay} must lie in [0, 1)")
+  if not math.isfinite(t.lr) or t.lr <= 0:
+    errors.append(f"train.lr={t.lr} must be a positive number")
+  s = config.sample
+  if s.num_steps <= 0:
+    errors.append(f"sample.num_steps={s.num_steps} must be positive")
+  if errors:
+    raise ConfigError("Invalid config:\n  - " + "\n  - ".join(errors))
