@@ -1,0 +1,203 @@
+"""Mesh creation, logical axis rules, sharded initialization and the multi-host start.
+
+The mesh has three axes, `data`, `fsdp` and `tensor` (`vdm_jax.models.axes.MESH_AXES`), with
+Auto axis types (GSPMD semantics: XLA propagates shardings from the annotated inputs, outputs
+and `with_logical_constraint` calls). Parameters carry logical axis names
+(`nn.with_logical_partitioning`); `config.sharding.logical_axis_rules` maps them to mesh axes.
+
+Sharded initialization never materializes the full parameters on one device:
+`jax.eval_shape(init)` gives the boxed abstract tree, its logical specs become
+`NamedSharding`s, and `jax.jit(init, out_shardings=...)` creates every shard where it lives.
+"""
+import math
+import os
+from typing import Any, Callable, Sequence
+
+from absl import logging
+import flax.linen as nn
+import jax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+import numpy as np
+
+from vdm_jax.models import axes
+
+Rules = tuple[tuple[str, Any], ...]
+
+
+def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
+  """Replaces a single -1 in `mesh_shape` by "the rest" of `num_devices` and checks the product.
+
+  Raises ValueError with what to change when the shape cannot cover the devices exactly.
+  """
+  shape = tuple(int(s) for s in mesh_shape)
+  if len(shape) != len(axes.MESH_AXES):
+    raise ValueError(f"sharding.mesh_shape={shape} must have {len(axes.MESH_AXES)} entries, "
+                     f"one per mesh axis {axes.MESH_AXES}.")
+  if shape.count(-1) > 1:
+    raise ValueError(f"sharding.mesh_shape={shape} has more than one -1; at most one axis "
+                     "may take 'the rest' of the devices.")
+  if any(s == 0 or s < -1 for s in shape):
+    raise ValueError(f"sharding.mesh_shape={shape}: entries must be positive or -1.")
+  known = math.prod(s for s in shape if s != -1)
+  if num_devices % known != 0:
+    raise ValueError(
+        f"sharding.mesh_shape={shape} needs a multiple of {known} devices, but there are "
+        f"{num_devices}. Choose axis sizes whose product divides {num_devices}.")
+  if -1 in shape:
+    shape = tuple(num_devices // known if s == -1 else s for s in shape)
+  elif known != num_devices:
+    raise ValueError(
+        f"sharding.mesh_shape={shape} covers {known} devices but there are {num_devices}. "
+        "Make the product equal the device count, or use -1 for one axis.")
+  return shape
+
+
+def create_mesh(sharding_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh with Auto axis types from `config.sharding.mesh_shape`."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = resolve_mesh_shape(sharding_cfg.mesh_shape, len(devices))
+  return jax.make_mesh(shape, axes.MESH_AXES, axis_types=(AxisType.Auto,) * len(shape),
+                       devices=devices)
+
+
+def logical_rules(sharding_cfg) -> Rules:
+  """The logical axis rules from the config as a tuple of (logical name, mesh axes) pairs."""
+  rules = []
+  for rule in sharding_cfg.logical_axis_rules:
+    if len(rule) != 2:
+      raise ValueError(f"sharding.logical_axis_rules entry {rule!r} must be a pair "
+                       "(logical_name, mesh_axis or tuple of mesh axes or None).")
+    name, target = rule
+    targets = (target,) if isinstance(target, str) else tuple(target or ())
+    for t in targets:
+      if t not in axes.MESH_AXES:
+        raise ValueError(f"sharding.logical_axis_rules maps {name!r} to unknown mesh axis "
+                         f"{t!r}; mesh axes are {axes.MESH_AXES}.")
+    rules.append((name, target if isinstance(target, str) or target is None else tuple(target)))
+  return tuple(rules)
+
+
+def _axis_size(mesh: Mesh, entry) -> int:
+  if entry is None:
+    return 1
+  names = (entry,) if isinstance(entry, str) else tuple(entry)
+  return math.prod(mesh.shape[n] for n in names)
+
+
+def fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+  """Drops the mesh axes of every dimension whose size they do not divide (it is replicated).
+
+  Small layers (an RGB input conv, a 3-channel output) cannot be split 4 ways; they stay whole.
+  """
+  entries = list(spec) + [None] * (len(shape) - len(spec))
+  fitted = [e if dim % _axis_size(mesh, e) == 0 else None for e, dim in zip(entries, shape)]
+  return PartitionSpec(*fitted)
+
+
+def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
+  """NamedShardings for a tree of (possibly `nn.LogicallyPartitioned`) abstract arrays.
+
+  Boxed leaves map through the rules; plain leaves (step counters, optimizer scalars) are
+  replicated. The returned tree has the structure of `nn.unbox(abstract_tree)`.
+  """
+  logical = nn.get_partition_spec(abstract_tree)
+  mesh_specs = nn.logical_to_mesh(logical, rules)
+  shapes = nn.unbox(abstract_tree)
+  is_spec = lambda x: isinstance(x, PartitionSpec)
+  return jax.tree.map(lambda spec, x: NamedSharding(mesh, fit_spec(spec, x.shape, mesh)),
+                      mesh_specs, shapes, is_leaf=is_spec)
+
+
+def batch_axes(rules: Rules):
+  """The mesh axes that the logical `batch` axis maps to (None: replicated)."""
+  spec = nn.logical_to_mesh_axes((axes.BATCH,), rules)
+  return spec[0]
+
+
+def batch_sharding(mesh: Mesh, rules: Rules, ndim: int) -> NamedSharding:
+  """Sharding of a `[B, ...]` array of rank `ndim`: B split over the batch mesh axes."""
+  return NamedSharding(mesh, PartitionSpec(batch_axes(rules), *([None] * (ndim - 1))))
+
+
+def data_parallel_size(mesh: Mesh, rules: Rules) -> int:
+  """How many ways the global batch is split."""
+  return _axis_size(mesh, batch_axes(rules))
+
+
+def check_batch_divisible(global_batch: int, mesh: Mesh, rules: Rules, what="train.batch_size"):
+  """Raises ValueError unless the global batch splits evenly over devices and processes."""
+  dp = data_parallel_size(mesh, rules)
+  if global_batch % dp != 0:
+    raise ValueError(f"{what}={global_batch} must be divisible by the data-parallel size {dp} "
+                     f"(mesh {dict(mesh.shape)}, batch over {batch_axes(rules)}).")
+  if global_batch % jax.process_count() != 0:
+    raise ValueError(f"{what}={global_batch} must be divisible by the number of processes "
+                     f"{jax.process_count()}.")
+
+
+def sharded_init(init_fn: Callable[..., Any], *args, mesh: Mesh, rules: Rules):
+  """Runs `init_fn(*args)` (which returns a boxed tree) directly into sharded, unboxed arrays.
+
+  Returns (tree, shardings). `args` are small (keys, example shapes) and are replicated.
+  """
+  abstract = jax.eval_shape(init_fn, *args)
+  shardings = logical_shardings(abstract, mesh, rules)
+  unboxed_init = lambda *a: nn.unbox(init_fn(*a))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    tree = jax.jit(unboxed_init, out_shardings=shardings)(*args)
+  return tree, shardings
+
+
+def host_to_global(batch: dict[str, np.ndarray], mesh: Mesh, rules: Rules) -> dict[str, jax.Array]:
+  """Per-process numpy arrays `[b_local, ...]` -> global arrays `[B, ...]` sharded on batch."""
+  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, rules, np.ndim(v)),
+                                                    np.asarray(v))
+          for k, v in batch.items()}
+
+
+# Environment variables that say a launcher started us as one of several processes.
+_MULTI_PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
+_WORLD_SIZE_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_NUM_PROCESSES")
+
+
+def _spans_hosts_from_env() -> bool:
+  if any(os.environ.get(k) for k in _MULTI_PROCESS_ENV):
+    return True
+  for k in _WORLD_SIZE_ENV:
+    if os.environ.get(k, "1").isdigit() and int(os.environ.get(k, "1")) > 1:
+      return True
+  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  return len([h for h in hosts.split(",") if h]) > 1
+
+
+def maybe_initialize_distributed(config=None) -> bool:
+  """Calls `jax.distributed.initialize()` when this run spans processes; a no-op otherwise.
+
+  Multi-process is decided by `config.sharding.distributed` ("auto" | "always" | "never") and,
+  for "auto", by the environment: a coordinator address (JAX_COORDINATOR_ADDRESS), a launcher
+  world size > 1 (SLURM, Open MPI, JAX_NUM_PROCESSES) or several TPU worker hosts. An explicit
+  `config.sharding.coordinator_address` / `num_processes` / `process_id` is passed through;
+  otherwise jax's cluster auto-detection fills them in. Must run before any other jax call.
+  Returns True when distributed mode is (now) active.
+  """
+  if jax.distributed.is_initialized():
+    return True
+  s = config.sharding if config is not None and "sharding" in config else None
+  mode = s.get("distributed", "auto") if s is not None else "auto"
+  if mode not in ("auto", "always", "never"):
+    raise ValueError(f"sharding.distributed={mode!r}; use 'auto', 'always' or 'never'.")
+  address = (s.get("coordinator_address", "") if s is not None else "") or None
+  if mode == "never" or (mode == "auto" and not address and not _spans_hosts_from_env()):
+    return False
+  kwargs = {}
+  if address:
+    kwargs["coordinator_address"] = address
+  if s is not None and s.get("num_processes", 0) > 0:
+    kwargs["num_processes"] = s.num_processes
+  if s is not None and s.get("process_id", -1) >= 0:
+    kwargs["process_id"] = s.process_id
+  logging.info("Initializing jax.distributed with %s", kwargs or "cluster auto-detection")
+  jax.distributed.initialize(**kwargs)
+  logging.info("Process %d of %d, %d local / %d global devices.", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+  return True
