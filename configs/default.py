@@ -78,6 +78,22 @@ def get_config(arg=None):
   dd.images_per_video = 0                 # joint image-video training: extra images per video
   dd.shuffle_seed = 0
   dd.worker_count = 0
+  # moving_shapes / moving_shapes_images (vdm_jax/data/moving_shapes.py):
+  dd.build_seed = 0                       # seed of the procedural generator
+  dd.held_out = ("red triangle", "blue left")  # combos never in train (compositional test)
+  dd.test_held_out_fraction = 0.5         # share of the test split that carries held-out combos
+  dd.two_object_prob = 0.3                # chance that a clip has two objects
+  # video_folder (vdm_jax/data/video_folder.py):
+  dd.video_default_fps = 8.0              # fps of frame folders without fps.txt
+  dd.video_clips_per_video = 1            # clips cut from each video (0 = all that fit)
+  dd.video_short_clips = "pad"            # pad | skip: videos shorter than one clip
+  dd.video_test_fraction = 0.0            # share of files in a test split (0 = train only)
+  dd.rebuild = False                      # build_data: overwrite an existing build
+  # pipeline (vdm_jax/data/pipeline.py):
+  dd.image_source = "frames"              # joint training images: frames | moving_shapes_images
+  dd.lowres_frames = 0                    # tsr: the previous stage's frame count (required)
+  dd.lowres_height = 0                    # ssr: the previous stage's size (required)
+  dd.lowres_width = 0
 
   # --- text ---
   t = c.text = ml_collections.ConfigDict()

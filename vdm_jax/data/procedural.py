@@ -12,8 +12,8 @@ Geometry, exactly (a detector inverts these definitions):
     axis-aligned bounding box: every shape lies inside the square [cx - r, cx + r] x
     [cy - r, cy + r] (circle, square, diamond, cross and triangle touch all four sides; the star
     touches the top, the hexagon the left and right). Shapes are never rotated; the triangle
-    and the star point up; unit polygons are in `POLYGONS` (raster.py). In frame fractions the half-extents are
-    `rx = r_px / W`, `ry = r_px / H`.
+    and the star point up; unit polygons are in `POLYGONS` (raster.py). In frame fractions
+    the half-extents are `rx = r_px / W`, `ry = r_px / H`.
   * Time of frame k is `t_k = k / fps` seconds (t_0 = 0). Each object moves with a constant
     velocity `(vx, vy)` in FRAME FRACTIONS PER SECOND (x to the right, y DOWN): its unfolded
     centre is `(x0 + vx * t, y0 + vy * t)`.  Straight motions have `|v| = SPEEDS[speed]` along

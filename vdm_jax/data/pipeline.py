@@ -1,0 +1,269 @@
+"""grain input pipelines: per-host, deterministic, checkpointable training batches.
+
+`make_train_iterator(config, ...)` reads the tfds build of `config.data` with
+`builder.as_data_source()` and returns a `grain.DataLoaderIterator` (`get_state()` -> bytes,
+`set_state(bytes)`), yielding per-host numpy batches of b = train.batch_size / process_count
+rows:
+
+  video      float32 [b, T, H, W, 3] in [-1, 1]   T, H, W = config.frames, height, width
+  fps        float32 [b]    effective frame rate of each clip (source fps / stride); 0 for images
+  is_image   bool    [b]    True for image rows
+  index      int32   [b]    the source record each row came from (debugging, shard checks)
+  text_emb   float32 [b, L, D], text_mask bool [b, L]   when a text_store is given
+  lowres     float32 [b, T', H', W', 3] in [-1, 1]   stages "ssr" / "tsr" only
+
+Per record: the host's shard of the split is shuffled globally with `data.shuffle_seed`
+(epoch after epoch), the clip is cropped in time at a stride = round(source fps / config.fps)
+(smaller if the clip is too short for it) from a random start, and scaled to cover H x W and
+centre-cropped. Randomness comes from grain's per-record rng, so a restored iterator repeats
+exactly what the uninterrupted one would have produced.
+
+Joint image-video batches (`data.images_per_video` = K > 0): every video row is followed by K
+image rows, so row r is an image iff r % (K + 1) != 0 and b must be divisible by K + 1. An
+image row is one frame (a random frame of a random other clip of this host's shard, or a
+random image of `moving_shapes_images` when `data.image_source` says so) TILED over all T
+frames (`video[r, t] == video[r, 0]` for every t), with is_image = True and fps = 0. Images
+from moving-shapes clips get the motion-free caption of their labels. A `moving_shapes_images`
+dataset gives image rows only.
+
+Super-resolution conditioning, made on the fly from the same clip (same uint8 pixels):
+  "ssr": lowres = `video_io.resize_frames(clip, data.lowres_height, data.lowres_width)`
+         (block average for integer factors), [b, T, h, w, 3];
+  "tsr": lowres = clip[:, ::T // data.lowres_frames], [b, data.lowres_frames, H, W, 3]
+         (its frame rate is fps / (T // lowres_frames)).
+"""
+import dataclasses
+from typing import Optional
+
+import grain
+import numpy as np
+
+from vdm_jax.data import build
+from vdm_jax.data import procedural
+from vdm_jax.data import video_io
+
+
+class IndexedSource:
+  """A random-access source whose records carry their own index as `_index`."""
+
+  def __init__(self, source, name: str):
+    self._source, self._name = source, name
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index):
+    record = dict(self._source[int(index)])
+    record["_index"] = int(index)
+    return record
+
+  def __repr__(self) -> str:  # grain validates checkpoints against this
+    return f"IndexedSource({self._name}, {len(self._source)} records)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+  """What one training row looks like (validated by `stage_geometry`)."""
+  frames: int
+  height: int
+  width: int
+  fps: float
+  stage: str
+  images_per_video: int
+  lowres_frames: int
+  lowres_height: int
+  lowres_width: int
+
+
+def stage_geometry(config) -> Geometry:
+  """Reads and checks the stage geometry from the config; raises ValueError naming the key."""
+  d = config.data
+  g = Geometry(frames=int(config.frames), height=int(config.height), width=int(config.width),
+               fps=float(config.fps), stage=config.stage,
+               images_per_video=int(d.images_per_video),
+               lowres_frames=int(d.lowres_frames) or int(config.frames),
+               lowres_height=int(d.lowres_height) or int(config.height),
+               lowres_width=int(d.lowres_width) or int(config.width))
+  if g.frames < 1 or g.height < 1 or g.width < 1 or g.fps <= 0:
+    raise ValueError(f"frames={g.frames}, height x width={g.height}x{g.width}, fps={g.fps}: "
+                     "all must be positive.")
+  if g.images_per_video < 0:
+    raise ValueError(f"data.images_per_video={g.images_per_video} must be >= 0.")
+  if d.name != "moving_shapes_images" and g.frames > int(d.source_frames):
+    raise ValueError(f"frames={g.frames} exceeds the stored clips' data.source_frames="
+                     f"{d.source_frames}; store longer clips or train on fewer frames.")
+  if g.stage == "ssr" and not (d.lowres_height and d.lowres_width):
+    raise ValueError("stage='ssr' needs data.lowres_height and data.lowres_width (the "
+                     "previous stage's size).")
+  if g.stage == "ssr" and (g.lowres_height > g.height or g.lowres_width > g.width):
+    raise ValueError(f"ssr: data.lowres_{{height,width}}={g.lowres_height}x{g.lowres_width} "
+                     f"must not exceed {g.height}x{g.width}.")
+  if g.stage == "tsr" and (not d.lowres_frames or g.frames % g.lowres_frames):
+    raise ValueError(f"stage='tsr' needs data.lowres_frames (the previous stage's frame count) "
+                     f"dividing frames={g.frames}; got {d.lowres_frames}.")
+  if d.image_source not in ("frames", "moving_shapes_images"):
+    raise ValueError(f"data.image_source={d.image_source!r} must be 'frames' or "
+                     "'moving_shapes_images'.")
+  return g
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def image_caption(record) -> str:
+  """A caption for a single frame of `record`: motion-free for procedural clips."""
+  if "obj0_shape" in record and "video" in record:
+    spec = procedural.labels_from_dict(record, fps=1.0, frames=1, height=8, width=8)
+    return procedural.caption(spec, with_motion=False)
+  return _text(record["caption"])
+
+
+def temporal_crop(video, *, source_fps: float, fps: float, frames: int, rng):
+  """A random crop of `frames` frames at stride round(source_fps / fps) (shrunk to fit).
+
+  Args: video uint8 [Ts, H, W, 3]. Returns (clip [frames, H, W, 3], effective fps).
+  """
+  total = video.shape[0]
+  stride = max(1, int(round(source_fps / fps))) if source_fps > 0 else 1
+  while stride > 1 and (frames - 1) * stride + 1 > total:
+    stride -= 1
+  span = (frames - 1) * stride + 1
+  if span > total:
+    raise ValueError(f"A stored clip has {total} frames, fewer than the {frames} required.")
+  start = int(rng.integers(0, total - span + 1))
+  return video[start:start + span:stride], source_fps / stride
+
+
+class MakeRows(grain.transforms.RandomMap):
+  """record -> dict of [K + 1, ...] rows: the record's clip (or image) then K images."""
+
+  def __init__(self, geometry: Geometry, *, text_store=None, image_source=None,
+               image_range=(0, 0)):
+    self.g, self.text_store = geometry, text_store
+    self.image_source, self.image_range = image_source, image_range
+
+  def random_map(self, record, rng: np.random.Generator):
+    rows = [self._record_row(record, rng)]
+    for _ in range(self.g.images_per_video):
+      rows.append(self._extra_image_row(rng))
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+  def _record_row(self, record, rng):
+    if "image" in record:
+      return self._image_row(record["image"], _text(record["caption"]), record["_index"])
+    clip, fps = temporal_crop(record["video"], source_fps=float(record["fps"]), fps=self.g.fps,
+                              frames=self.g.frames, rng=rng)
+    return self._row(clip, fps, False, _text(record["caption"]), record["_index"])
+
+  def _extra_image_row(self, rng):
+    lo, hi = self.image_range
+    record = self.image_source[int(rng.integers(lo, hi))]
+    if "image" in record:
+      return self._image_row(record["image"], _text(record["caption"]), record["_index"])
+    frame = record["video"][int(rng.integers(record["video"].shape[0]))]
+    return self._image_row(frame, image_caption(record), record["_index"])
+
+  def _image_row(self, image, caption, index):
+    tiled = np.broadcast_to(image[None], (self.g.frames,) + image.shape)
+    return self._row(tiled, 0.0, True, caption, index)
+
+  def _row(self, clip, fps, is_image, caption, index):
+    g = self.g
+    clip = video_io.resize_and_crop(np.ascontiguousarray(clip), g.height, g.width)
+    row = {"video": _to_unit(clip), "fps": np.float32(fps), "is_image": np.bool_(is_image),
+           "index": np.int32(index)}
+    if g.stage == "ssr":
+      row["lowres"] = _to_unit(video_io.resize_frames(clip, g.lowres_height, g.lowres_width))
+    elif g.stage == "tsr":
+      row["lowres"] = _to_unit(clip[::g.frames // g.lowres_frames])
+    if self.text_store is not None:
+      emb, mask = self.text_store.lookup(caption)
+      row["text_emb"] = np.asarray(emb, np.float32)
+      row["text_mask"] = np.asarray(mask, bool)
+    return row
+
+
+def _to_unit(frames_uint8):
+  return frames_uint8.astype(np.float32) / 127.5 - 1.0
+
+
+class FlattenGroups(grain.transforms.Map):
+  """[n, K + 1, ...] -> [n * (K + 1), ...] (each video followed by its K images)."""
+
+  def map(self, element):
+    return {k: v.reshape((-1,) + v.shape[2:]) for k, v in element.items()}
+
+
+def shard_range(num_records: int, index: int, count: int):
+  """The contiguous [lo, hi) index range of shard `index` of `count` (remainder dropped)."""
+  per = num_records // count
+  return index * per, (index + 1) * per
+
+
+def make_data_loader(config, *, split: str = "train", text_store=None,
+                     process_index: Optional[int] = None, process_count: Optional[int] = None,
+                     num_epochs: Optional[int] = None) -> grain.DataLoader:
+  """The grain DataLoader behind `make_train_iterator` (num_epochs None = forever)."""
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index, process_count = jax.process_index(), jax.process_count()
+  g = stage_geometry(config)
+  group = g.images_per_video + 1
+  batch = int(config.train.batch_size)
+  if batch % process_count or (batch // process_count) % group:
+    raise ValueError(
+        f"train.batch_size={batch} must split into {process_count} hosts x a multiple of "
+        f"data.images_per_video + 1 = {group} rows.")
+  sources = build.make_builder(config).as_data_source()
+  if split not in sources:
+    raise ValueError(f"Split {split!r} not built for {config.data.name}; has {sorted(sources)}.")
+  source = IndexedSource(sources[split], f"{config.data.name}/{split}")
+  shard = grain.sharding.ShardOptions(shard_index=process_index, shard_count=process_count,
+                                      drop_remainder=True)
+  if len(source) < process_count:
+    raise ValueError(f"{len(source)} records cannot be shared by {process_count} hosts.")
+  image_source, image_range = source, shard_range(len(source), process_index, process_count)
+  if g.images_per_video and config.data.image_source == "moving_shapes_images":
+    images = build.make_builder(config, name="moving_shapes_images").as_data_source()[split]
+    image_source = IndexedSource(images, f"moving_shapes_images/{split}")
+    image_range = shard_range(len(images), process_index, process_count)
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(source), shard_options=shard, shuffle=True, num_epochs=num_epochs,
+      seed=int(config.data.shuffle_seed))
+  operations = [
+      MakeRows(g, text_store=text_store, image_source=image_source, image_range=image_range),
+      grain.transforms.Batch(batch_size=batch // process_count // group, drop_remainder=True),
+      FlattenGroups(),
+  ]
+  return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
+                          worker_count=int(config.data.worker_count), shard_options=shard)
+
+
+def make_train_iterator(config, *, split: str = "train", text_store=None,
+                        process_index: Optional[int] = None,
+                        process_count: Optional[int] = None,
+                        num_epochs: Optional[int] = None) -> grain.DataLoaderIterator:
+  """A checkpointable iterator of per-host batches (see the module docstring for the keys).
+
+  Save its position with `it.get_state()` (bytes) and restore it into a fresh iterator of the
+  same config with `it.set_state(state)`. `text_store` is anything with
+  `lookup(caption) -> (emb [L, D] float32, mask [L] bool)`, `.max_length` and `.dim`.
+  """
+  return iter(make_data_loader(config, split=split, text_store=text_store,
+                               process_index=process_index, process_count=process_count,
+                               num_epochs=num_epochs))
+
+
+def to_global_batch(local_batch: dict, mesh, *, batch_axes=("data", "fsdp")) -> dict:
+  """Assembles per-host numpy batches into global jax Arrays sharded over the batch axis.
+
+  Every array's leading (batch) dimension is split over the mesh axes `batch_axes` (those the
+  mesh has); the global batch is the concatenation of all hosts' local batches.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+  axes = tuple(a for a in batch_axes if a in mesh.axis_names)
+  sharding = NamedSharding(mesh, PartitionSpec(axes or None))
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}
