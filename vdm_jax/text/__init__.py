@@ -1,0 +1,18 @@
+"""Text conditioning: tokenizers, Hugging Face safetensors loading, the `TextEncoder` wrapper and
+the precomputed `TextEmbeddingStore`. The Linen modules live in `vdm_jax/models/text_encoders.py`.
+
+  encoder = load_text_encoder(config.text)
+  emb, mask = encoder.encode(["a red circle moving left", ""])  # [2, L, D] f32, [2, L] bool
+  store = TextEmbeddingStore.build(encoder, captions); store.save(path)
+  emb, mask = TextEmbeddingStore.load(path).lookup(caption)       # [L, D], [L]
+
+"" is the null condition of classifier-free guidance: zero embedding, all-False mask.
+"""
+from vdm_jax.text.encoder import PromptTruncatedWarning
+from vdm_jax.text.encoder import TextEncoder
+from vdm_jax.text.encoder import load_text_encoder
+from vdm_jax.text.encoder import packaged_minilm_dir
+from vdm_jax.text.store import TextEmbeddingStore
+
+__all__ = ["PromptTruncatedWarning", "TextEncoder", "TextEmbeddingStore", "load_text_encoder",
+           "packaged_minilm_dir"]

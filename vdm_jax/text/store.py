@@ -1,0 +1,135 @@
+"""`TextEmbeddingStore`: caption -> precomputed (emb [L, D] float32, mask [L] bool).
+
+Built once from a caption list with a `TextEncoder`, saved to one safetensors file (never
+pickle): tensors `embeddings` [N, L, D] float32 and `masks` [N, L] bool, and in the file's
+metadata a JSON index `captions` (row i is captions[i]) plus `max_length`, `dim`, `encoder`.
+The data pipeline calls `lookup(caption)` per example. The empty caption "" is never stored:
+it always gives the null condition (zeros, all-False mask), as `TextEncoder.encode` does.
+"""
+import json
+import os
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+FORMAT = "vdm_jax.text_embeddings"
+VERSION = "1"
+
+
+def _readonly(array):
+  array.flags.writeable = False
+  return array
+
+
+class TextEmbeddingStore:
+  """Precomputed text embeddings keyed by exact caption string.
+
+  With an `encoder` attached, `lookup` of an unknown caption encodes it on the fly and keeps
+  it (and `save` writes it); without one, an unknown caption raises KeyError.
+  """
+
+  def __init__(self, *, captions, embeddings, masks, encoder_name="", encoder=None):
+    captions = list(captions)
+    if len(set(captions)) != len(captions) or "" in captions:
+      raise ValueError("store captions must be unique and non-empty")
+    if embeddings.ndim != 3 or masks.shape != embeddings.shape[:2]:
+      raise ValueError(f"embeddings must be [N, L, D] and masks [N, L]; got "
+                       f"{embeddings.shape} and {masks.shape}")
+    if len(captions) != embeddings.shape[0]:
+      raise ValueError(f"{len(captions)} captions for {embeddings.shape[0]} embedding rows")
+    self._captions = captions
+    self._row = {c: i for i, c in enumerate(captions)}
+    self._emb = _readonly(np.ascontiguousarray(embeddings, np.float32))
+    self._mask = _readonly(np.ascontiguousarray(masks, bool))
+    self._extra = {}  # captions encoded on the fly: caption -> (emb, mask)
+    self.encoder_name = encoder_name
+    self.encoder = None
+    if encoder is not None:
+      self.attach(encoder)
+
+  @property
+  def max_length(self):
+    return self._emb.shape[1]
+
+  @property
+  def dim(self):
+    return self._emb.shape[2]
+
+  @property
+  def captions(self):
+    return self._captions + list(self._extra)
+
+  def __len__(self):
+    return len(self._captions) + len(self._extra)
+
+  def __contains__(self, caption):
+    return caption == "" or caption in self._row or caption in self._extra
+
+  def attach(self, encoder):
+    """Attaches `encoder` for on-the-fly lookups; it must produce this store's shapes."""
+    if (encoder.max_length, encoder.dim) != (self.max_length, self.dim):
+      raise ValueError(f"encoder gives [L={encoder.max_length}, D={encoder.dim}] embeddings but "
+                       f"the store holds [L={self.max_length}, D={self.dim}]")
+    if self.encoder_name and encoder.name != self.encoder_name:
+      raise ValueError(f"the store was built with encoder {self.encoder_name!r}, not "
+                       f"{encoder.name!r}")
+    self.encoder = encoder
+
+  @classmethod
+  def build(cls, encoder, captions):
+    """Encodes the distinct non-empty `captions` (first-seen order) with `encoder`."""
+    unique = list(dict.fromkeys(c for c in captions if c != ""))
+    emb, mask = encoder.encode(unique)
+    return cls(captions=unique, embeddings=emb, masks=mask, encoder_name=encoder.name,
+               encoder=encoder)
+
+  def lookup(self, caption):
+    """Returns (emb float32 [L, D], mask bool [L]) for `caption` (read-only arrays)."""
+    if caption == "":
+      return (np.zeros((self.max_length, self.dim), np.float32),
+              np.zeros((self.max_length,), bool))
+    row = self._row.get(caption)
+    if row is not None:
+      return self._emb[row], self._mask[row]
+    if caption in self._extra:
+      return self._extra[caption]
+    if self.encoder is None:
+      raise KeyError(f"caption {caption!r} is not in the text embedding store "
+                     f"({len(self)} captions); rebuild the store with it or attach an encoder "
+                     "to encode unknown captions on the fly")
+    emb, mask = self.encoder.encode([caption])
+    self._extra[caption] = (_readonly(emb[0]), _readonly(mask[0]))
+    return self._extra[caption]
+
+  def save(self, path):
+    """Writes the store (on-the-fly additions included) to `path` (.safetensors), atomically."""
+    captions = self.captions
+    extra = list(self._extra.values())
+    emb = np.concatenate([self._emb] + [e[None] for e, _ in extra], axis=0)
+    mask = np.concatenate([self._mask] + [m[None] for _, m in extra], axis=0)
+    metadata = {"format": FORMAT, "version": VERSION, "captions": json.dumps(captions),
+                "max_length": str(self.max_length), "dim": str(self.dim),
+                "encoder": self.encoder_name}
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    save_file({"embeddings": emb, "masks": mask}, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+  @classmethod
+  def load(cls, path, encoder=None):
+    """Reads a store that `save` wrote; attaches `encoder` if given."""
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"text embedding store {path!r} does not exist; build it with "
+                              "TextEmbeddingStore.build(encoder, captions).save(path)")
+    with safe_open(path, framework="numpy") as f:
+      metadata = f.metadata() or {}
+      if metadata.get("format") != FORMAT:
+        raise ValueError(f"{path!r} is not a text embedding store (no '{FORMAT}' metadata)")
+      if metadata.get("version") != VERSION:
+        raise ValueError(f"{path!r} has store format version {metadata.get('version')!r}; "
+                         f"this code reads version {VERSION}: rebuild the store")
+      emb, mask = f.get_tensor("embeddings"), f.get_tensor("masks")
+    return cls(captions=json.loads(metadata["captions"]), embeddings=emb, masks=mask,
+               encoder_name=metadata.get("encoder", ""), encoder=encoder)
