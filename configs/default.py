@@ -101,6 +101,10 @@ def get_config(arg=None):
   t.path = ""                             # a Hugging Face directory; "" = the packaged MiniLM
   t.max_length = 32
   t.precompute = True
+  t.dtype = "float32"                     # compute dtype: float32 | bfloat16
+  t.param_dtype = "float32"               # weights as loaded: float32 | bfloat16
+  t.batch_size = 64                       # prompts per jitted encoder call
+  t.store_path = ""                       # precomputed TextEmbeddingStore (.safetensors); "" = none
 
   # --- train ---
   tr = c.train = ml_collections.ConfigDict()
