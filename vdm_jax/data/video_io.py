@@ -152,19 +152,22 @@ def clip_starts(duration: float, *, clip_seconds: float, max_clips: int) -> list
 
 
 def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Resizes uint8 [N, h, w, 3] frames to [N, height, width, 3].
+  """Resizes uint8 [N, h, w, C] frames to [N, height, width, C].
 
-  Integer-factor downsampling averages whole blocks (PIL BOX: each output pixel is the rounded
-  mean of its factor x factor block); any other change uses antialiased bicubic.
+  Integer-factor downsampling averages whole blocks exactly (each output pixel is the rounded
+  mean of its (h / height) x (w / width) block); any other change uses antialiased bicubic.
   """
-  n, h, w = frames.shape[:3]
+  n, h, w, c = frames.shape
   if (h, w) == (height, width):
     return frames
-  exact = h % height == 0 and w % width == 0 and h >= height and w >= width
-  method = Image.Resampling.BOX if exact else Image.Resampling.BICUBIC
-  out = np.empty((n, height, width, frames.shape[-1]), np.uint8)
+  if h % height == 0 and w % width == 0:
+    fh, fw = h // height, w // width
+    blocks = frames.reshape(n, height, fh, width, fw, c).astype(np.float32)
+    return np.round(blocks.mean(axis=(2, 4))).astype(np.uint8)
+  out = np.empty((n, height, width, c), np.uint8)
   for i in range(n):
-    out[i] = np.asarray(Image.fromarray(frames[i]).resize((width, height), method))
+    out[i] = np.asarray(Image.fromarray(frames[i]).resize((width, height),
+                                                           Image.Resampling.BICUBIC))
   return out
 
 
