@@ -105,3 +105,27 @@ def test_bad_files_and_mismatched_encoders_fail_clearly(store, tmp_path):
     name, max_length, dim = "minilm", 24, 32
   with pytest.raises(ValueError, match="built with encoder 't5'"):
     store.attach(OtherModel())
+
+
+def test_load_or_build_store_through_the_config(encoder, tmp_path):
+  path = str(tmp_path / "store.safetensors")
+  cfg = ml_collections.ConfigDict(dict(encoder="t5", path=TINY_T5, max_length=24, batch_size=4,
+                                       store_path=path))
+  built = text.load_or_build_store(cfg, CAPTIONS, encoder=encoder)
+  assert built.captions == UNIQUE and os.path.isfile(path)
+
+  grown = text.load_or_build_store(cfg, UNIQUE + ["a purple star"])  # loads the encoder itself
+  assert grown.captions == UNIQUE + ["a purple star"]
+  assert text.TextEmbeddingStore.load(path).captions == UNIQUE + ["a purple star"]
+  ref_emb, _ = encoder.encode(["a purple star"])
+  np.testing.assert_allclose(grown.lookup("a purple star")[0], ref_emb[0], atol=1e-6, rtol=0)
+
+  cfg.path = str(tmp_path / "no_such_model")  # all captions stored: no encoder is loaded
+  cached = text.load_or_build_store(cfg, ["a blue square moving up", "a purple star"])
+  assert cached.encoder is None and len(cached) == 4
+  with pytest.raises(FileNotFoundError, match="no_such_model"):
+    text.load_or_build_store(cfg, ["an unseen caption"])
+
+  cfg.max_length = 16
+  with pytest.raises(ValueError, match="text.max_length=16.*delete the file"):
+    text.load_or_build_store(cfg, UNIQUE)

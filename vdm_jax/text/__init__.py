@@ -5,6 +5,7 @@ the precomputed `TextEmbeddingStore`. The Linen modules live in `vdm_jax/models/
   emb, mask = encoder.encode(["a red circle moving left", ""])  # [2, L, D] f32, [2, L] bool
   store = TextEmbeddingStore.build(encoder, captions); store.save(path)
   emb, mask = TextEmbeddingStore.load(path).lookup(caption)       # [L, D], [L]
+  store = load_or_build_store(config.text, captions)  # via text.store_path, if set
 
 "" is the null condition of classifier-free guidance: zero embedding, all-False mask.
 """
@@ -13,6 +14,7 @@ from vdm_jax.text.encoder import TextEncoder
 from vdm_jax.text.encoder import load_text_encoder
 from vdm_jax.text.encoder import packaged_minilm_dir
 from vdm_jax.text.store import TextEmbeddingStore
+from vdm_jax.text.store import load_or_build_store
 
-__all__ = ["PromptTruncatedWarning", "TextEncoder", "TextEmbeddingStore", "load_text_encoder",
-           "packaged_minilm_dir"]
+__all__ = ["PromptTruncatedWarning", "TextEncoder", "TextEmbeddingStore", "load_or_build_store",
+           "load_text_encoder", "packaged_minilm_dir"]

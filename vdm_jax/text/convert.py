@@ -64,10 +64,12 @@ _BERT_RULES = (
      ["encoder.layer.{0}.attention.self.{1}.bias"], ""),
     (r"layer_(\d+)_attention/out/kernel", ["encoder.layer.{0}.attention.output.dense.weight"], "T"),
     (r"layer_(\d+)_attention/out/bias", ["encoder.layer.{0}.attention.output.dense.bias"], ""),
-    (r"layer_(\d+)_attention_norm/scale", ["encoder.layer.{0}.attention.output.LayerNorm.weight",
-                                           "encoder.layer.{0}.attention.output.LayerNorm.gamma"], ""),
-    (r"layer_(\d+)_attention_norm/bias", ["encoder.layer.{0}.attention.output.LayerNorm.bias",
-                                          "encoder.layer.{0}.attention.output.LayerNorm.beta"], ""),
+    (r"layer_(\d+)_attention_norm/scale",
+     ["encoder.layer.{0}.attention.output.LayerNorm.weight",
+      "encoder.layer.{0}.attention.output.LayerNorm.gamma"], ""),
+    (r"layer_(\d+)_attention_norm/bias",
+     ["encoder.layer.{0}.attention.output.LayerNorm.bias",
+      "encoder.layer.{0}.attention.output.LayerNorm.beta"], ""),
     (r"layer_(\d+)_intermediate/kernel", ["encoder.layer.{0}.intermediate.dense.weight"], "T"),
     (r"layer_(\d+)_intermediate/bias", ["encoder.layer.{0}.intermediate.dense.bias"], ""),
     (r"layer_(\d+)_output/kernel", ["encoder.layer.{0}.output.dense.weight"], "T"),
@@ -83,10 +85,14 @@ _T5_RULES = (
     (r"relative_attention_bias",
      ["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"], ""),
     (r"block_(\d+)_attention_norm/scale", ["encoder.block.{0}.layer.0.layer_norm.weight"], ""),
-    (r"block_(\d+)_attention/query/kernel", ["encoder.block.{0}.layer.0.SelfAttention.q.weight"], "T"),
-    (r"block_(\d+)_attention/key/kernel", ["encoder.block.{0}.layer.0.SelfAttention.k.weight"], "T"),
-    (r"block_(\d+)_attention/value/kernel", ["encoder.block.{0}.layer.0.SelfAttention.v.weight"], "T"),
-    (r"block_(\d+)_attention/out/kernel", ["encoder.block.{0}.layer.0.SelfAttention.o.weight"], "T"),
+    (r"block_(\d+)_attention/query/kernel", ["encoder.block.{0}.layer.0.SelfAttention.q.weight"],
+     "T"),
+    (r"block_(\d+)_attention/key/kernel", ["encoder.block.{0}.layer.0.SelfAttention.k.weight"],
+     "T"),
+    (r"block_(\d+)_attention/value/kernel", ["encoder.block.{0}.layer.0.SelfAttention.v.weight"],
+     "T"),
+    (r"block_(\d+)_attention/out/kernel", ["encoder.block.{0}.layer.0.SelfAttention.o.weight"],
+     "T"),
     (r"block_(\d+)_mlp_norm/scale", ["encoder.block.{0}.layer.1.layer_norm.weight"], ""),
     (r"block_(\d+)_wi_0/kernel", ["encoder.block.{0}.layer.1.DenseReluDense.wi_0.weight",
                                   "encoder.block.{0}.layer.1.DenseReluDense.wi.weight"], "T"),
@@ -122,9 +128,10 @@ def _convert(array, transform, shape, key, path):
   else:
     fits = array.size == int(np.prod(shape)) and (array.ndim == 1 or array.shape == shape)
   if not fits:
-    raise ValueError(f"checkpoint tensor {key!r} has shape {array.T.shape if transform else array.shape}"
-                     f", which does not fit parameter {path} of shape {shape} that config.json asks "
-                     "for: the config and the weights are from different models")
+    stored = array.T.shape if transform else array.shape
+    raise ValueError(f"checkpoint tensor {key!r} has shape {stored}, which does not fit "
+                     f"parameter {path} of shape {shape} that config.json asks for: the config "
+                     "and the weights are from different models")
   return array.reshape(shape)
 
 

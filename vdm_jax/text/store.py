@@ -84,6 +84,17 @@ class TextEmbeddingStore:
     return cls(captions=unique, embeddings=emb, masks=mask, encoder_name=encoder.name,
                encoder=encoder)
 
+  def add(self, captions):
+    """Encodes, with the attached encoder, the captions not yet stored (batched)."""
+    new = [c for c in dict.fromkeys(captions) if c not in self]
+    if new and self.encoder is None:
+      raise ValueError(f"{len(new)} captions are not in the store and no encoder is attached")
+    if new:
+      emb, mask = self.encoder.encode(new)
+      for caption, e, m in zip(new, emb, mask):
+        self._extra[caption] = (_readonly(e), _readonly(m))
+    return len(new)
+
   def lookup(self, caption):
     """Returns (emb float32 [L, D], mask bool [L]) for `caption` (read-only arrays)."""
     if caption == "":
@@ -98,8 +109,7 @@ class TextEmbeddingStore:
       raise KeyError(f"caption {caption!r} is not in the text embedding store "
                      f"({len(self)} captions); rebuild the store with it or attach an encoder "
                      "to encode unknown captions on the fly")
-    emb, mask = self.encoder.encode([caption])
-    self._extra[caption] = (_readonly(emb[0]), _readonly(mask[0]))
+    self.add([caption])
     return self._extra[caption]
 
   def save(self, path):
@@ -133,3 +143,34 @@ class TextEmbeddingStore:
       emb, mask = f.get_tensor("embeddings"), f.get_tensor("masks")
     return cls(captions=json.loads(metadata["captions"]), embeddings=emb, masks=mask,
                encoder_name=metadata.get("encoder", ""), encoder=encoder)
+
+
+def load_or_build_store(text_cfg, captions, *, encoder=None):
+  """The store holding `captions`, as the config's `text` section asks.
+
+  If `text_cfg.store_path` names an existing file, it is loaded (it must come from the same
+  encoder and max_length) and captions it lacks are encoded and saved into it. Otherwise the
+  store is built (with `encoder`, or one loaded from `text_cfg`) and saved to `store_path`
+  when that is set. Returns the store with its encoder attached if one was needed.
+  """
+  from vdm_jax.text import encoder as encoder_lib  # pylint: disable=g-import-not-at-top
+  path = text_cfg.get("store_path", "")
+  captions = list(dict.fromkeys(c for c in captions if c != ""))
+  if path and os.path.isfile(path):
+    store = TextEmbeddingStore.load(path)
+    if (store.encoder_name, store.max_length) != (text_cfg.encoder, text_cfg.max_length):
+      raise ValueError(
+          f"text.store_path {path!r} holds {store.encoder_name!r} embeddings of length "
+          f"{store.max_length}, but the config asks for {text_cfg.encoder!r} with "
+          f"text.max_length={text_cfg.max_length}: delete the file or point text.store_path "
+          "elsewhere")
+    missing = [c for c in captions if c not in store]
+    if missing:
+      store.attach(encoder or encoder_lib.load_text_encoder(text_cfg))
+      store.add(missing)
+      store.save(path)
+    return store
+  store = TextEmbeddingStore.build(encoder or encoder_lib.load_text_encoder(text_cfg), captions)
+  if path:
+    store.save(path)
+  return store
