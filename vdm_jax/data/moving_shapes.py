@@ -6,7 +6,7 @@ from `np.random.default_rng([seed, split_id, i])`, so builds are byte-for-byte r
 independent of the order examples are generated in.
 
 Features of `moving_shapes`:
-  video     uint8 [T, H, W, 3]   the rendered clip (see `procedural.render`)
+  video     uint8 [T, H, W, 3]   the rendered clip (see `procedural.render`), zlib-compressed
   caption   text                 `procedural.caption(spec)`
   fps       float32              frames per second of the stored clip
   held_out  int32                1 if an object carries a held-out attribute combo
@@ -110,11 +110,9 @@ class _ProceduralBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
-    if self.IMAGE:
-      pixels = {"image": tfds.features.Tensor(shape=(cfg.height, cfg.width, 3), dtype=np.uint8)}
-    else:
-      pixels = {"video": tfds.features.Tensor(
-          shape=(cfg.frames, cfg.height, cfg.width, 3), dtype=np.uint8)}
+    shape = (cfg.height, cfg.width, 3) if self.IMAGE else (cfg.frames, cfg.height, cfg.width, 3)
+    pixels = {("image" if self.IMAGE else "video"): tfds.features.Tensor(
+        shape=shape, dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB)}
     features = tfds.features.FeaturesDict({
         **pixels,
         "caption": tfds.features.Text(),

@@ -172,7 +172,8 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
     cfg = self.builder_config
     features = tfds.features.FeaturesDict({
         "video": tfds.features.Tensor(shape=(cfg.frames, cfg.height, cfg.width, 3),
-                                      dtype=np.uint8),
+                                      dtype=np.uint8,
+                                      encoding=tfds.features.Encoding.ZLIB),
         "caption": tfds.features.Text(),
         "fps": tfds.features.Scalar(dtype=np.float32),
         "source": tfds.features.Text(),
