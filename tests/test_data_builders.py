@@ -9,6 +9,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from configs import default
+from vdm_jax.data import build
 from vdm_jax.data import moving_shapes as MS
 from vdm_jax.data import procedural as P
 from vdm_jax.data import video_folder as VF
@@ -125,9 +127,11 @@ def video_dir(tmp_path_factory):
 
 
 def test_video_folder_skips_corrupt_files_and_writes_the_rest(video_dir, tmp_path):
-  cfg = VF.make_config(video_dir=str(video_dir), frames=4, height=8, width=8, fps=8.0)
-  builder = VF.VideoFolder(config=cfg, data_dir=str(tmp_path))
-  builder.download_and_prepare()  # must not raise on broken.mp4
+  c = default.get_config()
+  c.data.name, c.data.video_dir, c.data.data_dir = "video_folder", str(video_dir), str(tmp_path)
+  c.data.source_frames, c.data.source_resolution, c.data.source_fps = 4, 8, 8.0
+  builder = build.build_dataset(c)  # must not raise on broken.mp4
+  assert isinstance(builder, VF.VideoFolder)
   report = VF.load_report(builder)
   assert [f["file"] for f in report["failed"]] == ["broken.mp4"]
   assert report["num_skipped"] == 1 and report["num_clips"] == {"train": 3, "test": 0}
@@ -159,3 +163,27 @@ def test_video_io_helpers():
   assert out.shape == (1, 10, 10, 3) and np.all(out == 200)
   with pytest.raises(video_io.VideoReadError):
     video_io.read_video(__file__ + ".missing.mp4", default_fps=8.0)
+
+
+def test_cut_clips_resamples_pads_and_skips(tmp_path):
+  frames = _ramp(20, 6, 6)
+  times = np.arange(20) / 10.0  # 2 seconds at 10 fps
+  cfg = VF.make_config(video_dir=str(tmp_path), frames=4, height=6, width=6, fps=8.0,
+                       clips_per_video=0)
+  clips = VF.cut_clips(frames, times, cfg)
+  assert [start for _, _, start in clips] == [0.0, 0.5, 1.0, 1.5]  # all 0.5 s clips that fit
+  assert all(fps == 8.0 for _, fps, _ in clips)
+  # Second clip: times 0.5, 0.625, 0.75, 0.875 s -> source frames 5, 6, 7, 8.
+  np.testing.assert_array_equal(clips[1][0][:, 0, 0, 0], 12 * np.array([5, 6, 7, 8]))
+  slow = VF.make_config(video_dir=str(tmp_path), frames=4, height=6, width=6, fps=30.0)
+  (clip, fps, _), = VF.cut_clips(frames, times, slow)
+  assert fps == pytest.approx(10.0)  # never upsampled: the source's 10 fps
+  np.testing.assert_array_equal(clip[:, 0, 0, 0], 12 * np.arange(4))
+  short = frames[:3], times[:3]
+  (padded, _, _), = VF.cut_clips(*short, cfg)
+  np.testing.assert_array_equal(padded[:, 0, 0, 0], [0, 12, 24, 24])  # last frame repeated
+  skip = VF.make_config(video_dir=str(tmp_path), frames=4, height=6, width=6, fps=8.0,
+                        short_clips="skip")
+  assert VF.cut_clips(*short, skip) == []
+  with pytest.raises(ValueError, match="video_dir"):
+    VF.make_config(video_dir=str(tmp_path / "missing"))
