@@ -20,7 +20,7 @@ exactly what the uninterrupted one would have produced.
 
 Joint image-video batches (`data.images_per_video` = K > 0): every video row is followed by K
 image rows, so row r is an image iff r % (K + 1) != 0 and b must be divisible by K + 1. An
-image row is one frame (a random frame of a random other clip of this host's shard, or a
+image row is one frame (a random frame of a random clip of this host's shard, or a
 random image of `moving_shapes_images` when `data.image_source` says so) TILED over all T
 frames (`video[r, t] == video[r, 0]` for every t), with is_image = True and fps = 0. Images
 from moving-shapes clips get the motion-free caption of their labels. A `moving_shapes_images`
@@ -165,6 +165,7 @@ class MakeRows(grain.transforms.RandomMap):
     return self._image_row(frame, image_caption(record), record["_index"])
 
   def _image_row(self, image, caption, index):
+    image = video_io.resize_and_crop(image[None], self.g.height, self.g.width)[0]
     tiled = np.broadcast_to(image[None], (self.g.frames,) + image.shape)
     return self._row(tiled, 0.0, True, caption, index)
 

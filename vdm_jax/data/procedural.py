@@ -315,7 +315,11 @@ def caption(spec: ClipSpec, with_motion: Optional[bool] = None) -> str:
   return f"{objs} on a {spec.background} background"
 
 
-_WORD = lambda names: "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+def _WORD(names) -> str:  # pylint: disable=invalid-name
+  """A regex alternation of `names`, longest first (so "up-left" wins over "up")."""
+  return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+
+
 _OBJ_RE = (rf"a (?P<size{{i}}>{_WORD(SIZE_NAMES)}) (?P<color{{i}}>{_WORD(COLOR_NAMES)}) "
            rf"(?P<shape{{i}}>{_WORD(SHAPES)})(?: (?:moving (?P<dir{{i}}>{_WORD(MOTION_NAMES)}) "
            rf"|(?P<bounce{{i}}>bouncing around) )(?P<speed{{i}}>{_WORD(SPEED_WORDS.values())})"
