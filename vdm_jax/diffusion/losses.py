@@ -1,0 +1,134 @@
+"""The continuous-time denoising loss and its pieces (time sampling, loss weights).
+
+Every weighting is defined on the x-space error: loss = w(logsnr) * ||x_hat - x||^2 (mean over
+the non-batch dims), so losses under different parameterizations compare directly. Since for a
+fixed z the prediction errors relate as
+  eps_hat - eps = -e^(logsnr/2) (x_hat - x)        ->  eps-MSE = SNR       * x-MSE
+  v_hat - v     = -sqrt(1 + SNR) (x_hat - x)       ->  v-MSE   = (1 + SNR) * x-MSE
+the weightings are (SNR = exp(logsnr)):
+  'constant'       plain MSE on the model's own target: w = 1 (x), SNR (eps), 1 + SNR (v)
+  'snr'            w = SNR            (eps-MSE; the 'simple' loss of Ho et al. 2020)
+  'truncated_snr'  w = max(SNR, 1)    (Salimans & Ho 2022)
+  'v_mse'          w = 1 + SNR        (v-MSE)
+The loss is evaluated as (MSE on the model's own target) * w / w_own, with the ratio formed in
+log space, which equals w * x-MSE exactly but never multiplies huge by tiny numbers.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from vdm_jax.diffusion import parameterization as param
+from vdm_jax.diffusion.schedules import q_sample
+
+WEIGHTINGS = ("constant", "snr", "truncated_snr", "v_mse")
+
+# model_fn(z [B, ...], logsnr [B], cond pytree or None) -> output [B, ...] in `prediction` space.
+ModelFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
+
+
+def check_weighting(weighting: str) -> None:
+  """Raises a ValueError naming the choices unless `weighting` is known."""
+  if weighting not in WEIGHTINGS:
+    raise ValueError(f"loss weighting={weighting!r} is not one of {WEIGHTINGS} "
+                     "(set diffusion.loss_weighting)")
+
+
+def log_loss_weight(logsnr: jax.Array, weighting: str, *, prediction: str = "x") -> jax.Array:
+  """log w(logsnr) of the x-space loss weight; `prediction` matters only for 'constant'."""
+  check_weighting(weighting)
+  param.check_prediction(prediction)
+  logsnr = jnp.asarray(logsnr, jnp.float32)
+  if weighting == "constant":
+    if prediction == "x":
+      return jnp.zeros_like(logsnr)
+    weighting = "snr" if prediction == "eps" else "v_mse"
+  if weighting == "snr":
+    return logsnr
+  if weighting == "truncated_snr":
+    return jnp.maximum(logsnr, 0.0)
+  return jax.nn.softplus(logsnr)  # log(1 + SNR)
+
+
+def loss_weight(logsnr: jax.Array, weighting: str, *, prediction: str = "x") -> jax.Array:
+  """The weight w(logsnr) multiplying the x-space MSE (see the module docstring)."""
+  return jnp.exp(log_loss_weight(logsnr, weighting, prediction=prediction))
+
+
+def sample_t(key: jax.Array, batch_size: int, *, num_discrete_steps: int = 0) -> jax.Array:
+  """Training times [B] (float32): U[0, 1], or uniform on {1/N, ..., N/N} when N > 0."""
+  if num_discrete_steps < 0:
+    raise ValueError(f"num_discrete_steps must be >= 0, got {num_discrete_steps}")
+  if num_discrete_steps == 0:
+    return jax.random.uniform(key, (batch_size,), jnp.float32)
+  i = jax.random.randint(key, (batch_size,), 0, num_discrete_steps)
+  return (i + 1).astype(jnp.float32) / num_discrete_steps
+
+
+def _mean_over_example(a: jax.Array) -> jax.Array:
+  return jnp.mean(a.reshape(a.shape[0], -1), axis=1)
+
+
+def weighted_mean(per_example: jax.Array, example_weight: Optional[jax.Array]) -> jax.Array:
+  """Mean over [B], or sum(w * l) / sum(w) with example weights w [B] (0 when all w are 0)."""
+  if example_weight is None:
+    return jnp.mean(per_example)
+  example_weight = jnp.asarray(example_weight, jnp.float32)
+  if example_weight.shape != per_example.shape:
+    raise ValueError(f"example_weight must have shape {per_example.shape} (one weight per "
+                     f"example), got {example_weight.shape}")
+  total = jnp.sum(example_weight)
+  return jnp.sum(example_weight * per_example) / jnp.maximum(total, 1e-12)
+
+
+def diffusion_loss(*, model_fn: ModelFn, x: jax.Array, key: jax.Array, cond: Any = None,
+                   schedule: Callable[[jax.Array], jax.Array], prediction: str = "v",
+                   weighting: str = "v_mse", num_discrete_steps: int = 0,
+                   example_weight: Optional[jax.Array] = None
+                   ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+  """The weighted denoising loss of one batch.
+
+  Args:
+    model_fn: model_fn(z, logsnr, cond) -> output [B, ...] in the `prediction` parameterization.
+    x: clean data [B, ...] (e.g. [B, T, H, W, C]).
+    key: PRNG key; split into the time and the noise draws.
+    cond: conditioning pytree with leading batch dim, passed to model_fn as it is.
+    schedule: t -> logsnr (e.g. a `LogSNRSchedule`).
+    prediction: 'v' | 'eps' | 'x', what model_fn outputs.
+    weighting: 'constant' | 'snr' | 'truncated_snr' | 'v_mse'.
+    num_discrete_steps: 0 for continuous t ~ U[0, 1]; N > 0 for t on {1/N, ..., 1}.
+    example_weight: optional [B] weights; the loss is their weighted mean.
+
+  Returns:
+    (loss scalar, aux) with aux = {'loss_per_example' [B], 'x_mse' [B], 'weight' [B],
+    't' [B], 'logsnr' [B]}.
+  """
+  check_weighting(weighting)
+  param.check_prediction(prediction)
+  if x.ndim < 1:
+    raise ValueError(f"x must be batched [B, ...], got shape {x.shape}")
+  t_key, eps_key = jax.random.split(key)
+  batch = x.shape[0]
+  t = sample_t(t_key, batch, num_discrete_steps=num_discrete_steps)
+  logsnr = schedule(t)  # [B]
+  eps = jax.random.normal(eps_key, x.shape, x.dtype)
+  z = q_sample(x=x, eps=eps, logsnr=logsnr)
+  output = model_fn(z, logsnr, cond)
+  if output.shape != x.shape:
+    raise ValueError(f"model_fn returned shape {output.shape}; expected the data shape {x.shape}")
+  target = param.from_x_and_eps(prediction=prediction, x=x, eps=eps, logsnr=logsnr)
+  own_mse = _mean_over_example(
+      jnp.square(output.astype(jnp.float32) - target.astype(jnp.float32)))  # [B]
+  log_own = log_loss_weight(logsnr, "constant", prediction=prediction)
+  log_w = log_loss_weight(logsnr, weighting, prediction=prediction)
+  per_example = own_mse * jnp.exp(log_w - log_own)
+  aux = {
+      "loss_per_example": per_example,
+      "x_mse": own_mse * jnp.exp(-log_own),
+      "weight": jnp.exp(log_w),
+      "t": t,
+      "logsnr": logsnr,
+  }
+  return weighted_mean(per_example, example_weight), aux
