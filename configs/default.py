@@ -36,23 +36,26 @@ def get_config(arg=None):
   m.spatial_attention = (False, True)     # per level
   m.temporal_mixing = ("attention", "attention")  # per level: attention | conv | none
   m.temporal_conv_in_resblock = False     # 3x1x1 conv inside every ResBlock (SR stages)
-  m.num_heads = 4
-  m.head_dim = 32
+  m.num_heads = 4                         # 0: channels // head_dim heads per level
+  m.head_dim = 32                         # 0: channels // num_heads features per head
   m.dropout = 0.0
   m.num_groups = 8
   m.rel_pos_buckets = 32
   m.rel_pos_max_distance = 128
   m.cond_embed_dim = 128
   m.text_embed_dim = 384
-  m.text_cross_attention = True
+  m.text_cross_attention = True           # beside spatial attention, on its levels
+  m.text_pooled_conditioning = True       # masked-mean text embedding added to the FiLM input
   m.fps_conditioning = True
   m.lowres_conditioning = "none"          # none | spatial | temporal
+  m.lowres_temporal_upsample = "repeat"   # temporal SR: repeat | linear (frame interpolation)
   m.cond_aug_conditioning = False
   m.guidance_weight_conditioning = False  # guided distillation students
   m.attention_impl = "xla"                # xla | cudnn | splash
   m.dtype = "float32"                     # compute dtype (bfloat16 on accelerators)
   m.param_dtype = "float32"
-  m.remat = "none"                        # none | block | full
+  m.remat = "none"                        # none | block | full (vdm_jax/models/unet_spec.py)
+  m.out_channels = 3                      # channels the U-Net predicts
 
   # --- diffusion ---
   d = c.diffusion = ml_collections.ConfigDict()
@@ -127,11 +130,17 @@ def get_config(arg=None):
   tr.keep_every = 0
   tr.sample_every = 0
   tr.max_consecutive_nonfinite = 5
+  tr.async_checkpointing = True           # orbax saves in the background (False: blocking)
+  tr.cond_aug_max_t = 1.0                 # SR stages: lowres noised to t_aug ~ U[0, this]
 
   # --- sharding ---
   s = c.sharding = ml_collections.ConfigDict()
   s.mesh_shape = (-1, 1, 1)                # over axes (data, fsdp, tensor); -1 = the rest
   s.logical_axis_rules = axes.DEFAULT_RULES
+  s.distributed = "auto"                  # auto | always | never: jax.distributed.initialize()
+  s.coordinator_address = ""              # host:port of process 0; "" = from the environment
+  s.num_processes = 0                     # 0 = from the environment / cluster detection
+  s.process_id = -1                       # -1 = from the environment / cluster detection
 
   # --- sampling ---
   sm = c.sample = ml_collections.ConfigDict()
