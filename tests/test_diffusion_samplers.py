@@ -159,6 +159,16 @@ def test_ddim_eta_one_is_the_ancestral_small_variance_step():
   np.testing.assert_allclose(np.asarray(ddim), np.asarray(ddpm), rtol=1e-4, atol=1e-5)
   # eta = 0 is the deterministic update alpha_s x + sigma_s eps.
   alpha_s, sigma_s = d.alpha_sigma(ls[:, None])
+  # Intermediate eta: noise of variance eta^2 (1 - r) sigma_s^2, r = SNR_t / SNR_s.
+  eta = 0.5
+  ddim_half = d.ddim_step(z_t=z, x_pred=x, eps_pred=eps, logsnr_t=lt, logsnr_s=ls, eta=eta,
+                          key=key)
+  noise = np.asarray(jax.random.normal(key, z.shape), np.float64)
+  one_minus_r = 1.0 - np.exp(np.asarray(lt - ls, np.float64))[:, None]
+  a_s, s_s = np.asarray(alpha_s, np.float64), np.asarray(sigma_s, np.float64)
+  want = (a_s * np.asarray(x) + s_s * np.sqrt(1 - eta**2 * one_minus_r) * np.asarray(eps)
+          + s_s * eta * np.sqrt(one_minus_r) * noise)
+  np.testing.assert_allclose(np.asarray(ddim_half), want, rtol=1e-5, atol=1e-5)
   ddim0 = d.ddim_step(z_t=z, x_pred=x, eps_pred=eps, logsnr_t=lt, logsnr_s=ls)
   np.testing.assert_allclose(np.asarray(ddim0), np.asarray(alpha_s * x + sigma_s * eps),
                              rtol=1e-6, atol=1e-6)
@@ -274,3 +284,7 @@ def test_sampler_errors_are_clear():
     d.sample(num_steps=2, init_noise=jnp.zeros((1, 2)), **base)
   with pytest.raises(ValueError, match="unconditional"):
     d.sample(num_steps=2, guidance_weight=2.0, **base)
+  with pytest.raises(ValueError, match="unconditional"):
+    d.sample(num_steps=2, guidance_weight=2.0, guidance_schedule="oscillating", **base)
+  with pytest.raises(ValueError, match="ddpm_variance"):
+    d.sample(num_steps=2, sampler="ddpm", ddpm_variance="learned", **base)

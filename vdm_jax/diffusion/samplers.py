@@ -159,7 +159,12 @@ def sample(*, model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
     raise ValueError(f"eta must lie in [0, 1], got {eta}")
   if isinstance(ddpm_var_interp, (int, float)) and not 0.0 <= ddpm_var_interp <= 1.0:
     raise ValueError(f"ddpm_var_interp must lie in [0, 1], got {ddpm_var_interp}")
-  shape = tuple(int(d) for d in shape)
+  if uncond is None and isinstance(guidance_weight, (int, float)) and guidance_weight != 0:
+    raise ValueError(f"guidance_weight={guidance_weight} needs an unconditional input: pass "
+                     "uncond (e.g. the null text embedding) or set the guidance weight to 0")
+  shape = tuple(int(n) for n in shape)
+  if not shape:
+    raise ValueError("shape must be [B, ...] with a leading batch dimension")
   batch = shape[0]
   # Keys are split only when something random is drawn (PRNG code is slow to compile on CPU).
   stochastic = sampler == "ddpm" or not guid.is_concrete_zero(eta)
