@@ -151,6 +151,10 @@ def get_config(arg=None):
   sm.guidance_schedule = "constant"       # constant | oscillating
   sm.clip = "dynamic"                     # none | static | dynamic
   sm.dynamic_percentile = 0.995
+  sm.ddpm_variance = "small"              # small | large | interp (Nichol & Dhariwal)
+  sm.ddpm_var_interp = 0.5                # interp: fraction of the way from small to large
+  sm.guidance_low = 1.0                   # oscillating guidance: the low weight
+  sm.guidance_const_steps = 0             # oscillating guidance: steps held at the high weight
   sm.prompts = ("a red circle moving left", "a blue square moving up")
 
   # --- eval ---

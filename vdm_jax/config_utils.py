@@ -25,6 +25,9 @@ _CHOICES = {
     "sample.sampler": ("ddim", "ddpm"),
     "sample.guidance_schedule": ("constant", "oscillating"),
     "sample.clip": ("none", "static", "dynamic"),
+    "sample.ddpm_variance": ("small", "large", "interp"),
+    "data.video_short_clips": ("pad", "skip"),
+    "data.image_source": ("frames", "moving_shapes_images"),
 }
 
 
@@ -105,5 +108,9 @@ def validate_config(config) -> None:
   s = config.sample
   if s.num_steps <= 0:
     errors.append(f"sample.num_steps={s.num_steps} must be positive")
+  for key in ("eta", "ddpm_var_interp"):
+    value = s.get(key)
+    if value is not None and not 0.0 <= value <= 1.0:
+      errors.append(f"sample.{key}={value} must lie in [0, 1]")
   if errors:
     raise ConfigError("Invalid config:\n  - " + "\n  - ".join(errors))
