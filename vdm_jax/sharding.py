@@ -94,6 +94,32 @@ def fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> Partition
   return PartitionSpec(*fitted)
 
 
+def logical_to_mesh_spec(names: Sequence[str | None], rules: Rules) -> PartitionSpec:
+  """Maps logical dimension names to mesh axes by the first applicable rule of each name.
+
+  Like `nn.logical_to_mesh_axes`, a mesh axis is used at most once per array, but a logical
+  name may repeat (a conv kernel's (conv_space, conv_space, embed, mlp)): each occurrence takes
+  the first rule whose mesh axes are still free. A rule mapping to None replicates the dim.
+  """
+  used: set[str] = set()
+  out = []
+  for name in names:
+    assigned = None
+    if name is not None:
+      for rule_name, target in rules:
+        if rule_name != name:
+          continue
+        mesh_names = (target,) if isinstance(target, str) else tuple(target or ())
+        if not mesh_names:
+          break
+        if used.isdisjoint(mesh_names):
+          assigned = target
+          used.update(mesh_names)
+          break
+    out.append(assigned)
+  return PartitionSpec(*out)
+
+
 def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
   """NamedShardings for a tree of (possibly `nn.LogicallyPartitioned`) abstract arrays.
 
@@ -101,17 +127,17 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
   replicated. The returned tree has the structure of `nn.unbox(abstract_tree)`.
   """
   logical = nn.get_partition_spec(abstract_tree)
-  mesh_specs = nn.logical_to_mesh(logical, rules)
   shapes = nn.unbox(abstract_tree)
   is_spec = lambda x: isinstance(x, PartitionSpec)
-  return jax.tree.map(lambda spec, x: NamedSharding(mesh, fit_spec(spec, x.shape, mesh)),
-                      mesh_specs, shapes, is_leaf=is_spec)
+  return jax.tree.map(
+      lambda spec, x: NamedSharding(mesh, fit_spec(logical_to_mesh_spec(spec, rules),
+                                                   x.shape, mesh)),
+      logical, shapes, is_leaf=is_spec)
 
 
 def batch_axes(rules: Rules):
   """The mesh axes that the logical `batch` axis maps to (None: replicated)."""
-  spec = nn.logical_to_mesh_axes((axes.BATCH,), rules)
-  return spec[0]
+  return logical_to_mesh_spec((axes.BATCH,), rules)[0]
 
 
 def batch_sharding(mesh: Mesh, rules: Rules, ndim: int) -> NamedSharding:
@@ -143,7 +169,9 @@ def sharded_init(init_fn: Callable[..., Any], *args, mesh: Mesh, rules: Rules):
   abstract = jax.eval_shape(init_fn, *args)
   shardings = logical_shardings(abstract, mesh, rules)
   unboxed_init = lambda *a: nn.unbox(init_fn(*a))
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  # No logical-rules context here: unboxing a parameter inside `init` would then constrain it by
+  # its names, and flax rejects names that repeat (conv kernels); out_shardings place it anyway.
+  with jax.set_mesh(mesh):
     tree = jax.jit(unboxed_init, out_shardings=shardings)(*args)
   return tree, shardings
 
@@ -153,6 +181,16 @@ def host_to_global(batch: dict[str, np.ndarray], mesh: Mesh, rules: Rules) -> di
   return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, rules, np.ndim(v)),
                                                     np.asarray(v))
           for k, v in batch.items()}
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Host values (the same on every process) -> global arrays replicated over the mesh."""
+  sharding = NamedSharding(mesh, PartitionSpec())
+
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+  return jax.tree.map(put, tree)
 
 
 # Environment variables that say a launcher started us as one of several processes.

@@ -89,13 +89,15 @@ def match_state_shardings(abstract_state: TrainState, param_shardings: Any,
 
 def _plan(init_params_fn, key, tx, mesh, rules):
   """(init_state(key) -> unboxed TrainState, its abstract value, its shardings)."""
-  abstract_boxed = jax.eval_shape(init_params_fn, key)
-  param_shardings = sharding_lib.logical_shardings(abstract_boxed, mesh, rules)
-
   def init_state(k):
     return create_train_state(nn.unbox(init_params_fn(k)), tx)
 
-  abstract_state = jax.eval_shape(init_state, key)
+  def boxed_and_state(k):  # one abstract trace gives the logical names and the state layout
+    boxed = init_params_fn(k)
+    return boxed, create_train_state(nn.unbox(boxed), tx)
+
+  abstract_boxed, abstract_state = jax.eval_shape(boxed_and_state, key)
+  param_shardings = sharding_lib.logical_shardings(abstract_boxed, mesh, rules)
   return init_state, abstract_state, match_state_shardings(abstract_state, param_shardings, mesh)
 
 
@@ -109,7 +111,9 @@ def init_train_state(*, init_params_fn: Callable[[jax.Array], Any], key: jax.Arr
   shardings come from `jax.eval_shape` and the jitted init writes each shard in place.
   """
   init_state, _, shardings = _plan(init_params_fn, key, tx, mesh, rules)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  # No logical-rules context here: unboxing a parameter inside `init` would then constrain it by
+  # its names, and flax rejects names that repeat (conv kernels); out_shardings place it anyway.
+  with jax.set_mesh(mesh):
     state = jax.jit(init_state, out_shardings=shardings)(key)
   return state, shardings
 

@@ -128,8 +128,11 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn,
     is_img = batch["is_image"].astype(jnp.float32)
     n_img = jnp.sum(is_img)
     n_vid = is_img.shape[0] - n_img
-    metrics["loss_image"] = jnp.sum(per_example * is_img) / jnp.maximum(n_img, 1.0)
-    metrics["loss_video"] = jnp.sum(per_example * (1 - is_img)) / jnp.maximum(n_vid, 1.0)
+    nan = jnp.float32(jnp.nan)  # NaN marks "no such rows in this batch"; logs skip it
+    metrics["loss_image"] = jnp.where(
+        n_img > 0, jnp.sum(per_example * is_img) / jnp.maximum(n_img, 1.0), nan)
+    metrics["loss_video"] = jnp.where(
+        n_vid > 0, jnp.sum(per_example * (1 - is_img)) / jnp.maximum(n_vid, 1.0), nan)
   return new_state, metrics
 
 

@@ -1,0 +1,100 @@
+"""Periodic samples during training: the EMA parameters, the diffusion sampler with the
+config's `sample` section, the text encoder on `sample.prompts`, written as GIF + MP4 under
+`workdir/samples/step_XXXXXX/` with a `prompts.txt` (process 0 writes; all processes sample)."""
+import os
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
+import numpy as np
+
+from vdm_jax import diffusion
+from vdm_jax import sharding as sharding_lib
+from vdm_jax.train import objective
+from vdm_jax.train import video_writer
+
+
+def sample_dir(workdir: str, step: int) -> str:
+  return os.path.join(workdir, "samples", f"step_{step:06d}")
+
+
+class PeriodicSampler:
+  """Draws one video per prompt from the EMA parameters and writes them.
+
+  For super-resolution stages the low-resolution inputs (and their text) come from the first
+  rows of a training batch, since prompts alone do not determine them.
+  """
+
+  def __init__(self, config, model, *, workdir: str, mesh, rules, param_shardings: Any,
+               text_encoder: Optional[Any]):
+    self.config, self.workdir = config, workdir
+    self.model = model
+    self.mesh, self.rules = mesh, rules
+    s = config.sample
+    self.prompts = list(s.prompts)
+    if not self.prompts:
+      raise ValueError("train.sample_every > 0 needs at least one sample.prompts entry.")
+    self.is_sr = config.model.get("lowres_conditioning", "none") != "none"
+    self.uses_text = objective.needs_text(config.model)
+    if self.uses_text and text_encoder is None and not self.is_sr:
+      raise ValueError("Sampling a text-conditioned model needs a text encoder (text.encoder).")
+    self._text = text_encoder.encode(self.prompts) if self.uses_text and not self.is_sr else None
+    self.schedule = diffusion.schedule_from_config(config.diffusion, resolution=config.height)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    self._sample = jax.jit(self._sample_fn, in_shardings=(param_shardings, replicated, replicated),
+                           out_shardings=replicated)
+
+  def _model_fn(self, params, z, logsnr, cond):
+    return self.model.apply({"params": params}, z, logsnr, **cond, train=False)
+
+  def _sample_fn(self, params, step, cond):
+    s = self.config.sample
+    key = jax.random.fold_in(jax.random.key(int(self.config.seed) + 1), step)
+    n = next(iter(jax.tree.leaves(cond))).shape[0] if cond else len(self.prompts)
+    uncond = None
+    guidance = float(s.guidance_weight) if self.uses_text else 0.0
+    if self.uses_text and guidance != 0.0:
+      uncond = dict(cond)
+      uncond["text_emb"] = jnp.zeros_like(cond["text_emb"])
+      uncond["text_mask"] = jnp.zeros_like(cond["text_mask"])
+    c = self.config
+    return diffusion.sample(
+        model_fn=lambda z, l, cd: self._model_fn(params, z, l, cd),
+        shape=(n, c.frames, c.height, c.width, c.channels), key=key,
+        num_steps=int(s.num_steps), schedule=self.schedule, sampler=s.sampler, eta=float(s.eta),
+        prediction=c.diffusion.prediction, cond=cond, uncond=uncond, guidance_weight=guidance,
+        guidance_schedule=s.guidance_schedule, clip=s.clip,
+        dynamic_percentile=float(s.dynamic_percentile))
+
+  def _conditioning(self, batch: Optional[dict]):
+    """(cond dict of host arrays with leading dim n, the prompt lines for prompts.txt)."""
+    n = len(self.prompts)
+    if self.is_sr:
+      if batch is None or "lowres" not in batch:
+        raise ValueError("Sampling an SR stage needs a batch with 'lowres' videos.")
+      rows = {k: np.asarray(v)[:n] for k, v in batch.items()}
+      cond = objective.model_inputs(self.config.model, rows)
+      cond = {k: np.asarray(v) for k, v in cond.items()}
+      if self.config.model.get("cond_aug_conditioning", False):
+        cond["cond_aug_logsnr"] = np.full((len(rows["video"]),), self.schedule(0.0), np.float32)
+      lines = [f"SR of training row {i} (its own caption)" for i in range(len(rows["video"]))]
+      return cond, lines
+    cond = {}
+    if self.uses_text:
+      cond["text_emb"], cond["text_mask"] = self._text
+    if self.config.model.get("fps_conditioning", False):
+      cond["fps"] = np.full((n,), float(self.config.fps), np.float32)
+    return cond, self.prompts
+
+  def __call__(self, step: int, ema_params: Any, batch: Optional[dict] = None) -> list[str]:
+    """Samples with the key fold_in(key(seed + 1), step) and writes the videos (process 0)."""
+    cond, lines = self._conditioning(batch)
+    args = sharding_lib.replicate((np.int32(step), cond), self.mesh)
+    with jax.set_mesh(self.mesh):
+      videos = self._sample(ema_params, *args)
+    videos = np.asarray(videos.addressable_data(0))  # replicated: every process has it all
+    if jax.process_index() != 0:
+      return []
+    return video_writer.write_videos(sample_dir(self.workdir, step), list(videos),
+                                     fps=float(self.config.fps), prompts=lines)
