@@ -1,0 +1,153 @@
+"""Attention blocks of the factorized space-time U-Net.
+
+  SpatialSelfAttention   each frame's H*W positions attend to each other.
+  TemporalSelfAttention  each spatial position's T frames attend to each other, with a learned
+                         T5-style relative position bias and a frame mask (self-only for the
+                         examples flagged `is_image`). Zero-initialized output: identity at init.
+  TextCrossAttention     every position attends to the text tokens, padding masked out.
+
+All are residual (x + attention(GroupNorm(x))) over [B, T, H, W, C] and use the one
+dispatcher `vdm_jax.models.attention.dot_product_attention`.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vdm_jax.models import axes
+from vdm_jax.models import attention
+from vdm_jax.models import layers
+
+Dtype = Any
+_QKV_AXES = (axes.BATCH, axes.TOKENS, axes.HEADS, axes.KV)
+
+
+class MultiHeadAttention(nn.Module):
+  """Projections around `dot_product_attention`.
+
+  Call: (x [B, Lq, C], context [B, Lk, Cc], bias, mask) -> [B, Lq, out_features].
+  """
+  num_heads: int
+  head_dim: int
+  out_features: int
+  implementation: str = "xla"
+  zero_init_out: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def _proj(self, name):
+    return nn.DenseGeneral(
+        (self.num_heads, self.head_dim), axis=-1, dtype=self.dtype,
+        param_dtype=self.param_dtype, name=name,
+        kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
+                                       (axes.EMBED, axes.HEADS, axes.KV)),
+        bias_init=layers.partitioned(nn.initializers.zeros_init(), (axes.HEADS, axes.KV)))
+
+  @nn.compact
+  def __call__(self, x, context, *, bias=None, mask=None):
+    q = nn.with_logical_constraint(self._proj("query")(x), _QKV_AXES)
+    k = nn.with_logical_constraint(self._proj("key")(context), _QKV_AXES)
+    v = nn.with_logical_constraint(self._proj("value")(context), _QKV_AXES)
+    out = attention.dot_product_attention(q, k, v, bias=bias, mask=mask,
+                                          implementation=self.implementation)
+    out = nn.with_logical_constraint(out, _QKV_AXES)
+    kinit = (nn.initializers.zeros_init() if self.zero_init_out
+             else nn.initializers.lecun_normal())
+    return nn.DenseGeneral(
+        self.out_features, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
+        name="out",
+        kernel_init=layers.partitioned(kinit, (axes.HEADS, axes.KV, axes.EMBED)),
+        bias_init=layers.partitioned(nn.initializers.zeros_init(), (axes.EMBED,)))(out)
+
+
+class RelativePositionBias(nn.Module):
+  """Learned bias per (head, T5 log bucket of key frame - query frame) -> [1, N, T, T]."""
+  num_heads: int
+  num_buckets: int
+  max_distance: int
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, num_frames):
+    table = self.param(
+        "table", layers.partitioned(nn.initializers.normal(0.02),
+                                    (axes.REL_BUCKETS, axes.HEADS)),
+        (self.num_buckets, self.num_heads), self.param_dtype)
+    pos = jnp.arange(num_frames)
+    buckets = attention.relative_position_buckets(
+        pos[None, :] - pos[:, None], num_buckets=self.num_buckets,
+        max_distance=self.max_distance)                             # [Tq, Tk]
+    bias = jnp.take(table, buckets, axis=0)                         # [Tq, Tk, N]
+    return jnp.transpose(bias, (2, 0, 1))[None].astype(jnp.float32)
+
+
+class _AttentionSettings(nn.Module):
+  """Fields shared by the three blocks."""
+  num_heads: int
+  head_dim: int
+  num_groups: int
+  implementation: str = "xla"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def _norm(self, x):
+    return layers.FrameGroupNorm(self.num_groups, self.dtype, self.param_dtype, name="norm")(x)
+
+  def _mha(self, channels, *, implementation=None, zero_init_out=False):
+    return MultiHeadAttention(self.num_heads, self.head_dim, channels,
+                              implementation=implementation or self.implementation,
+                              zero_init_out=zero_init_out, dtype=self.dtype,
+                              param_dtype=self.param_dtype, name="attention")
+
+
+class SpatialSelfAttention(_AttentionSettings):
+  """x + attention over the H*W positions of each frame. (x [B, T, H, W, C]) -> same."""
+
+  @nn.compact
+  def __call__(self, x):
+    b, t, h, w, c = x.shape
+    tokens = self._norm(x).reshape(b * t, h * w, c)
+    out = self._mha(c)(tokens, tokens)
+    return layers.constrain_video(x + out.reshape(x.shape).astype(x.dtype))
+
+
+class TemporalSelfAttention(_AttentionSettings):
+  """x + attention over the T frames at each spatial position.
+
+  Call: (x [B, T, H, W, C], is_image [B] bool) -> [B, T, H, W, C]. Examples with is_image
+  attend only to their own frame. 'splash' takes no bias, so this block uses 'xla' then
+  (T is short: the cost is T^2 per position).
+  """
+  num_buckets: int = 32
+  max_distance: int = 128
+
+  @nn.compact
+  def __call__(self, x, is_image):
+    b, t, h, w, c = x.shape
+    tokens = jnp.transpose(self._norm(x), (0, 2, 3, 1, 4)).reshape(b * h * w, t, c)
+    bias = RelativePositionBias(self.num_heads, self.num_buckets, self.max_distance,
+                                self.param_dtype, name="rel_pos")(t)       # [1, N, T, T]
+    eye = jnp.eye(t, dtype=jnp.bool_)
+    mask = jnp.where(is_image[:, None, None, None], eye, jnp.ones_like(eye))  # [B, 1, T, T]
+    mask = jnp.repeat(mask, h * w, axis=0)                                     # [B*H*W, 1, T, T]
+    impl = "xla" if self.implementation == "splash" else self.implementation
+    out = self._mha(c, implementation=impl, zero_init_out=True)(
+        tokens, tokens, bias=bias, mask=mask)                                  # [B*H*W, T, C]
+    out = jnp.transpose(out.reshape(b, h, w, t, c), (0, 3, 1, 2, 4))
+    return layers.constrain_video(x + out.astype(x.dtype))
+
+
+class TextCrossAttention(_AttentionSettings):
+  """x + attention from every position to the text tokens.
+
+  Call: (x [B, T, H, W, C], text [B, L, D], text_mask [B, L] bool) -> [B, T, H, W, C].
+  Padded tokens (mask False) get zero weight; an all-padding caption adds nothing.
+  """
+
+  @nn.compact
+  def __call__(self, x, text, text_mask):
+    b, t, h, w, c = x.shape
+    tokens = self._norm(x).reshape(b, t * h * w, c)
+    mask = text_mask[:, None, None, :]                              # [B, 1, 1, L]
+    out = self._mha(c)(tokens, text.astype(self.dtype), mask=mask)
+    return layers.constrain_video(x + out.reshape(x.shape).astype(x.dtype))

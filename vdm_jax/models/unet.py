@@ -1,0 +1,227 @@
+"""The factorized space-time U-Net of Video Diffusion Models / Imagen Video (Flax Linen).
+
+    model = SpaceTimeUNet(config=cfg.model)
+    out = model.apply(params, x, logsnr, text_emb=..., text_mask=..., fps=..., train=False)
+    # x [B, T, H, W, C] -> out [B, T, H, W, cfg.model.out_channels]
+
+Layout (levels l = 0..L-1 with channels base_channels * channel_mult[l]):
+  conv_in (3x3 per frame)
+  down:   per level num_res_blocks x [ResBlock -> mixers(l)], then a spatial 2x downsample
+          (not after the last level); every output is kept as a skip connection.
+  middle: ResBlock -> mixers(L-1) -> ResBlock
+  up:     per level (reversed) num_res_blocks + 1 x [concat skip -> ResBlock -> mixers(l)],
+          then a spatial 2x upsample (not after level 0).
+  out:    GroupNorm -> SiLU -> conv_out (3x3 per frame)
+  mixers(l) = [SpatialSelfAttention -> TextCrossAttention]  if spatial_attention[l]
+              (cross-attention only with text_cross_attention)
+            + TemporalSelfAttention | TemporalConvBlock | nothing  per temporal_mixing[l]
+  ResBlocks of levels whose temporal_mixing is not 'none' also carry a 3x1x1 temporal conv
+  when temporal_conv_in_resblock is set. Time is never downsampled. Norms and spatial layers
+  see one frame at a time, so with temporal_mixing 'none' everywhere the network is an image
+  model applied per frame, and `is_image` examples (joint image-video training) are processed
+  exactly that way: temporal attention masked to self, temporal convs bypassed.
+
+Conditioning: FiLM embedding = MLP(sin(logsnr)) + optional fps, conditioning-augmentation
+logSNR and guidance-weight embeddings + Dense(masked mean of text) (see conditioning.py); the
+low-resolution video of an SR stage is resized to the input geometry and concatenated on
+channels. Inputs are validated before tracing any layer: a missing input that the config
+requires, or an input given that the config does not use, raises ValueError naming it.
+
+Rematerialization: `model.remat` none | block | full (policies in unet_spec.py), applied to
+every residual, attention and temporal block.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vdm_jax.models import attention_blocks
+from vdm_jax.models import axes
+from vdm_jax.models import conditioning
+from vdm_jax.models import layers
+from vdm_jax.models import unet_spec
+
+
+class SpaceTimeUNet(nn.Module):
+  """Factorized space-time U-Net. `config` is the `model` section of an experiment config."""
+  config: Any
+
+  @nn.compact
+  def __call__(self, x, logsnr, *, text_emb=None, text_mask=None, fps=None,
+               cond_aug_logsnr=None, lowres_video=None, is_image=None, guidance_weight=None,
+               train=False):
+    """Predicts the diffusion target for a noisy video.
+
+    Args:
+      x: [B, T, H, W, C] noisy video.
+      logsnr: [B] log signal-to-noise ratio of x.
+      text_emb: [B, L, text_embed_dim] token embeddings (text_cross_attention or
+        text_pooled_conditioning).
+      text_mask: [B, L] bool, True = real token; default all True.
+      fps: [B] frame rate (fps_conditioning).
+      cond_aug_logsnr: [B] logSNR of the noise added to lowres_video (cond_aug_conditioning).
+      lowres_video: [B, T', H', W', C'] previous-stage video (lowres_conditioning != 'none').
+      is_image: [B] bool, examples that are independent images, not videos; default False.
+      guidance_weight: [B] guidance weight (guidance_weight_conditioning).
+      train: enables dropout (rng stream 'dropout').
+
+    Returns:
+      [B, T, H, W, out_channels] float32.
+    """
+    spec = unet_spec.UNetSpec.from_config(self.config)
+    _check_inputs(spec, x, logsnr, text_emb=text_emb, text_mask=text_mask, fps=fps,
+                  cond_aug_logsnr=cond_aug_logsnr, lowres_video=lowres_video,
+                  is_image=is_image, guidance_weight=guidance_weight)
+    b, t, h, w, _ = x.shape
+    dt, pdt = spec.compute_dtype, spec.params_dtype
+    kw = dict(dtype=dt, param_dtype=pdt)
+    if is_image is None:
+      is_image = jnp.zeros((b,), jnp.bool_)
+    if spec.needs_text and text_mask is None:
+      text_mask = jnp.ones(text_emb.shape[:2], jnp.bool_)
+
+    emb = conditioning.ConditioningEmbedding(spec.cond_embed_dim, name="cond", **kw)(
+        logsnr, fps=fps, cond_aug_logsnr=cond_aug_logsnr, guidance_weight=guidance_weight,
+        text=text_emb if spec.text_pooled_conditioning else None, text_mask=text_mask)
+    text = None
+    if spec.text_cross_attention:
+      text = nn.LayerNorm(dtype=dt, param_dtype=pdt, name="text_norm",
+                          scale_init=layers.partitioned(nn.initializers.ones_init(),
+                                                        (axes.NORM,)),
+                          bias_init=layers.partitioned(nn.initializers.zeros_init(),
+                                                       (axes.NORM,)))(text_emb)
+
+    if spec.lowres_conditioning != "none":
+      low = conditioning.upsample_lowres(
+          lowres_video, mode=spec.lowres_conditioning, frames=t, height=h, width=w,
+          temporal_method=spec.lowres_temporal_upsample)
+      x = jnp.concatenate([x, low.astype(x.dtype)], axis=-1)
+    x = layers.constrain_video(x.astype(dt))
+
+    blocks = _Blocks(spec, train)
+    hid = layers.conv(spec.base_channels, (3, 3), names_io=(None, axes.MLP),
+                      name="conv_in", **kw)(x)
+    skips = [hid]
+    for level in range(spec.num_levels):
+      for i in range(spec.num_res_blocks):
+        hid = blocks.res(level, f"down{level}_res{i}")(hid, emb, is_image)
+        hid = blocks.mix(level, f"down{level}_{i}", hid, text, text_mask, is_image)
+        skips.append(hid)
+      if level < spec.num_levels - 1:
+        hid = layers.Downsample(spec.level_channels(level), name=f"down{level}_resample",
+                                **kw)(hid)
+        skips.append(hid)
+
+    last = spec.num_levels - 1
+    hid = blocks.res(last, "mid_res0")(hid, emb, is_image)
+    hid = blocks.mix(last, "mid", hid, text, text_mask, is_image)
+    hid = blocks.res(last, "mid_res1")(hid, emb, is_image)
+
+    for level in reversed(range(spec.num_levels)):
+      for i in range(spec.num_res_blocks + 1):
+        hid = jnp.concatenate([hid, skips.pop()], axis=-1)
+        hid = blocks.res(level, f"up{level}_res{i}")(hid, emb, is_image)
+        hid = blocks.mix(level, f"up{level}_{i}", hid, text, text_mask, is_image)
+      if level > 0:
+        hid = layers.Upsample(spec.level_channels(level), name=f"up{level}_resample",
+                              **kw)(hid)
+
+    hid = layers.FrameGroupNorm(spec.num_groups, name="norm_out", **kw)(hid)
+    # The few input/output channels (3, 6, ...) are never sharded: named None.
+    out = layers.conv(spec.out_channels, (3, 3), names_io=(axes.EMBED, None),
+                      name="conv_out", **kw)(nn.silu(hid))
+    return out.astype(jnp.float32)
+
+
+class _Blocks:
+  """Creates the (optionally rematerialized) blocks of one U-Net level inside its parent."""
+
+  def __init__(self, spec, train):
+    self.spec = spec
+    self.deterministic = not train
+    policy = unet_spec.REMAT_POLICIES.get(spec.remat)
+    wrap = (lambda cls: nn.remat(cls, policy=policy)) if policy is not None else (lambda c: c)
+    self.res_cls = wrap(layers.ResBlock)
+    self.spatial_cls = wrap(attention_blocks.SpatialSelfAttention)
+    self.cross_cls = wrap(attention_blocks.TextCrossAttention)
+    self.temporal_attn_cls = wrap(attention_blocks.TemporalSelfAttention)
+    self.temporal_conv_cls = wrap(layers.TemporalConvBlock)
+    self.kw = dict(dtype=spec.compute_dtype, param_dtype=spec.params_dtype)
+
+  def res(self, level, name):
+    s = self.spec
+    temporal = s.temporal_conv_in_resblock and s.temporal_mixing[level] != "none"
+    return self.res_cls(s.level_channels(level), s.num_groups, dropout=s.dropout,
+                        temporal_conv=temporal, deterministic=self.deterministic, name=name,
+                        **self.kw)
+
+  def _attn_kw(self, channels):
+    heads, dim = self.spec.heads(channels)
+    return dict(num_heads=heads, head_dim=dim, num_groups=self.spec.num_groups,
+                implementation=self.spec.attention_impl, **self.kw)
+
+  def mix(self, level, prefix, x, text, text_mask, is_image):
+    """Spatial attention (+ text cross-attention) and temporal mixing of one level."""
+    s = self.spec
+    c = x.shape[-1]
+    if s.spatial_attention[level]:
+      x = self.spatial_cls(name=f"{prefix}_spatial_attn", **self._attn_kw(c))(x)
+      if s.text_cross_attention:
+        x = self.cross_cls(name=f"{prefix}_cross_attn", **self._attn_kw(c))(x, text, text_mask)
+    mode = s.temporal_mixing[level]
+    if mode == "attention":
+      x = self.temporal_attn_cls(num_buckets=s.rel_pos_buckets,
+                                 max_distance=s.rel_pos_max_distance,
+                                 name=f"{prefix}_temporal_attn", **self._attn_kw(c))(x, is_image)
+    elif mode == "conv":
+      x = self.temporal_conv_cls(s.num_groups, name=f"{prefix}_temporal_conv", **self.kw)(
+          x, is_image)
+    return x
+
+
+def _check_inputs(spec, x, logsnr, **inputs):
+  """Raises ValueError for malformed, missing-but-required or given-but-unused inputs."""
+  if x.ndim != 5:
+    raise ValueError(f"x must be a video [B, T, H, W, C], got shape {x.shape}")
+  b, _, h, w, _ = x.shape
+  factor = 2 ** (spec.num_levels - 1)
+  if h % factor or w % factor:
+    raise ValueError(f"height and width ({h}, {w}) must be divisible by {factor} "
+                     f"(2 ** (levels - 1) for {spec.num_levels} levels)")
+  if logsnr.shape != (b,):
+    raise ValueError(f"logsnr must have shape [B] = ({b},), got {logsnr.shape}")
+  required = {
+      "text_emb": (spec.needs_text, "text_cross_attention or text_pooled_conditioning"),
+      "fps": (spec.fps_conditioning, "fps_conditioning"),
+      "cond_aug_logsnr": (spec.cond_aug_conditioning, "cond_aug_conditioning"),
+      "lowres_video": (spec.lowres_conditioning != "none", "lowres_conditioning"),
+      "guidance_weight": (spec.guidance_weight_conditioning, "guidance_weight_conditioning"),
+      "is_image": (None, ""),
+  }
+  for name, (needed, flag) in required.items():
+    value = inputs[name]
+    if needed and value is None:
+      raise ValueError(f"SpaceTimeUNet needs `{name}` because model.{flag} is set; pass it "
+                       f"(or turn the option off)")
+    if needed is False and value is not None:
+      raise ValueError(f"SpaceTimeUNet got `{name}` but model.{flag} is off, so it would be "
+                       f"ignored; drop it or turn the option on")
+  if inputs["text_mask"] is not None and inputs["text_emb"] is None:
+    raise ValueError("SpaceTimeUNet got `text_mask` without `text_emb`")
+  text, mask = inputs["text_emb"], inputs["text_mask"]
+  if text is not None:
+    if text.ndim != 3 or text.shape[0] != b or text.shape[-1] != spec.text_embed_dim:
+      raise ValueError(f"text_emb must be [B={b}, L, text_embed_dim={spec.text_embed_dim}], "
+                       f"got {text.shape}")
+    if mask is not None and (mask.shape != text.shape[:2] or mask.dtype != jnp.bool_):
+      raise ValueError(f"text_mask must be bool [B, L] = {text.shape[:2]}, got "
+                       f"{mask.dtype} {mask.shape}")
+  for name in ("fps", "cond_aug_logsnr", "guidance_weight", "is_image"):
+    value = inputs[name]
+    if value is not None and value.shape != (b,):
+      raise ValueError(f"{name} must have shape [B] = ({b},), got {value.shape}")
+  if inputs["is_image"] is not None and inputs["is_image"].dtype != jnp.bool_:
+    raise ValueError(f"is_image must be bool, got {inputs['is_image'].dtype}")
+  low = inputs["lowres_video"]
+  if low is not None and (low.ndim != 5 or low.shape[0] != b):
+    raise ValueError(f"lowres_video must be [B={b}, T', H', W', C], got {low.shape}")

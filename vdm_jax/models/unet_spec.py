@@ -1,0 +1,163 @@
+"""The validated, hashable form of the `model` config section of a SpaceTimeUNet.
+
+`UNetSpec.from_config(config.model)` checks every key before anything is traced or compiled
+and says what is wrong and what to do. `validate_model_config(config.model)` is the same check
+for callers that only want the error.
+"""
+import dataclasses
+from typing import Tuple
+
+import jax
+import jax.numpy as jnp
+
+TEMPORAL_MIXING = ("attention", "conv", "none")
+LOWRES_CONDITIONING = ("none", "spatial", "temporal")
+LOWRES_TEMPORAL_UPSAMPLE = ("repeat", "linear")
+ATTENTION_IMPLS = ("xla", "cudnn", "splash")
+REMAT = ("none", "block", "full")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+# Remat policies per `model.remat`:
+#   none   keep every activation for the backward pass (fastest, most memory);
+#   block  rematerialize each residual/attention block, keeping only the results of its
+#          weight matmuls (dense and attention projections); convs, norms, nonlinearities and
+#          attention probabilities are recomputed;
+#   full   rematerialize each block keeping nothing inside it (only block inputs are stored).
+REMAT_POLICIES = {
+    "block": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetSpec:
+  """Every U-Net hyper-parameter, checked. Field meanings: configs/default.py, `model`."""
+  base_channels: int
+  channel_mult: Tuple[int, ...]
+  num_res_blocks: int
+  spatial_attention: Tuple[bool, ...]
+  temporal_mixing: Tuple[str, ...]
+  temporal_conv_in_resblock: bool
+  num_heads: int
+  head_dim: int
+  dropout: float
+  num_groups: int
+  rel_pos_buckets: int
+  rel_pos_max_distance: int
+  cond_embed_dim: int
+  text_embed_dim: int
+  text_cross_attention: bool
+  text_pooled_conditioning: bool
+  fps_conditioning: bool
+  lowres_conditioning: str
+  lowres_temporal_upsample: str
+  cond_aug_conditioning: bool
+  guidance_weight_conditioning: bool
+  attention_impl: str
+  dtype: str
+  param_dtype: str
+  remat: str
+  out_channels: int
+
+  @classmethod
+  def from_config(cls, config):
+    """Reads a `model` ConfigDict (or mapping); raises ValueError on a bad or missing key."""
+    values = {}
+    for field in dataclasses.fields(cls):
+      if field.name not in config:
+        raise ValueError(f"model config lacks key {field.name!r}; see configs/default.py")
+      value = config[field.name]
+      if field.name in ("channel_mult", "spatial_attention", "temporal_mixing"):
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+          raise ValueError(f"model.{field.name} must be a tuple with one entry per level, "
+                           f"got {value!r}")
+        value = tuple(value)
+      values[field.name] = value
+    spec = cls(**values)
+    spec._validate()
+    return spec
+
+  @property
+  def num_levels(self):
+    return len(self.channel_mult)
+
+  @property
+  def compute_dtype(self):
+    return DTYPES[self.dtype]
+
+  @property
+  def params_dtype(self):
+    return DTYPES[self.param_dtype]
+
+  @property
+  def needs_text(self):
+    return self.text_cross_attention or self.text_pooled_conditioning
+
+  def level_channels(self, level):
+    return self.base_channels * self.channel_mult[level]
+
+  def heads(self, channels):
+    """(num_heads, head_dim) for attention over `channels` features.
+
+    num_heads > 0 and head_dim > 0: fixed; head_dim == 0: channels // num_heads per head;
+    num_heads == 0: channels // head_dim heads (Imagen's fixed 64-wide heads).
+    """
+    if self.head_dim == 0:
+      return self.num_heads, channels // self.num_heads
+    if self.num_heads == 0:
+      return channels // self.head_dim, self.head_dim
+    return self.num_heads, self.head_dim
+
+  def _validate(self):
+    def fail(msg):
+      raise ValueError(f"bad model config: {msg}")
+
+    n = self.num_levels
+    if n < 1:
+      fail("channel_mult is empty; give one multiplier per level, e.g. (1, 2, 4)")
+    if any((not isinstance(m, int)) or m < 1 for m in self.channel_mult):
+      fail(f"channel_mult entries must be positive ints, got {self.channel_mult}")
+    for key in ("spatial_attention", "temporal_mixing"):
+      if len(getattr(self, key)) != n:
+        fail(f"{key} has {len(getattr(self, key))} entries but channel_mult has {n} levels; "
+             "give one entry per level")
+    for i, mode in enumerate(self.temporal_mixing):
+      if mode not in TEMPORAL_MIXING:
+        fail(f"temporal_mixing[{i}] = {mode!r}; use one of {TEMPORAL_MIXING}")
+    for key in ("base_channels", "num_res_blocks", "num_groups", "cond_embed_dim",
+                "text_embed_dim", "out_channels"):
+      if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+        fail(f"{key} must be a positive int, got {getattr(self, key)!r}")
+    if self.base_channels % self.num_groups:
+      fail(f"base_channels={self.base_channels} is not divisible by num_groups="
+           f"{self.num_groups}")
+    if self.cond_embed_dim % 2:
+      fail(f"cond_embed_dim must be even (sinusoidal embedding), got {self.cond_embed_dim}")
+    if self.num_heads < 0 or self.head_dim < 0 or (self.num_heads == 0 and self.head_dim == 0):
+      fail("set num_heads and/or head_dim (> 0); 0 in one of them derives it from channels")
+    for level in range(n):
+      if self.spatial_attention[level] or self.temporal_mixing[level] == "attention":
+        c = self.level_channels(level)
+        heads, dim = self.heads(c)
+        if heads < 1 or dim < 1 or (self.head_dim == 0 and c % self.num_heads) or (
+            self.num_heads == 0 and c % self.head_dim):
+          fail(f"level {level} has {c} channels, which do not split into num_heads="
+               f"{self.num_heads} x head_dim={self.head_dim}")
+    if not 0.0 <= float(self.dropout) < 1.0:
+      fail(f"dropout must be in [0, 1), got {self.dropout}")
+    if self.rel_pos_buckets < 4 or self.rel_pos_buckets % 2:
+      fail(f"rel_pos_buckets must be an even number >= 4, got {self.rel_pos_buckets}")
+    if self.rel_pos_max_distance <= self.rel_pos_buckets // 4:
+      fail(f"rel_pos_max_distance must exceed rel_pos_buckets // 4, got "
+           f"{self.rel_pos_max_distance}")
+    if self.text_cross_attention and not any(self.spatial_attention):
+      fail("text_cross_attention=True but no level has spatial_attention; cross-attention "
+           "sits beside spatial attention: enable spatial attention on a level or set "
+           "text_cross_attention=False (pooled text still conditions the model)")
+    choices = (("lowres_conditioning", LOWRES_CONDITIONING),
+               ("lowres_temporal_upsample", LOWRES_TEMPORAL_UPSAMPLE),
+               ("attention_impl", ATTENTION_IMPLS), ("dtype", tuple(DTYPES)),
+               ("param_dtype", tuple(DTYPES)), ("remat", REMAT))
+    for key, allowed in choices:
+      if getattr(self, key) not in allowed:
+        fail(f"{key} = {getattr(self, key)!r}; use one of {allowed}")
