@@ -22,6 +22,50 @@ Dtype = Any
 _QKV_AXES = (axes.BATCH, axes.TOKENS, axes.HEADS, axes.KV)
 
 
+class HeadProjection(nn.Module):
+  """[..., C] -> [..., N, D] with a kernel named (EMBED, HEADS, KV).
+
+  (nn.DenseGeneral reshapes a flat boxed kernel, which breaks its logical sharding constraint
+  under an active mesh; this keeps the kernel 3-D throughout.)
+  """
+  num_heads: int
+  head_dim: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    shape = (x.shape[-1], self.num_heads, self.head_dim)
+    kernel = self.param("kernel", layers.partitioned(
+        nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2)),
+        (axes.EMBED, axes.HEADS, axes.KV)), shape, self.param_dtype)
+    bias = self.param("bias", layers.partitioned(nn.initializers.zeros_init(),
+                                                 (axes.HEADS, axes.KV)),
+                      shape[1:], self.param_dtype)
+    y = jnp.einsum("...c,cnd->...nd", x.astype(self.dtype), kernel.astype(self.dtype))
+    return y + bias.astype(self.dtype)
+
+
+class OutProjection(nn.Module):
+  """[..., N, D] -> [..., features] with a kernel named (HEADS, KV, EMBED)."""
+  features: int
+  zero_init: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    shape = x.shape[-2:] + (self.features,)
+    init = (nn.initializers.zeros_init() if self.zero_init
+            else nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2))
+    kernel = self.param("kernel", layers.partitioned(init, (axes.HEADS, axes.KV, axes.EMBED)),
+                        shape, self.param_dtype)
+    bias = self.param("bias", layers.partitioned(nn.initializers.zeros_init(), (axes.EMBED,)),
+                      (self.features,), self.param_dtype)
+    y = jnp.einsum("...nd,ndc->...c", x.astype(self.dtype), kernel.astype(self.dtype))
+    return y + bias.astype(self.dtype)
+
+
 class MultiHeadAttention(nn.Module):
   """Projections around `dot_product_attention`.
 
@@ -36,12 +80,8 @@ class MultiHeadAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def _proj(self, name):
-    return nn.DenseGeneral(
-        (self.num_heads, self.head_dim), axis=-1, dtype=self.dtype,
-        param_dtype=self.param_dtype, name=name,
-        kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
-                                       (axes.EMBED, axes.HEADS, axes.KV)),
-        bias_init=layers.partitioned(nn.initializers.zeros_init(), (axes.HEADS, axes.KV)))
+    return HeadProjection(self.num_heads, self.head_dim, self.dtype, self.param_dtype,
+                          name=name)
 
   @nn.compact
   def __call__(self, x, context, *, bias=None, mask=None):
@@ -51,13 +91,8 @@ class MultiHeadAttention(nn.Module):
     out = attention.dot_product_attention(q, k, v, bias=bias, mask=mask,
                                           implementation=self.implementation)
     out = nn.with_logical_constraint(out, _QKV_AXES)
-    kinit = (nn.initializers.zeros_init() if self.zero_init_out
-             else nn.initializers.lecun_normal())
-    return nn.DenseGeneral(
-        self.out_features, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
-        name="out",
-        kernel_init=layers.partitioned(kinit, (axes.HEADS, axes.KV, axes.EMBED)),
-        bias_init=layers.partitioned(nn.initializers.zeros_init(), (axes.EMBED,)))(out)
+    return OutProjection(self.out_features, self.zero_init_out, self.dtype, self.param_dtype,
+                         name="out")(out)
 
 
 class RelativePositionBias(nn.Module):

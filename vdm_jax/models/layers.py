@@ -40,13 +40,15 @@ def dense(features, *, names=(axes.EMBED, axes.MLP), zero_init=False, dtype=jnp.
 
 def conv(features, kernel_size, *, strides=None, names_io=(axes.EMBED, axes.MLP),
          zero_init=False, dtype=jnp.float32, param_dtype=jnp.float32, name=None):
-  """nn.Conv with 'SAME' padding; kernel named (CONV_SPACE, ..., in, out).
+  """nn.Conv with 'SAME' padding; kernel named (CONV_SPACE, None.., in, out).
 
   A 2-D kernel_size (kh, kw) applied to [B, T, H, W, C] convolves each frame alone (T is a
-  batch dimension); a 3-D kernel_size (kt, kh, kw) convolves over time too.
+  batch dimension); a 3-D kernel_size (kt, kh, kw) convolves over time too. Flax refuses a
+  logical name repeated within one array, so only the first kernel extent is CONV_SPACE and
+  the others are None (both unsharded).
   """
   kinit = nn.initializers.zeros_init() if zero_init else nn.initializers.lecun_normal()
-  names = (axes.CONV_SPACE,) * len(kernel_size) + tuple(names_io)
+  names = (axes.CONV_SPACE,) + (None,) * (len(kernel_size) - 1) + tuple(names_io)
   return nn.Conv(features, kernel_size, strides=strides, padding="SAME", dtype=dtype,
                  param_dtype=param_dtype, name=name, kernel_init=partitioned(kinit, names),
                  bias_init=partitioned(nn.initializers.zeros_init(), names[-1:]))

@@ -11,6 +11,7 @@ convolutions (the SR stages) and spatial attention (base and the first two SSR s
 not publish channel widths, multipliers or block counts: those below are ours, chosen so each
 stage's count lands near the published one. experiments/unet_params/ sets them side by side.
 """
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -38,13 +39,13 @@ IMAGEN_VIDEO_TEXT_ENCODER_PARAMS = 4.6e9   # frozen T5-XXL
 
 # Our widths: (base_channels, channel_mult, num_res_blocks, spatial_attention per level).
 _WIDTHS = {
-    "base": (512, (1, 2, 4, 4), 3, (False, True, True, True)),
-    "tsr1": (384, (1, 2, 4, 4), 3, (False, False, False, False)),
-    "ssr1": (256, (1, 2, 4, 8), 3, (False, False, True, True)),
-    "ssr2": (192, (1, 2, 4, 8), 3, (False, False, False, True)),
-    "tsr2": (192, (1, 2, 4, 8), 2, (False, False, False, False)),
-    "tsr3": (128, (1, 2, 4, 8, 8), 2, (False, False, False, False, False)),
-    "ssr3": (128, (1, 1, 2, 4, 4), 2, (False, False, False, False, False)),
+    "base": (704, (1, 2, 4, 4), 3, (False, True, True, True)),
+    "tsr1": (416, (1, 2, 4, 4), 3, (False, False, False, False)),
+    "ssr1": (256, (1, 2, 4, 8), 2, (False, False, True, True)),
+    "ssr2": (192, (1, 2, 4, 8), 3, (False, False, True, True)),
+    "tsr2": (192, (1, 2, 4, 8), 3, (False, False, False, False)),
+    "tsr3": (192, (1, 2, 4, 8), 2, (False, False, False, False)),
+    "ssr3": (128, (1, 2, 4, 4, 8), 2, (False, False, False, False, False)),
 }
 
 
@@ -149,12 +150,19 @@ def example_inputs(model_cfg, *, frames, height, width, batch=1, channels=3, tex
   return x, sds((batch,), f32), kw
 
 
-def count_params(model_cfg, *, frames, height, width, channels=3, lowres=None):
-  """Number of parameters of SpaceTimeUNet(model_cfg), from jax.eval_shape (no allocation)."""
+def abstract_params(model_cfg, *, frames, height, width, channels=3, lowres=None):
+  """The parameter tree of SpaceTimeUNet(model_cfg) as ShapeDtypeStructs (jax.eval_shape)."""
   from vdm_jax.models.unet import SpaceTimeUNet  # pylint: disable=g-import-not-at-top
   model = SpaceTimeUNet(config=model_cfg)
   x, logsnr, kw = example_inputs(model_cfg, frames=frames, height=height, width=width,
                                  channels=channels, lowres=lowres)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, logsnr, **kw))
-  leaves = jax.tree_util.tree_leaves(shapes["params"])
-  return int(sum(np.prod(leaf.shape) for leaf in leaves))
+  shapes = jax.eval_shape(lambda x, logsnr, kw: model.init(jax.random.key(0), x, logsnr, **kw),
+                          x, logsnr, kw)
+  return nn.unbox(shapes)["params"]
+
+
+def count_params(model_cfg, *, frames, height, width, channels=3, lowres=None):
+  """Number of parameters of SpaceTimeUNet(model_cfg), from jax.eval_shape (no allocation)."""
+  tree = abstract_params(model_cfg, frames=frames, height=height, width=width,
+                         channels=channels, lowres=lowres)
+  return int(sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree)))

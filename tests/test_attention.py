@@ -1,0 +1,178 @@
+"""The attention dispatcher, T5 relative position buckets and the attention blocks."""
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vdm_jax.models import attention
+from vdm_jax.models import attention_blocks
+
+
+def _qkv(b=2, lq=6, lk=5, n=3, d=8, seed=0, dtype=jnp.float32):
+  rng = np.random.default_rng(seed)
+  make = lambda l: jnp.asarray(rng.standard_normal((b, l, n, d)), dtype)
+  return make(lq), make(lk), make(lk)
+
+
+def _reference(q, k, v, bias, mask):
+  """Plain softmax attention in float64 numpy, written independently of the module."""
+  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  logits = np.einsum("bqnd,bknd->bnqk", q, k) / math.sqrt(q.shape[-1])
+  if bias is not None:
+    logits = logits + np.asarray(bias, np.float64)
+  full_mask = np.broadcast_to(np.asarray(mask), logits.shape)
+  logits = np.where(full_mask, logits, -np.inf)
+  out = np.zeros(q.shape)
+  for b, n, i in np.ndindex(logits.shape[0], logits.shape[1], logits.shape[2]):
+    row = logits[b, n, i]
+    if np.isfinite(row).any():
+      p = np.exp(row - row[np.isfinite(row)].max())
+      out[b, i, n] = (p / p.sum()) @ v[b, :, n]
+  return out
+
+
+def _bias_and_mask(b=2, lq=6, lk=5, n=3, seed=1):
+  rng = np.random.default_rng(seed)
+  bias = jnp.asarray(rng.standard_normal((1, n, lq, lk)), jnp.float32)
+  mask = rng.uniform(size=(b, 1, lq, lk)) < 0.6
+  mask[0, 0, 2, :] = False                 # a query row with no valid key -> zeros
+  mask[:, :, :, 0] |= np.arange(lq)[None, None] != 2
+  return bias, jnp.asarray(mask)
+
+
+def test_xla_matches_plain_reference_with_bias_and_mask():
+  q, k, v = _qkv()
+  bias, mask = _bias_and_mask()
+  out = attention.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation="xla")
+  chex.assert_shape(out, q.shape)
+  np.testing.assert_allclose(out, _reference(q, k, v, bias, mask), atol=1e-5, rtol=1e-5)
+  np.testing.assert_array_equal(out[0, 2], 0.0)
+  plain = attention.dot_product_attention(q, k, v)
+  np.testing.assert_allclose(plain, _reference(q, k, v, None, True), atol=1e-5, rtol=1e-5)
+
+
+def test_xla_bfloat16_uses_float32_softmax():
+  q, k, v = _qkv(dtype=jnp.bfloat16)
+  bias, mask = _bias_and_mask()
+  out = attention.dot_product_attention(q, k, v, bias=bias, mask=mask)
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(out, np.float32), _reference(q, k, v, bias, mask),
+                             atol=3e-2, rtol=3e-2)
+
+
+def test_fully_masked_rows_have_finite_zero_gradients():
+  q, k, v = _qkv()
+  mask = jnp.zeros((2, 1, 6, 5), bool).at[1].set(True)
+
+  def loss(q, k, v):
+    return jnp.sum(attention.dot_product_attention(q, k, v, mask=mask) ** 2)
+  grads = jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+  for g in grads:
+    assert bool(jnp.all(jnp.isfinite(g)))
+    np.testing.assert_array_equal(g[0], 0.0)
+
+
+def test_bad_arguments_raise():
+  q, k, v = _qkv()
+  with pytest.raises(ValueError, match="unknown attention implementation"):
+    attention.dot_product_attention(q, k, v, implementation="flash")
+  with pytest.raises(ValueError, match="mask must be bool"):
+    attention.dot_product_attention(q, k, v, mask=jnp.ones((1, 1, 6, 5)))
+  with pytest.raises(ValueError, match="4-D"):
+    attention.dot_product_attention(q, k, v, bias=jnp.ones((6, 5)))
+
+
+@pytest.mark.skipif(jax.devices()[0].platform == "gpu", reason="checks the non-GPU error")
+def test_cudnn_and_splash_refuse_other_platforms_clearly():
+  q, k, v = _qkv()
+  with pytest.raises(RuntimeError, match="'cudnn' needs a GPU"):
+    attention.dot_product_attention(q, k, v, implementation="cudnn")
+  if jax.devices()[0].platform != "tpu":
+    with pytest.raises(RuntimeError, match="'splash' needs a TPU"):
+      attention.dot_product_attention(q, k, v, implementation="splash")
+
+
+@pytest.mark.skipif(jax.devices()[0].platform != "gpu",
+                    reason="cuDNN flash attention runs only on an NVIDIA GPU")
+def test_cudnn_matches_xla_on_gpu():
+  q, k, v = _qkv(b=2, lq=16, lk=8, n=2, d=64, dtype=jnp.bfloat16)
+  bias, mask = _bias_and_mask(b=2, lq=16, lk=8, n=2)
+  want = attention.dot_product_attention(q, k, v, bias=bias, mask=mask)
+  got = attention.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation="cudnn")
+  np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                             atol=2e-2, rtol=2e-2)
+
+
+def _padding_mask(b, lk):
+  lengths = np.array([lk - 3, 0, lk][:b])   # padded caption, all-padding, full
+  return jnp.asarray(np.arange(lk)[None, :] < lengths[:, None])[:, None, None, :]
+
+
+def test_splash_wrapper_matches_xla_in_interpret_mode():
+  """The splash wrapper (scaling, padding to 128-blocks, segment ids from a key-padding mask,
+  empty rows) against 'xla', with the Pallas kernel interpreted on CPU. On a TPU the public
+  dispatcher runs the same wrapper compiled."""
+  q, k, v = _qkv(b=3, lq=40, lk=24, n=2, d=32)
+  mask = _padding_mask(3, 24)
+  want = attention.dot_product_attention(q, k, v, mask=mask)
+  row_valid = jnp.any(mask, axis=-1, keepdims=True)
+  got = attention._splash_attention(q, k, v, None, mask | ~row_valid, interpret=True)
+  got = jnp.where(jnp.transpose(row_valid, (0, 2, 1, 3)), got, 0.0)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+  with pytest.raises(ValueError, match="no additive bias"):
+    attention._splash_attention(q, k, v, jnp.zeros((1, 2, 40, 24)), None, interpret=True)
+  with pytest.raises(ValueError, match="key-padding masks"):
+    attention._splash_attention(q, k, v, None, jnp.ones((3, 1, 40, 24), bool), interpret=True)
+
+
+@pytest.mark.skipif(jax.devices()[0].platform != "tpu", reason="splash attention needs a TPU")
+def test_splash_matches_xla_on_tpu():
+  q, k, v = _qkv(b=3, lq=40, lk=24, n=2, d=128, dtype=jnp.bfloat16)
+  mask = _padding_mask(3, 24)
+  want = attention.dot_product_attention(q, k, v, mask=mask)
+  got = attention.dot_product_attention(q, k, v, mask=mask, implementation="splash")
+  np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                             atol=2e-2, rtol=2e-2)
+
+
+def _t5_bucket(rel, num_buckets, max_distance):
+  """Scalar transcription of T5's _relative_position_bucket (bidirectional)."""
+  half = num_buckets // 2
+  ret = half if rel > 0 else 0
+  n = abs(rel)
+  max_exact = half // 2
+  if n < max_exact:
+    return ret + n
+  large = max_exact + int(math.log(n / max_exact) / math.log(max_distance / max_exact)
+                          * (half - max_exact))
+  return ret + min(large, half - 1)
+
+
+def test_relative_position_buckets_match_t5():
+  rel = np.arange(-200, 201)
+  got = np.asarray(attention.relative_position_buckets(jnp.asarray(rel), num_buckets=32,
+                                                       max_distance=128))
+  want = np.array([_t5_bucket(int(r), 32, 128) for r in rel])
+  np.testing.assert_array_equal(got, want)
+  assert got.min() == 0 and got.max() == 31
+  assert got[rel == 0] == 0 and got[rel == 1] == 17    # direction separates the halves
+
+
+def test_temporal_attention_is_identity_at_init_and_masks_images():
+  block = attention_blocks.TemporalSelfAttention(num_heads=2, head_dim=4, num_groups=2,
+                                                 num_buckets=8, max_distance=16)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 2, 3, 8)), jnp.float32)
+  is_image = jnp.array([False, True])
+  params = block.init(jax.random.key(0, impl="unsafe_rbg"), x, is_image)
+  np.testing.assert_allclose(block.apply(params, x, is_image), x, atol=1e-6)
+  # Random output projection: frames of example 0 now interact, example 1's do not.
+  params = jax.tree.map(lambda p: p + 0.3 * jnp.ones_like(p), params)
+  y = block.apply(params, x, is_image)
+  x2 = x.at[:, 0].set(jnp.asarray(np.random.default_rng(1).standard_normal(x.shape[2:]),
+                                  jnp.float32))
+  y2 = block.apply(params, x2, is_image)
+  assert float(jnp.max(jnp.abs(y2[0, 1:] - y[0, 1:]))) > 1e-3
+  np.testing.assert_allclose(y2[1, 1:], y[1, 1:], atol=1e-6)
