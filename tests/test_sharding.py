@@ -129,3 +129,26 @@ def test_parameters_are_sharded_as_the_rules_say(runs):
   mu = q.opt_state[1][0].mu["mid"]["kernel"]
   assert mu.sharding.spec == P("fsdp", "tensor")
   assert q.step.sharding.spec == P()
+
+
+def test_activation_constraints_follow_the_switch():
+  """With constrain_activations the model's logical constraints reach the program."""
+  c = _config((2, 2, 2))
+  mesh = sharding.create_mesh(c.sharding)
+  rules = sharding.logical_rules(c.sharding)
+  model = tl.TinyDenoiser()
+  batch = tl.tiny_batch(batch=8)
+  tx = opt.make_optimizer(c.train)
+  target, shardings = st.abstract_train_state(init_params_fn=tl.init_params_fn(model, batch),
+                                              key=jax.random.key(0), tx=tx, mesh=mesh,
+                                              rules=rules)
+  gb = sharding.host_to_global(batch, mesh, rules)
+  texts = {}
+  for on in (True, False):
+    fn = sp.make_train_step(loss_fn=tl.tiny_loss_fn(model), tx=tx,
+                            lr_schedule=opt.learning_rate_schedule(c.train), train_cfg=c.train,
+                            seed=0, cond_drop_prob=0.0, mesh=mesh, rules=rules,
+                            state_shardings=shardings, batch_like=gb, constrain_activations=on)
+    texts[on] = fn.lower(target, gb).as_text()
+  count = lambda text: text.count("sharding_constraint")  # Shardy (sdy) or GSPMD spelling
+  assert count(texts[True]) > count(texts[False])

@@ -159,7 +159,8 @@ class Trainer:
         lr_schedule=optimizer_lib.learning_rate_schedule(t), train_cfg=t,
         seed=int(config.seed), cond_drop_prob=float(config.diffusion.cond_drop_prob),
         mesh=self.mesh, rules=self.rules, state_shardings=self.shardings,
-        batch_like=batch_spec)
+        batch_like=batch_spec,
+        constrain_activations=bool(config.sharding.get("constrain_activations", False)))
     self.compiled = step_fn.lower(self.state, batch_spec).compile()
     self.throughput = metrics_lib.Throughput(
         global_batch=int(t.batch_size),
@@ -227,6 +228,9 @@ class Trainer:
           lagged = None
           self._save(step)
         if self.sampler is not None and step % int(t.sample_every) == 0:
+          if lagged is not None:
+            self._consume(*lagged, window, progress)
+            lagged = None
           paths = self.sampler(step, self.state.ema_params, batch=host)
           logging.info("Wrote %d sample files for step %d.", len(paths), step)
           self.throughput.reset(step)

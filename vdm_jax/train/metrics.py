@@ -8,7 +8,6 @@ import os
 import time
 from typing import Mapping, Optional
 
-from absl import logging
 import jax
 import numpy as np
 
@@ -22,9 +21,9 @@ class _LibraryInfoFilter(py_logging.Filter):
 
 def quiet_library_logs() -> None:
   """Keeps the training log readable: orbax's per-save INFO lines are not shown."""
-  handler = logging.get_absl_handler()
-  if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
-    handler.addFilter(_LibraryInfoFilter())
+  logger = py_logging.getLogger("absl")  # absl.logging (and orbax through it) logs here
+  if not any(isinstance(f, _LibraryInfoFilter) for f in logger.filters):
+    logger.addFilter(_LibraryInfoFilter())
 
 
 class Throughput:

@@ -137,20 +137,29 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn,
 
 
 class ShardedFn:
-  """A jitted function that is traced and run under its mesh and logical axis rules."""
+  """A jitted function traced and run under its mesh (and, optionally, its logical rules).
+
+  With `constrain_activations`, the model's `nn.with_logical_constraint` calls map through
+  `rules` (activation layouts pinned); without, they are no-ops and XLA propagates the layouts
+  from the sharded parameters and batch. Either way the in/out shardings are explicit.
+  """
 
   def __init__(self, fn, *, mesh: Mesh, rules, in_shardings, out_shardings,
-               donate_argnums=()):
+               donate_argnums=(), constrain_activations: bool = True):
     self.mesh, self.rules = mesh, rules
+    self.constrain_activations = constrain_activations
     self._jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
                            donate_argnums=donate_argnums)
 
+  def _context(self):
+    return nn.logical_axis_rules(self.rules if self.constrain_activations else ())
+
   def __call__(self, *args):
-    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+    with jax.set_mesh(self.mesh), self._context():
       return self._jitted(*args)
 
   def lower(self, *args):
-    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+    with jax.set_mesh(self.mesh), self._context():
       return self._jitted.lower(*args)
 
 
@@ -163,7 +172,7 @@ def batch_shardings(batch_like: dict, mesh: Mesh, rules) -> dict:
 def make_train_step(*, loss_fn: LossFn, tx: optax.GradientTransformation,
                     lr_schedule: optax.Schedule, train_cfg, seed: int, cond_drop_prob: float,
                     mesh: Mesh, rules, state_shardings: TrainState,
-                    batch_like: dict) -> ShardedFn:
+                    batch_like: dict, constrain_activations: bool = True) -> ShardedFn:
   """`train_step` with its static arguments bound, jitted with explicit in/out shardings and
   the state donated. `batch_like` (arrays or ShapeDtypeStructs) fixes the batch keys/ranks."""
   accum = int(train_cfg.grad_accum_steps)
@@ -180,4 +189,5 @@ def make_train_step(*, loss_fn: LossFn, tx: optax.GradientTransformation,
   replicated = NamedSharding(mesh, PartitionSpec())
   return ShardedFn(fn, mesh=mesh, rules=rules,
                    in_shardings=(state_shardings, batch_shardings(batch_like, mesh, rules)),
-                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+                   out_shardings=(state_shardings, replicated), donate_argnums=(0,),
+                   constrain_activations=constrain_activations)
