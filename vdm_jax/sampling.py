@@ -1,0 +1,297 @@
+"""Sampling and evaluating a trained stage from its workdir (the `sample` and `eval` modes).
+
+    stage = load_stage(config, workdir)                 # EMA parameters of the latest step
+    videos = sample_stage(stage, prompts=["a red circle moving left"], key=jax.random.key(0))
+
+`load_stage` restores only what sampling needs onto the config's mesh (one GPU for evaluation
+is a mesh of one device). `sample_stage` runs the diffusion sampler of `config.sample` under one
+`jax.jit` per shape, with classifier-free guidance against the null text condition.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Optional, Sequence
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
+import numpy as np
+
+from vdm_jax import diffusion
+from vdm_jax import sharding as sharding_lib
+
+
+def example_batch(config, batch_size: int = 1) -> dict:
+  """Zeros laid out like a pipeline batch of `config`'s stage (the shapes init traces)."""
+  from vdm_jax.train import objective  # pylint: disable=g-import-not-at-top
+  b = {"video": np.zeros((batch_size, config.frames, config.height, config.width,
+                          config.channels), np.float32),
+       "fps": np.zeros((batch_size,), np.float32),
+       "is_image": np.zeros((batch_size,), bool)}
+  if objective.needs_text(config.model):
+    b["text_emb"] = np.zeros((batch_size, int(config.text.max_length),
+                              int(config.model.text_embed_dim)), np.float32)
+    b["text_mask"] = np.zeros((batch_size, int(config.text.max_length)), bool)
+  if config.model.get("lowres_conditioning", "none") != "none":
+    d = config.data
+    b["lowres"] = np.zeros((batch_size, int(d.lowres_frames), int(d.lowres_height),
+                            int(d.lowres_width), config.channels), np.float32)
+  return b
+
+
+@dataclasses.dataclass
+class Stage:
+  """A trained stage ready to sample: its config, module, EMA parameters and mesh."""
+  config: Any
+  model: Any
+  params: Any
+  step: int
+  mesh: Any
+  param_shardings: Any
+  text_encoder: Optional[Any] = None
+
+  @property
+  def uses_text(self) -> bool:
+    from vdm_jax.train import objective  # pylint: disable=g-import-not-at-top
+    return objective.needs_text(self.config.model)
+
+  @property
+  def is_sr(self) -> bool:
+    return self.config.model.get("lowres_conditioning", "none") != "none"
+
+
+def load_stage(config, workdir: str, *, step: Optional[int] = None,
+               text_encoder: Optional[Any] = None) -> Stage:
+  """Restores the EMA parameters of `workdir`'s checkpoint `step` (default: the latest).
+
+  Raises FileNotFoundError when the workdir has no checkpoint, and the checkpointer's
+  CheckpointError when it holds another model configuration.
+  """
+  from vdm_jax.models.unet import SpaceTimeUNet  # pylint: disable=g-import-not-at-top
+  from vdm_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from vdm_jax.train import objective  # pylint: disable=g-import-not-at-top
+  from vdm_jax.train import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
+  from vdm_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(
+        f"No checkpoints under {directory}: train this stage first "
+        f"(python -m vdm_jax.main --mode=train --config=... --workdir={workdir}).")
+  checkpointer = ckpt_lib.Checkpointer(directory, async_save=False)
+  try:
+    step = checkpointer.latest_step() if step is None else int(step)
+    if step is None:
+      raise FileNotFoundError(f"{directory} holds no complete checkpoint.")
+    mesh = sharding_lib.create_mesh(config.sharding)
+    rules = sharding_lib.logical_rules(config.sharding)
+    model = SpaceTimeUNet(config=config.model)
+    init_fn = objective.init_params_fn(config, model=model, batch_like=example_batch(config))
+    target, shardings = state_lib.abstract_train_state(
+        init_params_fn=init_fn, key=jax.random.key(int(config.seed)),
+        tx=optimizer_lib.make_optimizer(config.train), mesh=mesh, rules=rules)
+    state = checkpointer.restore(step, target_state=target, data_iter=None, config=config)
+  finally:
+    checkpointer.close()
+  if text_encoder is None and objective.needs_text(config.model):
+    from vdm_jax import text  # pylint: disable=g-import-not-at-top
+    text_encoder = text.load_text_encoder(config.text)
+  logging.info("Loaded %s stage from %s (step %d).", config.stage, workdir, step)
+  return Stage(config=config, model=model, params=state.ema_params, step=step, mesh=mesh,
+               param_shardings=shardings.ema_params, text_encoder=text_encoder)
+
+
+def _sample_settings(config, overrides: dict) -> dict:
+  s = config.sample
+  out = {"sampler": s.sampler, "num_steps": int(s.num_steps), "eta": float(s.eta),
+         "guidance_weight": float(s.guidance_weight), "guidance_schedule": s.guidance_schedule,
+         "guidance_low": float(s.get("guidance_low", 1.0)),
+         "guidance_const_steps": int(s.get("guidance_const_steps", 0)), "clip": s.clip,
+         "dynamic_percentile": float(s.dynamic_percentile),
+         "ddpm_variance": s.get("ddpm_variance", "small"),
+         "ddpm_var_interp": float(s.get("ddpm_var_interp", 0.5))}
+  unknown = set(overrides) - set(out)
+  if unknown:
+    raise ValueError(f"Unknown sampling settings {sorted(unknown)}; known: {sorted(out)}.")
+  out.update({k: v for k, v in overrides.items() if v is not None})
+  return out
+
+
+_STATIC = ("sampler", "num_steps", "guidance_schedule", "guidance_const_steps", "clip",
+           "ddpm_variance", "shape")
+
+
+def _make_sample_fn(stage: Stage, settings: dict, shape: tuple, has_uncond: bool):
+  c = stage.config
+  schedule = diffusion.schedule_from_config(c.diffusion, resolution=c.height)
+
+  def fn(params, key, cond, uncond, init_noise):
+    def model_fn(z, logsnr, cd):
+      return stage.model.apply({"params": params}, z, logsnr, **cd, train=False)
+    return diffusion.sample(
+        model_fn=model_fn, shape=shape, key=key, num_steps=settings["num_steps"],
+        schedule=schedule, sampler=settings["sampler"], eta=settings["eta"],
+        prediction=c.diffusion.prediction, cond=cond, uncond=uncond if has_uncond else None,
+        guidance_weight=settings["guidance_weight"] if has_uncond else 0.0,
+        guidance_schedule=settings["guidance_schedule"], guidance_low=settings["guidance_low"],
+        guidance_const_steps=settings["guidance_const_steps"], clip=settings["clip"],
+        dynamic_percentile=settings["dynamic_percentile"],
+        ddpm_variance=settings["ddpm_variance"], ddpm_var_interp=settings["ddpm_var_interp"],
+        init_noise=init_noise)
+  return fn
+
+
+def stage_conditioning(stage: Stage, *, prompts: Optional[Sequence[str]] = None, n: int,
+                       fps: Optional[float] = None, lowres: Optional[np.ndarray] = None,
+                       cond_aug_logsnr: Optional[float] = None) -> tuple[dict, Optional[dict]]:
+  """(cond, uncond) model inputs for `n` videos: text from `prompts` (the null condition for
+  uncond), fps, the low-resolution video for SR stages and its augmentation level."""
+  m = stage.config.model
+  cond: dict = {}
+  uncond: Optional[dict] = None
+  if stage.uses_text:
+    if prompts is None or len(prompts) != n:
+      raise ValueError(f"A text-conditioned stage needs one prompt per video ({n}).")
+    emb, mask = stage.text_encoder.encode(list(prompts))
+    cond["text_emb"], cond["text_mask"] = emb, mask
+  if m.get("fps_conditioning", False):
+    cond["fps"] = np.full((n,), float(stage.config.fps if fps is None else fps), np.float32)
+  if stage.is_sr:
+    if lowres is None:
+      raise ValueError(f"The {stage.config.stage} stage needs the previous stage's video "
+                       "(lowres) to sample.")
+    cond["lowres_video"] = np.asarray(lowres, np.float32)
+    if m.get("cond_aug_conditioning", False):
+      level = float(stage.config.sample.get("cond_aug_logsnr", 20.0)
+                    if cond_aug_logsnr is None else cond_aug_logsnr)
+      cond["cond_aug_logsnr"] = np.full((n,), level, np.float32)
+  if stage.uses_text:
+    uncond = dict(cond)
+    uncond["text_emb"] = np.zeros_like(cond["text_emb"])
+    uncond["text_mask"] = np.zeros_like(cond["text_mask"])
+  return cond, uncond
+
+
+def sample_stage(stage: Stage, *, key: jax.Array, prompts: Optional[Sequence[str]] = None,
+                 num_videos: Optional[int] = None, fps: Optional[float] = None,
+                 lowres: Optional[np.ndarray] = None, cond_aug_logsnr: Optional[float] = None,
+                 init_noise: Optional[np.ndarray] = None, **overrides) -> np.ndarray:
+  """Samples videos float32 [N, T, H, W, C] in [-1, 1] from a loaded stage.
+
+  `overrides` replace `config.sample` settings (num_steps, guidance_weight, sampler, eta, clip,
+  ...). Guidance needs text: for a stage without text the weight is ignored.
+  """
+  n = len(prompts) if prompts is not None else num_videos
+  if not n:
+    raise ValueError("Give prompts or num_videos.")
+  settings = _sample_settings(stage.config, overrides)
+  c = stage.config
+  shape = (n, c.frames, c.height, c.width, c.channels)
+  if lowres is not None:
+    lowres = np.asarray(lowres, np.float32)
+  cond, uncond = stage_conditioning(stage, prompts=prompts, n=n, fps=fps, lowres=lowres,
+                                    cond_aug_logsnr=cond_aug_logsnr)
+  has_uncond = uncond is not None and settings["guidance_weight"] != 0.0
+  fn = _make_sample_fn(stage, settings, shape, has_uncond)
+  replicated = NamedSharding(stage.mesh, PartitionSpec())
+  jitted = jax.jit(fn, in_shardings=(stage.param_shardings, replicated, replicated, replicated,
+                                     replicated), out_shardings=replicated)
+  noise = None if init_noise is None else np.asarray(init_noise, np.float32)
+  args = sharding_lib.replicate((cond, uncond if has_uncond else None, noise), stage.mesh)
+  with jax.set_mesh(stage.mesh):
+    out = jitted(stage.params, key, *args)
+  return np.asarray(jax.device_get(out))
+
+
+def sample_from_workdir(config, workdir: str, prompts: Sequence[str], *,
+                        out_dir: Optional[str] = None, seed: Optional[int] = None) -> list[str]:
+  """The `sample` mode: one video per prompt from `workdir`'s latest EMA parameters, written as
+  GIF and MP4 (with prompts.txt) under `out_dir` (default workdir/samples/cli)."""
+  from vdm_jax.train import video_writer  # pylint: disable=g-import-not-at-top
+  stage = load_stage(config, workdir)
+  if stage.is_sr:
+    raise ValueError(f"{config.stage} stages need a low-resolution input: sample them as part "
+                     "of a cascade.")
+  key = jax.random.key(int(config.seed if seed is None else seed))
+  start = time.perf_counter()
+  videos = sample_stage(stage, key=key, prompts=list(prompts))
+  seconds = time.perf_counter() - start
+  out_dir = out_dir or os.path.join(workdir, "samples", "cli")
+  paths = video_writer.write_videos(out_dir, list(videos), fps=float(config.fps),
+                                    prompts=list(prompts))
+  logging.info("Sampled %d videos in %.1fs; wrote %s.", len(videos), seconds, out_dir)
+  print(f"Wrote {len(videos)} videos ({seconds:.1f}s) to {out_dir}")
+  return paths
+
+
+def evaluate_workdir(config, workdir: str, *, out_dir: Optional[str] = None,
+                     num_videos: Optional[int] = None) -> dict:
+  """The `eval` mode: samples the prompts of the first N held-out (test split) clips and scores
+  them (caption accuracy, temporal consistency, FVD against those real clips, sampling time
+  per video); writes eval.json and an index.html gallery under `out_dir` (default
+  workdir/eval)."""
+  from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
+  from vdm_jax.eval import evaluate, gallery  # pylint: disable=g-import-not-at-top
+  n = int(num_videos or config.eval.num_videos)
+  stage = load_stage(config, workdir)
+  if stage.is_sr:
+    raise ValueError("Evaluate SR stages as part of a cascade.")
+  real = build.load_split_examples(config, "test", n)
+  prompts = real["caption"]
+  key = jax.random.key(int(config.seed) + 17)
+  sample_stage(stage, key=key, prompts=prompts[:1])  # compile once, outside the timing
+  start = time.perf_counter()
+  videos = sample_stage(stage, key=key, prompts=prompts)
+  per_video = (time.perf_counter() - start) / len(prompts)
+  stride = max(1, int(round(float(real["fps"][0]) / float(config.fps))))
+  real_videos = _resize_like(real["video"][:, ::stride], videos.shape[1:4])
+  out_dir = out_dir or os.path.join(workdir, "eval")
+  os.makedirs(out_dir, exist_ok=True)
+  results = evaluate.evaluate_videos(
+      videos, prompts, real_videos=real_videos,
+      fps=float(config.fps), compute_fvd=bool(config.eval.fvd))
+  results["seconds_per_video"] = per_video
+  results["step"] = stage.step
+  results["num_videos"] = len(prompts)
+  with open(os.path.join(out_dir, "eval.json"), "w", encoding="utf-8") as f:
+    json.dump(evaluate._jsonable(results), f, indent=2)  # pylint: disable=protected-access
+  entries = []
+  gen_u8, real_u8 = evaluate.to_uint8(videos), real_videos
+  for i, prompt in enumerate(prompts[:16]):
+    g = gallery.write_gif(os.path.join(out_dir, f"gen_{i:03d}.gif"), gen_u8[i],
+                          float(config.fps), scale=4)
+    r = gallery.write_gif(os.path.join(out_dir, f"real_{i:03d}.gif"), real_u8[i],
+                          float(config.fps), scale=4)
+    entries.append({"prompt": prompt, "stages": [(config.stage, g)], "real": r})
+  gallery.write_gallery(out_dir, entries, figures={"evaluation": _flat_figures(results)},
+                        title=f"vdm_jax eval: {workdir}")
+  print(f"Wrote {out_dir}/eval.json and index.html")
+  return results
+
+
+def _flat_figures(results: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in results.items():
+    if isinstance(v, dict):
+      out.update(_flat_figures(v, f"{prefix}{k}."))
+    elif isinstance(v, (int, float, np.floating, np.integer, str, bool)):
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _resize_like(videos: np.ndarray, thw: tuple) -> np.ndarray:
+  """uint8 real clips [N, T0, H0, W0, 3] at the stage's fps -> its first T frames at its size."""
+  t, h, w = thw
+  v = np.asarray(videos)
+  if v.shape[1] < t:
+    raise ValueError(f"Real clips have {v.shape[1]} frames at the stage's fps; need {t}.")
+  v = v[:, :t]
+  if v.shape[2:4] != (h, w):
+    v = np.asarray(jax.image.resize(jnp.asarray(v, jnp.float32), v.shape[:2] + (h, w, v.shape[4]),
+                                    "linear"))
+    v = np.clip(np.round(v), 0, 255).astype(np.uint8)
+  return v
