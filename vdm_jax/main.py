@@ -5,7 +5,7 @@ Modes:
   train       train one stage into --workdir (resumes from its last checkpoint)
   sample      sample --prompt=... from the stage trained in --workdir
   eval        evaluate the stage in --workdir on held-out prompts (FVD, caption accuracy)
-  distill     progressive / guided distillation of a trained stage (not yet available)
+  distill     progressive / guided distillation of the stage trained in --teacher_workdir
 
 Any config value can be overridden: `--config.train.lr=1e-4 --config.train.batch_size=32`.
 All logic lives in importable modules; this file only parses flags and dispatches.
@@ -24,6 +24,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 _PROMPTS = flags.DEFINE_multi_string("prompt", [], "Prompts for --mode=sample (repeatable).")
 _OUT = flags.DEFINE_string("out", None, "Output directory for sample/eval (default: workdir).")
 _NUM_VIDEOS = flags.DEFINE_integer("num_videos", None, "Videos to evaluate (eval mode).")
+_TEACHER = flags.DEFINE_string("teacher_workdir", None,
+                               "Distill mode: the --workdir of the teacher's training run.")
 
 
 def _require_workdir() -> str:
@@ -62,9 +64,11 @@ def main(argv):
     sampling.evaluate_workdir(config, _require_workdir(), out_dir=_OUT.value,
                               num_videos=_NUM_VIDEOS.value)
   elif mode == "distill":
-    raise app.UsageError(
-        "--mode=distill is not available yet: progressive and guided distillation are "
-        "tracked in the project's distillation issue.")
+    if not _TEACHER.value:
+      raise app.UsageError("--mode=distill needs --teacher_workdir=DIR (the teacher's training "
+                           "workdir) and --workdir=DIR for the student's rounds.")
+    from vdm_jax import distill
+    distill.run_distillation(config, _require_workdir(), _TEACHER.value)
 
 
 if __name__ == "__main__":
