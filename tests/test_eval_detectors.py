@@ -96,6 +96,8 @@ def test_targets_in_every_form_agree():
     want = accuracy.as_target(spec)
     assert accuracy.as_target(procedural.caption(spec)) == want
     assert accuracy.as_target(procedural.labels_to_dict(spec)) == want
+  image_target = accuracy.as_target(procedural.labels_to_dict(specs[0]), with_motion=False)
+  assert all(o["motion"] is None and o["speed"] is None for o in image_target["objects"])
   with pytest.raises(TypeError, match="cannot read attributes"):
     accuracy.as_target(3)
 

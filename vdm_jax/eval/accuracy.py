@@ -19,28 +19,30 @@ CLIP_ATTRIBUTES = ("background", "num_objects")
 ATTRIBUTES = CLIP_ATTRIBUTES + OBJECT_ATTRIBUTES
 
 
-def as_target(target: Any) -> Dict[str, Any]:
-  """Any supported target form -> {"background": str, "objects": [dict of OBJECT_ATTRIBUTES]}."""
+def as_target(target: Any, with_motion: bool = True) -> Dict[str, Any]:
+  """Any supported target form -> {"background": str, "objects": [dict of OBJECT_ATTRIBUTES]}.
+
+  with_motion=False drops motion and speed (single-frame videos show none).
+  """
   if isinstance(target, procedural.ClipSpec):
-    with_motion = not target.is_image
-    objects = []
-    for o in target.objects:
-      attrs = o.attributes()
-      if not with_motion:
-        attrs.update(motion=None, speed=None)
-      objects.append(attrs)
-    return dict(background=target.background, objects=objects)
-  if isinstance(target, str):
-    return procedural.parse_caption(target)
-  if hasattr(target, "attributes") and callable(target.attributes):  # a Detection
-    return target.attributes()
-  if isinstance(target, Mapping) and "objects" in target:
-    return dict(background=target["background"], objects=[dict(o) for o in target["objects"]])
-  if isinstance(target, Mapping) and "num_objects" in target:
+    out = dict(background=target.background, objects=[o.attributes() for o in target.objects])
+    with_motion = with_motion and not target.is_image
+  elif isinstance(target, str):
+    out = procedural.parse_caption(target)
+  elif hasattr(target, "attributes") and callable(target.attributes):  # a Detection
+    out = target.attributes()
+  elif isinstance(target, Mapping) and "objects" in target:
+    out = dict(background=target["background"], objects=[dict(o) for o in target["objects"]])
+  elif isinstance(target, Mapping) and "num_objects" in target:
+    # Geometry is a placeholder: only the attributes are read.
     spec = procedural.labels_from_dict(target, fps=1.0, frames=2, height=16, width=16)
-    return as_target(spec)  # geometry is a placeholder: only the attributes are read
-  raise TypeError(f"cannot read attributes from a {type(target).__name__}: pass a ClipSpec, a "
-                  "caption, a parsed caption dict or the flat labels of labels_to_dict")
+    out = dict(background=spec.background, objects=[o.attributes() for o in spec.objects])
+  else:
+    raise TypeError(f"cannot read attributes from a {type(target).__name__}: pass a ClipSpec, "
+                    "a caption, a parsed caption dict or the flat labels of labels_to_dict")
+  if not with_motion:
+    out["objects"] = [dict(o, motion=None, speed=None) for o in out["objects"]]
+  return out
 
 
 def _agree(pred: Optional[Mapping], target: Mapping) -> Dict[str, Optional[bool]]:
@@ -71,9 +73,9 @@ def match_objects(pred_objects: Sequence[Mapping], target_objects: Sequence[Mapp
   return best
 
 
-def score_clip(pred: Any, target: Any) -> Dict[str, List[int]]:
+def score_clip(pred: Any, target: Any, with_motion: bool = True) -> Dict[str, List[int]]:
   """attribute -> [correct, scored] for one clip, plus "all" (every scored attribute right)."""
-  pred, target = as_target(pred), as_target(target)
+  pred, target = as_target(pred), as_target(target, with_motion)
   counts = {a: [0, 0] for a in ATTRIBUTES}
   counts["background"] = [int(pred["background"] == target["background"]), 1]
   counts["num_objects"] = [int(len(pred["objects"]) == len(target["objects"])), 1]
@@ -88,17 +90,19 @@ def score_clip(pred: Any, target: Any) -> Dict[str, List[int]]:
   return counts
 
 
-def caption_accuracy(preds: Sequence[Any], targets: Sequence[Any]) -> Dict[str, float]:
+def caption_accuracy(preds: Sequence[Any], targets: Sequence[Any],
+                     with_motion: bool = True) -> Dict[str, float]:
   """Accuracy per attribute and "all" (the fraction of clips with every attribute right).
 
   Object attributes are averaged over target objects, clip attributes over clips. Attributes
-  never scored (e.g. motion for images) are absent. "num_clips" holds the number of clips.
+  never scored (e.g. motion for images, or with_motion=False) are absent. "num_clips" holds the
+  number of clips.
   """
   if len(preds) != len(targets):
     raise ValueError(f"{len(preds)} predictions for {len(targets)} targets")
   total = {a: [0, 0] for a in ATTRIBUTES + ("all",)}
   for p, t in zip(preds, targets):
-    for a, (ok, n) in score_clip(p, t).items():
+    for a, (ok, n) in score_clip(p, t, with_motion).items():
       total[a][0] += ok
       total[a][1] += n
   out = {a: ok / n for a, (ok, n) in total.items() if n}

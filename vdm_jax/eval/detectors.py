@@ -9,7 +9,7 @@ anti-aliasing: a pixel is `alpha * colour + (1 - alpha) * background`) but nothi
      nearest `BACKGROUNDS` colour;
   2. per vocabulary colour c, every pixel's alpha = its projection on the segment from the
      background to c, and the residual off that segment; a pixel is a "member" of the colour
-     that explains it best among those with alpha > MIN_ALPHA_MEMBER and a small residual.
+     that explains it best (smallest residual) if its alpha for that colour > MIN_ALPHA_MEMBER.
      Colours whose members carry enough coverage over the clip are the objects (vocabulary
      colours are distinct within a clip);
   3. each object's coverage map per frame: alpha of its colour near its member pixels; its
@@ -19,7 +19,6 @@ anti-aliasing: a pixel is `alpha * colour + (1 - alpha) * background`) but nothi
      where the object touches another one (occlusion moves its centroid).
 """
 import dataclasses
-import math
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -33,6 +32,8 @@ MIN_ALPHA_CONFIDENT = 0.5    # pixels this covered give an object's mean colour
 MAX_RESIDUAL = 40.0          # RGB units off the background->colour segment
 MIN_COLOUR_FRACTION = 0.4    # of the smallest object's area, per frame, for a colour to count
 MIN_COVERAGE = 0.02          # alpha below this is not part of an object
+TOUCH_ALPHA = 0.1            # coverage that counts when deciding whether two objects touch
+MIN_CLEAN_FRAMES = 3         # untouched frames needed to leave the touching ones out
 
 _COLOUR_RGB = np.stack([procedural.COLORS[n] for n in procedural.COLOR_NAMES]).astype(np.float32)
 _BG_RGB = np.stack([procedural.BACKGROUNDS[n] for n in procedural.BACKGROUND_NAMES]
@@ -114,12 +115,17 @@ def _segment(alpha, resid, member, colours: List[int], height: int, width: int):
 
 
 def _touching(maps: np.ndarray) -> np.ndarray:
-  """[N, T] True where an object's coverage touches (8-neighbourhood) another object's."""
-  present = maps >= MIN_COVERAGE                                            # [N, T, H, W]
+  """[N, T] True where an object's coverage meets another's (same or 4-adjacent pixels).
+
+  Only pixels covered at least TOUCH_ALPHA count, so objects separated by faint anti-aliased
+  edges are not touching; overlapping (occluding) ones are.
+  """
+  present = maps >= TOUCH_ALPHA                                             # [N, T, H, W]
+  h, w = present.shape[2:]
+  padded = np.pad(present, ((0, 0), (0, 0), (1, 1), (1, 1)))
   grown = present.copy()
-  for dy in (-1, 0, 1):
-    for dx in (-1, 0, 1):
-      grown |= np.roll(np.roll(present, dy, axis=2), dx, axis=3)
+  for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+    grown |= padded[:, :, dy:dy + h, dx:dx + w]
   out = np.zeros(maps.shape[:2], bool)
   for n in range(maps.shape[0]):
     others = present[np.arange(maps.shape[0]) != n].any(0)                 # [T, H, W]
@@ -140,8 +146,11 @@ def detect(video, fps: float) -> Detection:
   bg_name = procedural.BACKGROUND_NAMES[
       int(np.argmin(((_BG_RGB - np.median(bg, 0)) ** 2).sum(-1)))]
   alpha, resid = _colour_alphas(video, bg)
-  candidate = (alpha > MIN_ALPHA_MEMBER) & (resid < MAX_RESIDUAL)          # [K, T, H, W]
-  member = np.where(candidate.any(0), np.argmin(np.where(candidate, resid, np.inf), 0), -1)
+  # Each pixel's best colour (smallest residual); a member of it if covered enough.
+  candidate = (alpha > MIN_COVERAGE) & (resid < MAX_RESIDUAL)              # [K, T, H, W]
+  best = np.argmin(np.where(candidate, resid, np.inf), axis=0)              # [T, H, W]
+  best_alpha = np.take_along_axis(alpha, best[None], axis=0)[0]
+  member = np.where(candidate.any(0) & (best_alpha > MIN_ALPHA_MEMBER), best, -1)
   mass = np.array([alpha[k][member == k].sum() for k in range(len(_COLOUR_RGB))])
   need = MIN_COLOUR_FRACTION * _smallest_area_px(height, width) * t_count
   order = [int(k) for k in np.argsort(-mass, kind="stable") if mass[k] >= need]
@@ -156,10 +165,7 @@ def detect(video, fps: float) -> Detection:
     areas = a.sum(axis=(1, 2))
     seen = areas > 0.25 * _smallest_area_px(height, width)
     clean = seen & ~touching[n]      # frames whose centroid is not disturbed by a neighbour
-    if clean.sum() >= max(2, seen.sum() // 2):
-      seen_for_fit = clean
-    else:
-      seen_for_fit = seen
+    seen_for_fit = clean if clean.sum() >= min(MIN_CLEAN_FRAMES, t_count) else seen
     with np.errstate(invalid="ignore", divide="ignore"):
       cx = (a * (xx + 0.5)).sum(axis=(1, 2)) / areas
       cy = (a * (yy + 0.5)).sum(axis=(1, 2)) / areas
@@ -179,7 +185,7 @@ def detect(video, fps: float) -> Detection:
         color=procedural.COLOR_NAMES[k], shape=fit["shape"], size=fit["size"], motion=motion,
         speed=speed, centers=centers, areas=areas, mean_colors=mean_colors,
         frame_shapes=fit["frame_shapes"], velocity=velocity))
-  # Object 0 of a caption is drawn first; order objects by colour count only for determinism.
+  # Objects come in decreasing coverage mass (a caption's order is not visible in pixels).
   return Detection(background=bg_name, background_rgb=bg, objects=objects,
                    coverage=maps.sum(0) if colours else np.zeros((t_count, height, width)))
 

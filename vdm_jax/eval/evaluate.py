@@ -104,7 +104,7 @@ def evaluate_videos(videos, targets: Sequence[Any], real_videos=None,
   n, t, h, w, _ = videos.shape
   dets = detectors.detect_batch(videos, fps)
   result = dict(num_videos=n, frames=t, height=h, width=w, fps=float(fps),
-                caption_accuracy=accuracy.caption_accuracy(dets, targets),
+                caption_accuracy=accuracy.caption_accuracy(dets, targets, with_motion=t > 1),
                 consistency=consistency.summarize(
                     [consistency.clip_consistency(v, d) for v, d in zip(videos, dets)]))
   if real_videos is not None:

@@ -54,6 +54,17 @@ def repeat_frames(videos: np.ndarray, min_frames: int = i3d.MIN_FRAMES) -> np.nd
   return videos if k <= 1 else np.repeat(videos, k, axis=1)
 
 
+def to_pixel_scale(videos: np.ndarray, value_range: Tuple[float, float] = (-1.0, 1.0)
+                   ) -> np.ndarray:
+  """uint8 videos as they are; float videos in `value_range` -> float32 on the [0, 255] scale."""
+  if videos.dtype == np.uint8:
+    return videos
+  if not np.issubdtype(videos.dtype, np.floating):
+    raise ValueError(f"videos must be uint8 or float, got {videos.dtype}")
+  lo, hi = value_range
+  return ((videos.astype(np.float32) - lo) * (255.0 / (hi - lo))).astype(np.float32)
+
+
 @functools.partial(jax.jit, static_argnames=("precision",))
 def _i3d_logits(params, videos, rows, cols, *, precision):
   """[B, T, H, W, 3] on the [0, 255] scale -> [B, 400] I3D logits (resize, scale, network)."""
@@ -66,7 +77,9 @@ def _i3d_logits(params, videos, rows, cols, *, precision):
 class I3DFeatureExtractor:
   """Batched, jitted I3D Kinetics-400 logits of videos, as FVD uses them.
 
-  Runs on the default device (one GPU is plenty: 2048 16-frame clips take seconds on an H100).
+  Runs on the default device, one batch at a time (videos stay in host memory until their
+  batch), so one accelerator suffices for any number of videos. On a 2-core CPU a 9-frame clip
+  takes about a second.
   """
 
   def __init__(self, checkpoint_path: Optional[str] = None, batch_size: int = 16,
@@ -86,14 +99,6 @@ class I3DFeatureExtractor:
     self.precision = jax.lax.Precision(precision) if isinstance(precision, str) else precision
     self.params = jax.device_put(i3d.load_i3d_params(checkpoint_path))
 
-  def _to_255(self, videos: np.ndarray, value_range: Tuple[float, float]) -> np.ndarray:
-    if videos.dtype == np.uint8:
-      return videos
-    if not np.issubdtype(videos.dtype, np.floating):
-      raise ValueError(f"videos must be uint8 or float, got {videos.dtype}")
-    lo, hi = value_range
-    return ((videos.astype(np.float32) - lo) * (255.0 / (hi - lo))).astype(np.float32)
-
   def features(self, videos, value_range: Tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
     """I3D logits of videos: [N, T, H, W, 3] -> [N, 400] float64.
 
@@ -111,7 +116,7 @@ class I3DFeatureExtractor:
                        "stretch short clips with vdm_jax.eval.fvd.repeat_frames first")
     if n == 0:
       return np.zeros((0, i3d.NUM_CLASSES), np.float64)
-    videos = self._to_255(videos, value_range)
+    videos = to_pixel_scale(videos, value_range)
     rows = jnp.asarray(resize_matrix(h, i3d.INPUT_SIZE, self.half_pixel_centers))
     cols = jnp.asarray(resize_matrix(w, i3d.INPUT_SIZE, self.half_pixel_centers))
     bs = min(self.batch_size, n)

@@ -28,7 +28,7 @@ MIN_BOUNCE_AXIS_SPEED = 0.5 * SLOW * math.sin(math.radians(25.0))  # per axis, f
 NOISE_FLOOR_PX = 0.03       # centroid error of an exact anti-aliased render, pixels
 MIN_ANGLE_TOLERANCE = 1.0   # degrees
 REFLECTION_GAIN = 25.0      # how many noise variances a reflection must explain
-ANGLE_SIGMAS = 3.0
+ANGLE_SIGMAS = 2.0         # a compass direction is kept within this many standard errors
 
 
 def _line_sse(t: np.ndarray, x: np.ndarray) -> float:
