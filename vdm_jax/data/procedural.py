@@ -19,7 +19,9 @@ Geometry, exactly (a detector inverts these definitions):
     centre is `(x0 + vx * t, y0 + vy * t)`.  Straight motions have `|v| = SPEEDS[speed]` along
     the unit direction `MOTIONS[motion]` (diagonals move `speed / sqrt(2)` along each axis);
     they start where they stay fully in frame for the whole clip. "bouncing" objects move at
-    `SPEEDS[speed]` along a random oblique direction and reflect off the frame edges: each
+    `SPEEDS[speed]` along a random oblique direction 20-35 degrees from an axis (never near a
+    diagonal, so a bounce that meets no edge within the clip still differs from a diagonal
+    straight motion) and reflect off the frame edges: each
     coordinate is folded into [r, 1 - r] (a triangle wave, see `object_centers`). "still"
     objects have v = 0 and no speed.  Because positions depend on continuous time, the same
     spec rendered at twice the fps with 2T - 1 frames gives the original frames at even indices.
@@ -207,7 +209,10 @@ def _place(rng, attrs: dict, *, duration, height, width) -> ObjectSpec:
   motion = attrs["motion"]
   speed = SPEEDS[attrs["speed"]] if attrs["speed"] else 0.0
   if motion == "bouncing":
-    angle = math.radians(rng.uniform(25.0, 65.0) + 90.0 * rng.integers(4))
+    off_axis = rng.uniform(20.0, 35.0)  # degrees; 10+ degrees away from every diagonal
+    if rng.integers(2):
+      off_axis = 90.0 - off_axis
+    angle = math.radians(off_axis + 90.0 * rng.integers(4))
     vx, vy = speed * math.cos(angle), speed * math.sin(angle)
     return ObjectSpec(**attrs, x0=float(rng.uniform(rx, 1 - rx)),
                       y0=float(rng.uniform(ry, 1 - ry)), vx=vx, vy=vy)
