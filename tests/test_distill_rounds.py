@@ -50,6 +50,7 @@ def _config(mode="guided"):
   c.train.async_checkpointing = False
   c.distill.steps_per_round = STEPS
   c.distill.guided_steps = STEPS
+  c.distill.teacher_clip = "none"  # one compiled step for every progressive round
   return c
 
 
@@ -102,6 +103,14 @@ def test_plan_halves_the_steps_after_guided_stage_one():
   assert all(r.stage == "progressive" for r in plan)
 
 
+def test_only_teachers_sampled_with_thresholding_are_thresholded():
+  for mode, clips in (("guided", ["none", "dynamic", "none"]),
+                      ("progressive", ["dynamic", "none"])):
+    d = _config(mode).distill
+    d.teacher_clip = "dynamic"
+    assert [settings.teacher_clip_of(r, d) for r in settings.plan_rounds(d)] == clips
+
+
 @pytest.mark.parametrize("key,value,message", [
     ("start_steps", 12, "power of two"),
     ("end_steps", 0, "end_steps"),
@@ -137,6 +146,8 @@ def test_every_round_halves_the_steps_and_its_checkpoint_records_them(guided_run
     assert saved["distill"]["round_student_steps"] == rec["student_steps"]
     assert saved["distill"]["round_teacher_steps"] == rec["teacher_steps"]
     assert saved["sample"]["num_steps"] == rec["student_steps"]
+    # Progressive students are sampled unthresholded (they reproduce thresholded teachers).
+    assert saved["sample"]["clip"] == ("none" if rec["stage"] == "progressive" else "dynamic")
     assert sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())[-1] == STEPS
     assert np.isfinite(rec["final_loss"]) and rec["steps_run"] == STEPS
   # One compiled step serves every progressive round (the step count is a traced input).

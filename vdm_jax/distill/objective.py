@@ -56,7 +56,8 @@ def null_condition(cond: dict) -> dict:
   return out
 
 
-def make_distill_loss_fn(config, *, stage: str, student_model, teacher_model
+def make_distill_loss_fn(config, *, stage: str, student_model, teacher_model,
+                         teacher_clip: str = "none"
                          ) -> Callable[[Any, dict, dict, jax.Array], tuple]:
   """loss_fn(params, teacher, batch, key) -> (loss, aux) of one round of `stage`.
 
@@ -66,6 +67,8 @@ def make_distill_loss_fn(config, *, stage: str, student_model, teacher_model
       'progressive' (regress onto the teacher's two DDIM steps on the student grid).
     student_model, teacher_model: Linen modules called as
       model.apply({'params': p}, z, logsnr, **inputs, train=...).
+    teacher_clip: thresholding of the teacher's x in its DDIM steps (progressive stage; see
+      `settings.teacher_clip_of`).
 
   The batch holds 'video' [B, T, H, W, C] in [-1, 1] and the conditioning the model reads.
   """
@@ -112,7 +115,7 @@ def make_distill_loss_fn(config, *, stage: str, student_model, teacher_model
           guidance_weight=w, **common)
     return distillation.progressive_distillation_loss(
         num_student_steps=teacher["student_steps"], cond=student_cond if teacher_w else cond,
-        student_cond=student_cond, clip=d.teacher_clip, **common)
+        student_cond=student_cond, clip=teacher_clip, **common)
 
   return loss_fn
 
@@ -125,6 +128,8 @@ def make_student_model_fn(model, params, *, guidance_weight: Optional[Any] = Non
   (a scalar or [B]) here and sample with guidance_weight=0 and no uncond, so that each step is
   ONE network evaluation. `cond` is the dict of the model's other inputs (text_emb, text_mask,
   fps, ...). For a model without the guidance input leave guidance_weight None.
+  A progressive student whose teacher steps were thresholded (distill.teacher_clip) is sampled
+  with clip='none' (its round config says so).
   """
   def model_fn(z, logsnr, cond):
     kw = dict(cond or {})

@@ -40,7 +40,10 @@ class Preempted(RuntimeError):
 
 def round_config(config, rnd: settings.Round):
   """The config a round's checkpoints carry: distill.round_* fields, train.num_steps = the
-  round's optimizer steps, sample.num_steps = the student's sampling steps."""
+  round's optimizer steps, sample.num_steps = the student's sampling steps, and
+  sample.clip = 'none' after a progressive round (the student's one step reproduces its
+  teacher's two steps, thresholded as that teacher is sampled; thresholding the student's x
+  again would move it off them). distill.round_teacher_clip records the teacher's."""
   c = config.copy_and_resolve_references()
   with c.unlocked():
     c.distill.round_index = rnd.index
@@ -49,6 +52,9 @@ def round_config(config, rnd: settings.Round):
     c.distill.round_student_steps = rnd.student_steps
     c.train.num_steps = rnd.train_steps
     c.sample.num_steps = rnd.student_steps
+    c.distill.round_teacher_clip = settings.teacher_clip_of(rnd, config.distill)
+    if rnd.stage == "progressive":
+      c.sample.clip = "none"
   return c
 
 
@@ -79,7 +85,7 @@ class DistillationRun:
                mesh, rules):
     settings.check_distill_config(config)
     loop.check_loop_config(config)
-    self.config, self.workdir = config, workdir
+    self.config, self.workdir = config, os.path.abspath(workdir)  # orbax needs absolute paths
     self.student_model, self.teacher_model = student_model, teacher_model
     self.teacher_params, self.teacher_param_shardings = teacher_params, teacher_param_shardings
     self.make_batches, self.mesh, self.rules = make_batches, mesh, rules
@@ -96,12 +102,13 @@ class DistillationRun:
 
   def _step_fn(self, rnd, rcfg, teacher_model, shardings, teacher_shardings, batch_spec):
     """The compiled step of a round, shared by rounds of the same stage and length."""
-    key = (rnd.stage, rnd.train_steps, teacher_model is self.student_model)
+    clip = rcfg.distill.round_teacher_clip
+    key = (rnd.stage, rnd.train_steps, teacher_model is self.student_model, clip)
     if key not in self._steps:
       t = rcfg.train
       loss_fn = dobjective.make_distill_loss_fn(rcfg, stage=rnd.stage,
                                                 student_model=self.student_model,
-                                                teacher_model=teacher_model)
+                                                teacher_model=teacher_model, teacher_clip=clip)
       self._steps[key] = dstep.make_distill_step(
           loss_fn=loss_fn, tx=optimizer_lib.make_optimizer(t),
           lr_schedule=optimizer_lib.learning_rate_schedule(t), train_cfg=t,

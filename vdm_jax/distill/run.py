@@ -83,8 +83,9 @@ def run_distillation(config, workdir: str, teacher_workdir: str) -> DistillResul
   teacher_cfg = config.copy_and_resolve_references()
   with teacher_cfg.unlocked():
     teacher_cfg.model = dobjective.teacher_model_config(config, first_stage)
-  teacher_model = SpaceTimeUNet(config=teacher_cfg.model)
   student_model = SpaceTimeUNet(config=config.model)
+  teacher_model = (SpaceTimeUNet(config=teacher_cfg.model) if first_stage == "guided"
+                   else student_model)  # the same module: one compiled step for all rounds
   teacher_init = dobjective.init_params_fn(teacher_cfg.model, teacher_model,
                                            batch_like=batch_like)
   params, shardings, step = dstate.restore_params(

@@ -9,7 +9,10 @@ Keys (see configs/distill.py):
   guided_steps     optimizer steps of guided stage one
   w_min, w_max     guidance weights of guided distillation are drawn from U[w_min, w_max]
   loss_weighting   x-space loss weight (diffusion.loss_weighting names; 'truncated_snr')
-  teacher_clip     thresholding of the teacher's x in its DDIM steps: none | static | dynamic
+  teacher_clip     thresholding of the teacher's x in the first progressive round's DDIM steps
+                   (none | static | dynamic; set it to how the teacher is sampled). Later
+                   teachers are progressive students, sampled without thresholding, and are
+                   distilled without it (`teacher_clip_of`).
   use_ema          the next round's teacher (and student init) are the EMA parameters
   cond_drop_prob   conditioning dropout of the distillation batches (both teacher and student)
   teacher_step     step of the teacher checkpoint to load (0 = its latest)
@@ -99,6 +102,16 @@ def check_distill_config(config) -> None:
     errors.append(f"distill.teacher_step={d.teacher_step} must be >= 0 (0 = latest)")
   if errors:
     raise ValueError("Invalid distill config:\n  - " + "\n  - ".join(errors))
+
+
+def teacher_clip_of(rnd: Round, distill_cfg) -> str:
+  """Thresholding of the teacher's x in round `rnd`: distill.teacher_clip when the teacher is
+  sampled with it (the trained model, or the guided stage-one student, which reproduces the
+  guided output), 'none' when the teacher is itself a progressive student."""
+  if rnd.stage != "progressive":
+    return "none"
+  first = 1 if distill_cfg.mode == "guided" else 0
+  return distill_cfg.teacher_clip if rnd.index == first else "none"
 
 
 def plan_rounds(distill_cfg) -> list[Round]:

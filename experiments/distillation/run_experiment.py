@@ -1,0 +1,211 @@
+"""Distillation experiment on a CPU-scale base stage (configs/tiny.py: 8 frames of 16x16
+moving shapes): quality (FVD, caption accuracy) and wall time per video of the teacher with
+many DDIM steps, plain DDIM with few steps, and the guided + progressively distilled student.
+
+    python experiments/distillation/run_experiment.py distill  --exp=DIR [--steps_per_round=..]
+    python experiments/distillation/run_experiment.py evaluate --exp=DIR [--num_videos=64]
+
+DIR holds data/, text_store.safetensors and the teacher's training workdir teacher/ (see the
+README for the exact commands); `distill` writes DIR/distill/, `evaluate` writes
+DIR/results.json, DIR/results.md and a few GIFs under DIR/videos/.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp
+import numpy as np
+
+from configs import distill as distill_config
+from vdm_jax import diffusion
+from vdm_jax import sharding as sharding_lib
+from vdm_jax.distill import objective as dobjective
+from vdm_jax.distill import run as drun
+from vdm_jax.distill import state as dstate
+
+GUIDANCE = 2.0  # classifier-free guidance weight of every guided row (student: w as input)
+
+
+def make_config(exp: str, *, steps_per_round: int, guided_steps: int, start: int, end: int):
+  """configs/distill.py:base=tiny,mode=guided with the experiment's data and text store."""
+  c = distill_config.get_config(f"base=tiny,mode=guided,start={start},end={end}")
+  c.data.data_dir = os.path.join(exp, "data")
+  c.data.num_eval_examples = 128
+  c.text.store_path = os.path.join(exp, "text_store.safetensors")
+  c.sharding.mesh_shape = (1, 1, 1)
+  c.distill.steps_per_round = steps_per_round
+  c.distill.guided_steps = guided_steps
+  c.distill.w_min, c.distill.w_max = 0.0, 4.0
+  c.train.checkpoint_every = 100
+  c.train.log_every = 25
+  return c
+
+
+def cmd_distill(args):
+  config = make_config(args.exp, steps_per_round=args.steps_per_round,
+                       guided_steps=args.guided_steps, start=args.start, end=args.end)
+  t0 = time.time()
+  result = drun.run_distillation(config, os.path.join(args.exp, "distill"),
+                                 os.path.join(args.exp, "teacher"))
+  print(json.dumps(result.rounds, indent=2))
+  print(f"distillation wall time {time.time() - t0:.0f} s")
+
+
+def _real_clips(config, n):
+  """The first n test clips at the stage geometry (first `frames` frames at the stored fps,
+  block-mean downsampled to height x width) with their captions."""
+  from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
+  ex = build.load_split_examples(config, "test", n)
+  v = ex["video"][:, :config.frames].astype(np.float32)  # source fps == stage fps (8)
+  f = v.shape[2] // config.height
+  v = v.reshape(v.shape[0], v.shape[1], config.height, f, config.width, f, 3).mean((3, 5))
+  return np.clip(np.round(v), 0, 255).astype(np.uint8), ex["caption"]
+
+
+def _load(config, workdir, model, batch_like, mesh, rules):
+  init = dobjective.init_params_fn(config.model, model, batch_like=batch_like)
+  params, _, step = dstate.restore_params(workdir=workdir, config=config, init_params_fn=init,
+                                          mesh=mesh, rules=rules)
+  return params, step
+
+
+def _timed_sample(model_fn, *, num_steps, cond, uncond, weight, noise, schedule, config, clip):
+  """Samples one batch under jit; returns (videos in [-1, 1], seconds of the run after
+  compilation)."""
+  def run(c, u, z):
+    return diffusion.sample(
+        model_fn=model_fn, shape=z.shape, key=jax.random.key(0), num_steps=num_steps,
+        schedule=schedule, prediction=config.diffusion.prediction, cond=c, uncond=u,
+        guidance_weight=weight, clip=clip,
+        dynamic_percentile=float(config.sample.dynamic_percentile), init_noise=z)
+  compiled = jax.jit(run).lower(cond, uncond, noise).compile()
+  t0 = time.time()
+  videos = jax.block_until_ready(compiled(cond, uncond, noise))
+  return np.asarray(videos), time.time() - t0
+
+
+def cmd_evaluate(args):
+  from vdm_jax import text as text_lib  # pylint: disable=g-import-not-at-top
+  from vdm_jax.eval import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
+  from vdm_jax.eval import gallery  # pylint: disable=g-import-not-at-top
+  from vdm_jax.models.unet import SpaceTimeUNet  # pylint: disable=g-import-not-at-top
+  config = make_config(args.exp, steps_per_round=args.steps_per_round,
+                       guided_steps=args.guided_steps, start=args.start, end=args.end)
+  mesh = sharding_lib.create_mesh(config.sharding)
+  rules = sharding_lib.logical_rules(config.sharding)
+  n = args.num_videos
+  real, captions = _real_clips(config, n)
+  emb, mask = text_lib.load_text_encoder(config.text).encode(list(captions))
+  cond = {"text_emb": jnp.asarray(emb), "text_mask": jnp.asarray(mask),
+          "fps": jnp.full((n,), float(config.fps), jnp.float32)}
+  uncond = dict(cond, text_emb=jnp.zeros_like(cond["text_emb"]),
+                text_mask=jnp.zeros_like(cond["text_mask"]))
+  batch_like = {"video": np.zeros((1, config.frames, config.height, config.width, 3),
+                                  np.float32),
+                "fps": np.zeros((1,), np.float32), "text_emb": np.asarray(emb[:1]),
+                "text_mask": np.asarray(mask[:1])}
+  noise = jax.random.normal(jax.random.key(args.seed),
+                            (n, config.frames, config.height, config.width, 3))
+  schedule = diffusion.schedule_from_config(config.diffusion, resolution=config.height)
+
+  teacher_cfg = config.copy_and_resolve_references()
+  teacher_cfg.model = dobjective.teacher_model_config(config, "guided")
+  teacher = SpaceTimeUNet(config=teacher_cfg.model)
+  student = SpaceTimeUNet(config=config.model)
+  t_params, t_step = _load(teacher_cfg, os.path.join(args.exp, "teacher"), teacher, batch_like,
+                           mesh, rules)
+  manifest = json.load(open(os.path.join(args.exp, "distill", "rounds.json")))["rounds"]
+  by_steps = {(r["stage"], r["student_steps"]): r["directory"] for r in manifest}
+
+  rows = [("teacher (CFG, 2 evals/step)", "teacher", args.teacher_steps)]
+  rows += [("teacher DDIM (CFG)", "teacher", s) for s in (args.start, 8, 4)]
+  rows += [("guided stage one student (w input)", ("guided", args.start), args.start)]
+  rows += [("distilled student (w input)", ("progressive", s), s) for s in (8, 4)]
+  results = []
+  real_eval = eval_lib.evaluate_videos(real, captions, fps=config.fps, compute_fvd=False)
+  extractor = eval_lib.extractor_from_config(config.eval)
+  os.makedirs(os.path.join(args.exp, "videos"), exist_ok=True)
+  for label, source, steps in rows:
+    if source == "teacher":
+      model_fn = dobjective.make_student_model_fn(teacher, t_params)
+      videos, secs = _timed_sample(model_fn, num_steps=steps, cond=cond, uncond=uncond,
+                                   weight=GUIDANCE, noise=noise, schedule=schedule,
+                                   config=config, clip=config.sample.clip)
+      evals_per_step = 2
+    else:
+      params, _ = _load(config, by_steps[source], student, batch_like, mesh, rules)
+      model_fn = dobjective.make_student_model_fn(student, params, guidance_weight=GUIDANCE)
+      # The round's own config says how to sample it (clip 'none' after thresholded teachers).
+      clip = json.load(open(os.path.join(by_steps[source], "config.json")))["sample"]["clip"]
+      videos, secs = _timed_sample(model_fn, num_steps=steps, cond=cond, uncond=None,
+                                   weight=0.0, noise=noise, schedule=schedule, config=config,
+                                   clip=clip)
+      evals_per_step = 1
+    ev = eval_lib.evaluate_videos(videos, captions, real, extractor, fps=config.fps)
+    row = dict(method=label, steps=steps, network_evals=steps * evals_per_step,
+               seconds_per_video=secs / n, fvd=ev.get("fvd"),
+               caption_accuracy=ev["caption_accuracy"])
+    results.append(row)
+    print(json.dumps(row), flush=True)
+    tag = f"{label.split(' ')[0]}_{steps}"
+    for i in range(2):
+      gallery.write_gif(os.path.join(args.exp, "videos", f"{tag}_{i}.gif"),
+                        eval_lib.to_uint8(videos[i]), fps=config.fps)
+  out = dict(num_videos=n, guidance_weight=GUIDANCE, teacher_step=t_step,
+             real_caption_accuracy=real_eval["caption_accuracy"], rows=results,
+             machine=_machine(), rounds=manifest)
+  with open(os.path.join(args.exp, "results.json"), "w", encoding="utf-8") as f:
+    json.dump(out, f, indent=2)
+  table = _table(out)
+  with open(os.path.join(args.exp, "results.md"), "w", encoding="utf-8") as f:
+    f.write(table)
+  print(table)
+
+
+def _machine() -> str:
+  import platform  # pylint: disable=g-import-not-at-top
+  return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores visible, "
+          f"jax {jax.__version__} on {jax.devices()[0].platform}")
+
+
+def _table(out) -> str:
+  attrs = ("all", "color", "shape", "motion")
+  lines = ["| method | steps | network evals | s / video | FVD | " +
+           " | ".join(f"acc {a}" for a in attrs) + " |",
+           "|---|---:|---:|---:|---:|" + "---:|" * len(attrs)]
+  for r in out["rows"]:
+    acc = r["caption_accuracy"]
+    fvd = "n/a" if r["fvd"] is None else f"{r['fvd']:.1f}"
+    lines.append(f"| {r['method']} | {r['steps']} | {r['network_evals']} | "
+                 f"{r['seconds_per_video']:.3f} | {fvd} | " +
+                 " | ".join(f"{acc.get(a, float('nan')):.3f}" for a in attrs) + " |")
+  acc = out["real_caption_accuracy"]
+  lines.append("| real test clips (detector ceiling) | - | - | - | 0 | " +
+               " | ".join(f"{acc.get(a, float('nan')):.3f}" for a in attrs) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("command", choices=("distill", "evaluate"))
+  p.add_argument("--exp", required=True, help="experiment directory (see the README)")
+  p.add_argument("--start", type=int, default=64, help="teacher steps of the first round")
+  p.add_argument("--end", type=int, default=4, help="steps of the last student")
+  p.add_argument("--steps_per_round", type=int, default=200)
+  p.add_argument("--guided_steps", type=int, default=200)
+  p.add_argument("--teacher_steps", type=int, default=256)
+  p.add_argument("--num_videos", type=int, default=64)
+  p.add_argument("--seed", type=int, default=1)
+  args = p.parse_args()
+  args.exp = os.path.abspath(args.exp)
+  {"distill": cmd_distill, "evaluate": cmd_evaluate}[args.command](args)
+
+
+if __name__ == "__main__":
+  main()
