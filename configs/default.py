@@ -138,9 +138,8 @@ def get_config(arg=None):
   s.mesh_shape = (-1, 1, 1)                # over axes (data, fsdp, tensor); -1 = the rest
   s.logical_axis_rules = axes.DEFAULT_RULES
   # True: the model's nn.with_logical_constraint calls follow the rules (pinned activation
-  # layouts); False: XLA propagates them from the sharded params and batch. True needs every
-  # param annotation to be valid under the rules during apply (see vdm_jax/train/step.py).
-  s.constrain_activations = False
+  # layouts); False: XLA propagates the layouts from the sharded params and batch alone.
+  s.constrain_activations = True
   s.distributed = "auto"                  # auto | always | never: jax.distributed.initialize()
   s.coordinator_address = ""              # host:port of process 0; "" = from the environment
   s.num_processes = 0                     # 0 = from the environment / cluster detection

@@ -79,8 +79,7 @@ def test_distributed_is_a_noop_on_one_host(monkeypatch):
     sharding.maybe_initialize_distributed(c)
 
 
-@pytest.fixture(scope="module")
-def runs():
+def _three_mesh_runs():
   """One train step of the stand-in model on three meshes, same batch and initial params."""
   model = tl.TinyDenoiser()
   batch = tl.tiny_batch(batch=8)
@@ -106,7 +105,13 @@ def runs():
   return out
 
 
-def test_same_loss_and_update_on_every_mesh(runs):
+def test_same_loss_and_update_on_every_mesh_and_params_sharded_by_the_rules():
+  runs = _three_mesh_runs()
+  _check_same_loss(runs)
+  _check_param_shardings(runs)
+
+
+def _check_same_loss(runs):
   ref = runs[(8, 1, 1)]
   for shape in [(2, 4, 1), (2, 2, 2)]:
     chex.assert_trees_all_close(runs[shape]["init"], ref["init"], atol=0, rtol=0)
@@ -115,7 +120,7 @@ def test_same_loss_and_update_on_every_mesh(runs):
                                 jax.device_get(ref["state"].params), atol=1e-6, rtol=1e-5)
 
 
-def test_parameters_are_sharded_as_the_rules_say(runs):
+def _check_param_shardings(runs):
   p = runs[(2, 4, 1)]["state"].params
   # kernels are (embed, mlp): embed over fsdp (4-way) where it divides, mlp over tensor (size 1)
   assert p["mid"]["kernel"].sharding.spec == P("fsdp", "tensor")

@@ -75,9 +75,7 @@ def _last_logged_step(workdir):
   return max(steps, default=0)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  tmp = tmp_path_factory.mktemp("loop")
+def _run_all(tmp):
   overrides = _overrides(tmp)
   build.build_dataset(train_worker.make_config(overrides))
 
@@ -101,14 +99,24 @@ def runs(tmp_path_factory):
               stopped_at=stopped_at)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(runs):
+def test_loop_resumes_exactly_after_sigterm_and_writes_metrics_and_samples(tmp_path):
+  """One test (its three training runs are expensive): pytest-xdist would repeat a shared
+  module fixture in every worker that runs one of its tests."""
+  runs = _run_all(tmp_path)
+  _check_sigterm(runs)
+  _check_exact_resume(runs)
+  _check_metrics_logs_and_config(runs)
+  _check_samples(runs)
+
+
+def _check_sigterm(runs):
   stopped = runs["stopped_at"]
   assert KILL_AFTER_STEP <= stopped < NUM_STEPS, "the signal arrived mid-run"
   assert f"Preempted: checkpoint of step {stopped} saved" in runs["cut_log"]
   assert f"Restored step {stopped}" in runs["resume_log"]
 
 
-def test_resume_gives_identical_losses_and_parameters(runs):
+def _check_exact_resume(runs):
   full, cut = _metrics(runs["full"]), _metrics(runs["cut"])
   assert sorted(full) == sorted(cut) == list(range(1, NUM_STEPS + 1))
   for step in full:
@@ -121,7 +129,7 @@ def test_resume_gives_identical_losses_and_parameters(runs):
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-def test_metrics_logs_and_config_are_written(runs):
+def _check_metrics_logs_and_config(runs):
   full = runs["full"]
   rows = _metrics(full)
   last = rows[NUM_STEPS]
@@ -136,7 +144,7 @@ def test_metrics_logs_and_config_are_written(runs):
   assert sorted(os.listdir(os.path.join(full, "checkpoints"))) == ["16", "24"]
 
 
-def test_periodic_samples_are_written(runs):
+def _check_samples(runs):
   for step in (12, 24):
     d = os.path.join(runs["full"], "samples", f"step_{step:06d}")
     assert sorted(os.listdir(d)) == ["000.gif", "000.mp4", "prompts.txt"]

@@ -125,7 +125,6 @@ class Trainer:
     self.mesh = sharding_lib.create_mesh(config.sharding)
     self.rules = sharding_lib.logical_rules(config.sharding)
     sharding_lib.check_batch_divisible(int(config.train.batch_size), self.mesh, self.rules)
-    _write_config(config, workdir)
     logging.info("Mesh %s over %d devices (%d processes).", dict(self.mesh.shape),
                  jax.device_count(), jax.process_count())
 
@@ -152,6 +151,7 @@ class Trainer:
                                              data_iter=self.data_iter, config=config)
       self._pending = next(self.data_iter)  # the restored iterator's next batch
     logging.info("Parameters: %d.", state_lib.param_count(self.state.params))
+    _write_config(config, workdir)  # after the restore checked that the checkpoint matches
 
     batch_spec = inputs.global_batch_spec(self._pending, self.mesh, self.rules)
     step_fn = step_lib.make_train_step(
@@ -160,7 +160,7 @@ class Trainer:
         seed=int(config.seed), cond_drop_prob=float(config.diffusion.cond_drop_prob),
         mesh=self.mesh, rules=self.rules, state_shardings=self.shardings,
         batch_like=batch_spec,
-        constrain_activations=bool(config.sharding.get("constrain_activations", False)))
+        constrain_activations=bool(config.sharding.get("constrain_activations", True)))
     self.compiled = step_fn.lower(self.state, batch_spec).compile()
     self.throughput = metrics_lib.Throughput(
         global_batch=int(t.batch_size),
