@@ -1,18 +1,23 @@
-"""`make demo`: build procedural data, train a small text-to-video model, sample and evaluate it.
+"""`make demo`: build moving shapes, train a text-to-video cascade on a CPU, sample and evaluate it.
 
-    python -m vdm_jax.demo [--out=demo_out] [--steps=N] [--config=configs/demo.py]
+    python -m vdm_jax.demo [--out=demo_out] [--budget=1.0] [--config=configs/demo.py]
 
-Writes, under --out:
-  data/          the moving_shapes dataset (tfds, array_record)
-  train/         checkpoints, metrics.jsonl, TensorBoard events, config.json
-  samples/       one GIF + MP4 per demo prompt (prompts.txt lists them)
-  eval/          eval.json (caption accuracy, consistency, FVD) and index.html, a gallery of
-                 held-out prompts: generated beside real
-Each step is the library call that the matching `python -m vdm_jax.main --mode=...` makes, so
-the demo is also the smoke test of the command line's path. Re-running resumes training from
-the last checkpoint.
+The cascade of configs/demo.py (base -> tsr1 -> ssr1 at CPU scale) is trained stage by stage,
+each for its `train.num_steps` times --budget, then sampled end to end. Writes, under --out:
+  data/                  the moving_shapes dataset (tfds, array_record)
+  text_store.safetensors MiniLM embeddings of every training caption (shared by the stages)
+  cascade/<stage>/       each stage's checkpoints, metrics.jsonl, TensorBoard events
+  samples/<i>_<stage>/   the demo prompts after every stage (GIF + MP4), samples/final/
+  index.html             the gallery: every stage of every demo prompt and of held-out test
+                         prompts beside a real clip, and the figures (caption accuracy of every
+                         stage read by the detectors, FVD of the final stage, timings)
+  gifs/, eval.json, demo.json (timings, budget, load average, accuracy)
+Each step is the library call that the matching `python -m vdm_jax.main --mode=...` makes.
+Re-running resumes: a stage whose checkpoint already reached its steps is not retrained.
 """
+import json
 import os
+import re
 import sys
 import time
 
@@ -21,8 +26,9 @@ from absl import flags
 from absl import logging
 
 _OUT = flags.DEFINE_string("out", "demo_out", "Output directory.")
-_STEPS = flags.DEFINE_integer("steps", None, "Train steps (default: the config's).")
-_CONFIG = flags.DEFINE_string("config", "configs/demo.py", "Config file (a get_config module).")
+_BUDGET = flags.DEFINE_float("budget", 1.0, "Multiplies every stage's train.num_steps.")
+_CONFIG = flags.DEFINE_string("config", "configs/demo.py", "Cascade config (a get_config module).")
+_NUM_VIDEOS = flags.DEFINE_integer("num_videos", None, "Held-out prompts to evaluate.")
 
 
 def _load_config(path: str):
@@ -36,43 +42,102 @@ def _load_config(path: str):
   return module.get_config()
 
 
+def demo_config(path: str, out: str, budget: float):
+  """The cascade config with every stage's data, text store and steps placed under `out`."""
+  from vdm_jax import cascade, config_utils  # pylint: disable=g-import-not-at-top
+  if budget <= 0:
+    raise ValueError(f"--budget={budget} must be positive.")
+  config = _load_config(path)
+  named = cascade.stage_configs(config)
+  for c in [config] + [c for _, c in named]:
+    c.data.data_dir = os.path.join(out, "data")
+    c.text.store_path = os.path.join(out, "text_store.safetensors")
+    config_utils.validate_config(c)
+  for _, c in named:
+    steps = max(1, int(round(int(c.train.num_steps) * budget)))
+    c.train.num_steps = steps
+    c.train.checkpoint_every = max(1, min(int(c.train.checkpoint_every), steps))
+    c.train.warmup_steps = min(int(c.train.warmup_steps), max(1, steps // 10))
+  cascade.check_chain(named)
+  return config
+
+
+def _latest_step(workdir: str) -> int:
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return 0
+  steps = [int(n) for n in os.listdir(directory) if re.fullmatch(r"\d+", n)]
+  return max(steps, default=0)
+
+
 def main(argv):
   del argv
-  from vdm_jax import config_utils, sampling  # pylint: disable=g-import-not-at-top
+  from vdm_jax import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
+  from vdm_jax import cascade_eval  # pylint: disable=g-import-not-at-top
   from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
   from vdm_jax.train import loop  # pylint: disable=g-import-not-at-top
-  config = _load_config(_CONFIG.value)
   out = _OUT.value
-  config.data.data_dir = os.path.join(out, "data")
-  if _STEPS.value is not None:
-    config.train.num_steps = int(_STEPS.value)
-    config.train.checkpoint_every = max(1, min(int(config.train.checkpoint_every),
-                                               int(_STEPS.value)))
-  config_utils.validate_config(config)
-  timings = {}
+  config = demo_config(_CONFIG.value, out, _BUDGET.value)
+  root = os.path.join(out, "cascade")
+  timings, loads = {}, {}
 
-  def stage(name, fn):
+  def run(name, fn):
     print(f"\n== {name} ==", flush=True)
     start = time.perf_counter()
     result = fn()
-    timings[name] = time.perf_counter() - start
-    print(f"== {name}: {timings[name]:.0f}s ==", flush=True)
+    timings[name] = round(time.perf_counter() - start, 1)
+    loads[name] = round(os.getloadavg()[0], 1)
+    print(f"== {name}: {timings[name]:.0f}s (load average {loads[name]}) ==", flush=True)
     return result
 
-  workdir = os.path.join(out, "train")
-  stage("build data", lambda: build.build_dataset(config))
-  stage("train", lambda: loop.train_and_evaluate(config, workdir))
-  stage("sample", lambda: sampling.sample_from_workdir(
-      config, workdir, list(config.sample.prompts), out_dir=os.path.join(out, "samples")))
-  results = stage("evaluate", lambda: sampling.evaluate_workdir(
-      config, workdir, out_dir=os.path.join(out, "eval")))
-  acc = results.get("caption_accuracy", {})
-  print("\nDemo finished in " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
-  print(f"Caption accuracy on {results.get('num_videos')} held-out prompts: "
+  run("build data", lambda: build.build_dataset(config))
+  for name, c in cascade_lib.stage_configs(config):
+    workdir = cascade_lib.stage_workdir(root, name)
+    if _latest_step(workdir) >= int(c.train.num_steps):
+      print(f"{name}: already trained to step {_latest_step(workdir)}; not retraining.")
+      continue
+    run(f"train {name} ({c.train.num_steps} steps)",
+        lambda c=c, w=workdir: loop.train_and_evaluate(c, w))
+  cascade = run("load cascade", lambda: cascade_lib.Cascade.from_config(config, root))
+  prompts = list(config.sample.prompts)
+  demo = run("sample demo prompts", lambda: cascade_lib.sample_cascade(
+      config, root, prompts, out_dir=os.path.join(out, "samples"), cascade=cascade))
+  final = cascade.final.config
+  real = [cascade_eval.real_clip_for_prompt(p, frames=final.frames, height=final.height,
+                                            width=final.width, fps=final.fps, seed=i)
+          for i, p in enumerate(prompts)]
+  entries = cascade_eval.gallery_entries(out, cascade, demo["videos"], prompts, real,
+                                         prefix="demo_")
+  demo_scores = {name: cascade_eval.read_videos(v, prompts, float(s.config.fps))
+                 for (name, v), s in zip(demo["videos"].items(), cascade.stages)}
+  demo_table = {name: {k: v for k, v in r["caption_accuracy"].items() if k != "num_clips"}
+                for name, r in demo_scores.items()}
+  run_figures = {"budget": _BUDGET.value, **{f"{k} (s)": v for k, v in timings.items()},
+                 **{f"load average after {k}": v for k, v in loads.items()},
+                 "cpu cores": os.cpu_count()}
+  scores = run("evaluate held-out prompts", lambda: cascade_eval.evaluate_cascade(
+      config, root, out_dir=out, cascade=cascade, num_videos=_NUM_VIDEOS.value,
+      extra_entries=entries,
+      extra_figures={"caption accuracy on the demo prompts": demo_table,
+                     "demo run": run_figures},
+      title=f"vdm_jax demo: {' -> '.join(cascade.names)} cascade on moving shapes"))
+  summary = {"budget": _BUDGET.value, "timings_s": timings, "load_average": loads,
+             "steps": {n: s.step for n, s in zip(cascade.names, cascade.stages)},
+             "demo_prompts_caption_accuracy": demo_table,
+             "held_out_caption_accuracy": {n: r["caption_accuracy"]
+                                           for n, r in scores["stages"].items()},
+             "real_caption_accuracy": scores["real"]["caption_accuracy"],
+             "fvd": scores.get("fvd")}
+  with open(os.path.join(out, "demo.json"), "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=2)
+  last = cascade.names[-1]
+  acc = scores["stages"][last]["caption_accuracy"]
+  print("\nDemo finished: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+  print(f"Caption accuracy of the final ({last}) videos on {scores['num_videos']} test prompts: "
         + ", ".join(f"{k} {v:.2f}" for k, v in acc.items() if isinstance(v, float)))
-  if results.get("fvd") is not None:
-    print(f"FVD (I3D, {results.get('fvd_num_videos')} videos): {results['fvd']:.1f}")
-  print(f"Samples: {os.path.join(out, 'samples')}   Gallery: {os.path.join(out, 'eval', 'index.html')}")
+  if scores.get("fvd") is not None:
+    print(f"FVD (I3D, final stage vs real clips): {scores['fvd']:.1f}")
+  print(f"Gallery: {os.path.join(out, 'index.html')}")
 
 
 if __name__ == "__main__":

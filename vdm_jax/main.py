@@ -56,13 +56,21 @@ def main(argv):
   elif mode == "sample":
     if not _PROMPTS.value:
       raise app.UsageError('--mode=sample needs at least one --prompt="..."')
-    from vdm_jax import sampling
-    sampling.sample_from_workdir(config, _require_workdir(), list(_PROMPTS.value),
-                                 out_dir=_OUT.value)
+    from vdm_jax import cascade, sampling
+    if cascade.is_cascade_config(config):  # --workdir is the root of the stages' workdirs
+      cascade.sample_cascade(config, _require_workdir(), list(_PROMPTS.value),
+                             out_dir=_OUT.value)
+    else:
+      sampling.sample_from_workdir(config, _require_workdir(), list(_PROMPTS.value),
+                                   out_dir=_OUT.value)
   elif mode == "eval":
-    from vdm_jax import sampling
-    sampling.evaluate_workdir(config, _require_workdir(), out_dir=_OUT.value,
-                              num_videos=_NUM_VIDEOS.value)
+    from vdm_jax import cascade, cascade_eval, sampling
+    if cascade.is_cascade_config(config):
+      cascade_eval.evaluate_cascade(config, _require_workdir(), out_dir=_OUT.value,
+                                    num_videos=_NUM_VIDEOS.value)
+    else:
+      sampling.evaluate_workdir(config, _require_workdir(), out_dir=_OUT.value,
+                                num_videos=_NUM_VIDEOS.value)
   elif mode == "distill":
     if not _TEACHER.value:
       raise app.UsageError("--mode=distill needs --teacher_workdir=DIR (the teacher's training "

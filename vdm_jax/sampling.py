@@ -5,7 +5,11 @@
 
 `load_stage` restores only what sampling needs onto the config's mesh (one GPU for evaluation
 is a mesh of one device). `sample_stage` runs the diffusion sampler of `config.sample` under one
-`jax.jit` per shape, with classifier-free guidance against the null text condition.
+`jax.jit` per shape and settings (cached on the Stage), with classifier-free guidance against
+the null text condition. A super-resolution stage takes the previous stage's video as `lowres`;
+with conditioning augmentation it is noised to the chosen logSNR (`sample.cond_aug_logsnr` or
+the `cond_aug_logsnr` argument) before the model sees it, and that level is fed to the model.
+The whole cascade of stages is vdm_jax/cascade.py.
 """
 from __future__ import annotations
 
@@ -53,6 +57,8 @@ class Stage:
   mesh: Any
   param_shardings: Any
   text_encoder: Optional[Any] = None
+  # Jitted samplers by (settings, shape, guided): repeated calls of one shape compile once.
+  jit_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   @property
   def uses_text(self) -> bool:
@@ -65,8 +71,10 @@ class Stage:
 
 
 def load_stage(config, workdir: str, *, step: Optional[int] = None,
-               text_encoder: Optional[Any] = None) -> Stage:
-  """Restores the EMA parameters of `workdir`'s checkpoint `step` (default: the latest).
+               text_encoder: Optional[Any] = None,
+               devices: Optional[Sequence[Any]] = None) -> Stage:
+  """Restores the EMA parameters of `workdir`'s checkpoint `step` (default: the latest) onto
+  the config's mesh over `devices` (default: all).
 
   Raises FileNotFoundError when the workdir has no checkpoint, and the checkpointer's
   CheckpointError when it holds another model configuration.
@@ -87,7 +95,7 @@ def load_stage(config, workdir: str, *, step: Optional[int] = None,
     step = checkpointer.latest_step() if step is None else int(step)
     if step is None:
       raise FileNotFoundError(f"{directory} holds no complete checkpoint.")
-    mesh = sharding_lib.create_mesh(config.sharding)
+    mesh = sharding_lib.create_mesh(config.sharding, devices)
     rules = sharding_lib.logical_rules(config.sharding)
     model = SpaceTimeUNet(config=config.model)
     init_fn = objective.init_params_fn(config, model=model, batch_like=example_batch(config))
@@ -145,11 +153,31 @@ def _make_sample_fn(stage: Stage, settings: dict, shape: tuple, has_uncond: bool
   return fn
 
 
+def augment_lowres_at(lowres: np.ndarray, *, key: jax.Array, logsnr: float) -> np.ndarray:
+  """Conditioning augmentation at sampling time: the low-resolution video [N, T', H', W', C]
+  noised to one chosen level, z = alpha(logsnr) x + sigma(logsnr) eps (diffusion.q_sample)."""
+  lowres = jnp.asarray(lowres, jnp.float32)
+  eps = jax.random.normal(key, lowres.shape, jnp.float32)
+  level = jnp.full((lowres.shape[0],), logsnr, jnp.float32)
+  return np.asarray(diffusion.q_sample(x=lowres, eps=eps, logsnr=level))
+
+
+def cond_aug_level(stage: Stage, cond_aug_logsnr: Optional[float] = None) -> float:
+  """The sampling-time augmentation logSNR: the argument, else `sample.cond_aug_logsnr`
+  (default: the schedule's logsnr_max, i.e. practically no noise)."""
+  if cond_aug_logsnr is not None:
+    return float(cond_aug_logsnr)
+  c = stage.config
+  return float(c.sample.get("cond_aug_logsnr", c.diffusion.logsnr_max))
+
+
 def stage_conditioning(stage: Stage, *, prompts: Optional[Sequence[str]] = None, n: int,
                        fps: Optional[float] = None, lowres: Optional[np.ndarray] = None,
-                       cond_aug_logsnr: Optional[float] = None) -> tuple[dict, Optional[dict]]:
+                       cond_aug_logsnr: Optional[float] = None,
+                       aug_key: Optional[jax.Array] = None) -> tuple[dict, Optional[dict]]:
   """(cond, uncond) model inputs for `n` videos: text from `prompts` (the null condition for
-  uncond), fps, the low-resolution video for SR stages and its augmentation level."""
+  uncond), fps, the low-resolution video for SR stages and, with conditioning augmentation,
+  that video noised with `aug_key` to `cond_aug_level(...)` together with the level."""
   m = stage.config.model
   cond: dict = {}
   uncond: Optional[dict] = None
@@ -164,11 +192,17 @@ def stage_conditioning(stage: Stage, *, prompts: Optional[Sequence[str]] = None,
     if lowres is None:
       raise ValueError(f"The {stage.config.stage} stage needs the previous stage's video "
                        "(lowres) to sample.")
-    cond["lowres_video"] = np.asarray(lowres, np.float32)
+    lowres = np.asarray(lowres, np.float32)
+    if lowres.shape[0] != n:
+      raise ValueError(f"lowres holds {lowres.shape[0]} videos for {n} samples.")
     if m.get("cond_aug_conditioning", False):
-      level = float(stage.config.sample.get("cond_aug_logsnr", 20.0)
-                    if cond_aug_logsnr is None else cond_aug_logsnr)
+      if aug_key is None:
+        raise ValueError("A stage with conditioning augmentation needs aug_key to noise its "
+                         "low-resolution input.")
+      level = cond_aug_level(stage, cond_aug_logsnr)
+      lowres = augment_lowres_at(lowres, key=aug_key, logsnr=level)
       cond["cond_aug_logsnr"] = np.full((n,), level, np.float32)
+    cond["lowres_video"] = lowres
   if stage.uses_text:
     uncond = dict(cond)
     uncond["text_emb"] = np.zeros_like(cond["text_emb"])
@@ -176,14 +210,27 @@ def stage_conditioning(stage: Stage, *, prompts: Optional[Sequence[str]] = None,
   return cond, uncond
 
 
+def shared_frame_noise(key: jax.Array, shape: Sequence[int]) -> np.ndarray:
+  """Initial noise z_1 [N, T, H, W, C] with ONE noise frame per video repeated over all T frames
+  (Make-A-Video's shared initialization, for consistent detail across frames)."""
+  n, t = shape[0], shape[1]
+  frame = jax.random.normal(key, (n, 1) + tuple(shape[2:]), jnp.float32)
+  return np.asarray(jnp.broadcast_to(frame, (n, t) + tuple(shape[2:])))
+
+
 def sample_stage(stage: Stage, *, key: jax.Array, prompts: Optional[Sequence[str]] = None,
                  num_videos: Optional[int] = None, fps: Optional[float] = None,
                  lowres: Optional[np.ndarray] = None, cond_aug_logsnr: Optional[float] = None,
-                 init_noise: Optional[np.ndarray] = None, **overrides) -> np.ndarray:
+                 init_noise: Optional[np.ndarray] = None,
+                 shared_init_noise: Optional[bool] = None, **overrides) -> np.ndarray:
   """Samples videos float32 [N, T, H, W, C] in [-1, 1] from a loaded stage.
 
   `overrides` replace `config.sample` settings (num_steps, guidance_weight, sampler, eta, clip,
-  ...). Guidance needs text: for a stage without text the weight is ignored.
+  ...). Guidance needs text: for a stage without text the weight is ignored. SR stages need
+  `lowres` [N, T', H', W', C] (the previous stage's output); its augmentation noise is drawn
+  from fold_in(key, 1). `shared_init_noise` (default `sample.shared_init_noise`) starts from
+  one noise frame per video repeated over time (from fold_in(key, 2)) unless `init_noise`
+  is given.
   """
   n = len(prompts) if prompts is not None else num_videos
   if not n:
@@ -194,17 +241,48 @@ def sample_stage(stage: Stage, *, key: jax.Array, prompts: Optional[Sequence[str
   if lowres is not None:
     lowres = np.asarray(lowres, np.float32)
   cond, uncond = stage_conditioning(stage, prompts=prompts, n=n, fps=fps, lowres=lowres,
-                                    cond_aug_logsnr=cond_aug_logsnr)
+                                    cond_aug_logsnr=cond_aug_logsnr,
+                                    aug_key=jax.random.fold_in(key, 1))
   has_uncond = uncond is not None and settings["guidance_weight"] != 0.0
-  fn = _make_sample_fn(stage, settings, shape, has_uncond)
-  replicated = NamedSharding(stage.mesh, PartitionSpec())
-  jitted = jax.jit(fn, in_shardings=(stage.param_shardings, replicated, replicated, replicated,
-                                     replicated), out_shardings=replicated)
+  if shared_init_noise is None:
+    shared_init_noise = bool(c.sample.get("shared_init_noise", False))
   noise = None if init_noise is None else np.asarray(init_noise, np.float32)
+  if noise is None and shared_init_noise:
+    noise = shared_frame_noise(jax.random.fold_in(key, 2), shape)
+  if noise is not None and noise.shape != shape:
+    raise ValueError(f"init_noise has shape {noise.shape}; this stage samples {shape}.")
+  cache_key = (tuple(sorted(settings.items())), shape, has_uncond, noise is not None)
+  jitted = stage.jit_cache.get(cache_key)
+  if jitted is None:
+    fn = _make_sample_fn(stage, settings, shape, has_uncond)
+    replicated = NamedSharding(stage.mesh, PartitionSpec())
+    jitted = jax.jit(fn, in_shardings=(stage.param_shardings, replicated, replicated,
+                                       replicated, replicated), out_shardings=replicated)
+    stage.jit_cache[cache_key] = jitted
   args = sharding_lib.replicate((cond, uncond if has_uncond else None, noise), stage.mesh)
   with jax.set_mesh(stage.mesh):
     out = jitted(stage.params, key, *args)
   return np.asarray(jax.device_get(out))
+
+
+def sample_stage_batched(stage: Stage, *, key: jax.Array, prompts: Sequence[str],
+                         batch_size: int = 0, lowres: Optional[np.ndarray] = None,
+                         **kwargs) -> np.ndarray:
+  """`sample_stage` over chunks of `batch_size` prompts (0: all at once), chunk i with key
+  fold_in(key, i); the last chunk is padded with repeats of its first prompt, so every chunk
+  has one shape and compiles once. Returns [len(prompts), T, H, W, C]."""
+  prompts = list(prompts)
+  n = len(prompts)
+  size = n if batch_size <= 0 else min(int(batch_size), n)
+  out = []
+  for i, start in enumerate(range(0, n, size)):
+    idx = list(range(start, min(start + size, n)))
+    idx += [idx[0]] * (size - len(idx))  # pad to the chunk shape
+    low = None if lowres is None else np.asarray(lowres)[idx]
+    videos = sample_stage(stage, key=jax.random.fold_in(key, i),
+                          prompts=[prompts[j] for j in idx], lowres=low, **kwargs)
+    out.append(videos[:min(size, n - start)])
+  return np.concatenate(out, axis=0)
 
 
 def sample_from_workdir(config, workdir: str, prompts: Sequence[str], *,
@@ -243,7 +321,7 @@ def evaluate_workdir(config, workdir: str, *, out_dir: Optional[str] = None,
   real = build.load_split_examples(config, "test", n)
   prompts = real["caption"]
   key = jax.random.key(int(config.seed) + 17)
-  sample_stage(stage, key=key, prompts=prompts[:1])  # compile once, outside the timing
+  sample_stage(stage, key=key, prompts=prompts)  # compile once (cached), outside the timing
   start = time.perf_counter()
   videos = sample_stage(stage, key=key, prompts=prompts)
   per_video = (time.perf_counter() - start) / len(prompts)

@@ -31,6 +31,13 @@ Super-resolution conditioning, made on the fly from the same clip (same uint8 pi
          (block average for integer factors), [b, T, h, w, 3];
   "tsr": lowres = clip[:, ::T // data.lowres_frames], [b, data.lowres_frames, H, W, 3]
          (its frame rate is fps / (T // lowres_frames)).
+
+Training crops (fully convolutional stages, Imagen Video): `data.crop_frames`, `crop_height`,
+`crop_width` (0 = the full size) cut every row to a random window of the stage geometry AFTER
+the lowres video is made: the window starts on a multiple of the lowres factor of each axis
+(T // lowres_frames, H // lowres_height, W // lowres_width; 1 for a base stage), so `lowres` is
+cut to the matching window [b, crop_frames / ft, crop_height / fh, crop_width / fw, 3] and stays
+exactly the lowres video of the cropped clip. The model then samples at the full size.
 """
 import dataclasses
 from typing import Optional
@@ -73,6 +80,25 @@ class Geometry:
   lowres_frames: int
   lowres_height: int
   lowres_width: int
+  crop_frames: int = 0                  # training window; 0 = the full frames/height/width
+  crop_height: int = 0
+  crop_width: int = 0
+
+  @property
+  def factors(self) -> tuple:
+    """Integer (time, height, width) factors between the row and its lowres video."""
+    return (self.frames // self.lowres_frames, self.height // self.lowres_height,
+            self.width // self.lowres_width)
+
+  @property
+  def window(self) -> tuple:
+    """(frames, height, width) of a training row: the crop, or the full size."""
+    return (self.crop_frames or self.frames, self.crop_height or self.height,
+            self.crop_width or self.width)
+
+  @property
+  def cropped(self) -> bool:
+    return self.window != (self.frames, self.height, self.width)
 
 
 def stage_geometry(config) -> Geometry:
@@ -83,7 +109,10 @@ def stage_geometry(config) -> Geometry:
                images_per_video=int(d.images_per_video),
                lowres_frames=int(d.lowres_frames) or int(config.frames),
                lowres_height=int(d.lowres_height) or int(config.height),
-               lowres_width=int(d.lowres_width) or int(config.width))
+               lowres_width=int(d.lowres_width) or int(config.width),
+               crop_frames=int(d.get("crop_frames", 0)) or int(config.frames),
+               crop_height=int(d.get("crop_height", 0)) or int(config.height),
+               crop_width=int(d.get("crop_width", 0)) or int(config.width))
   if g.frames < 1 or g.height < 1 or g.width < 1 or g.fps <= 0:
     raise ValueError(f"frames={g.frames}, height x width={g.height}x{g.width}, fps={g.fps}: "
                      "all must be positive.")
@@ -101,10 +130,44 @@ def stage_geometry(config) -> Geometry:
   if g.stage == "tsr" and (not d.lowres_frames or g.frames % g.lowres_frames):
     raise ValueError(f"stage='tsr' needs data.lowres_frames (the previous stage's frame count) "
                      f"dividing frames={g.frames}; got {d.lowres_frames}.")
+  _check_crop(g)
   if d.image_source not in ("frames", "moving_shapes_images"):
     raise ValueError(f"data.image_source={d.image_source!r} must be 'frames' or "
                      "'moving_shapes_images'.")
   return g
+
+
+def _check_crop(g: Geometry) -> None:
+  """Raises ValueError naming the data.crop_* key that cannot cut aligned windows."""
+  if not g.cropped:
+    return
+  full, low = (g.frames, g.height, g.width), (g.lowres_frames, g.lowres_height, g.lowres_width)
+  for name, c, n, lo in zip(("frames", "height", "width"), g.window, full, low):
+    if not 0 < c <= n:
+      raise ValueError(f"data.crop_{name}={c} must lie in [1, {name}={n}] (0 = no crop).")
+    if n % lo or c % (n // lo):
+      raise ValueError(f"data.crop_{name}={c}: a crop needs an integer lowres factor "
+                       f"({name}={n} / lowres {lo}) that divides the crop; choose a multiple "
+                       f"of {n // lo if n % lo == 0 else 'an integer factor'}.")
+
+
+def crop_row(row: dict, g: Geometry, rng: np.random.Generator) -> dict:
+  """Cuts a row's 'video' [T, H, W, 3] (and 'lowres') to a random window of `g.window`.
+
+  The window starts on multiples of the lowres factors, so the cropped lowres video is the
+  lowres video of the cropped clip (block means and frame strides commute with aligned cuts).
+  """
+  starts, lows = [], []
+  for c, n, f in zip(g.window, (g.frames, g.height, g.width), g.factors):
+    starts.append(f * int(rng.integers(0, (n - c) // f + 1)))
+    lows.append((starts[-1] // f, c // f))
+  (t, h, w), (ct, ch, cw) = starts, g.window
+  out = dict(row)
+  out["video"] = row["video"][t:t + ct, h:h + ch, w:w + cw]
+  if "lowres" in row:
+    (lt, nt), (lh, nh), (lw, nw) = lows
+    out["lowres"] = row["lowres"][lt:lt + nt, lh:lh + nh, lw:lw + nw]
+  return out
 
 
 def _text(value) -> str:
@@ -151,25 +214,25 @@ class MakeRows(grain.transforms.RandomMap):
 
   def _record_row(self, record, rng):
     if "image" in record:
-      return self._image_row(record["image"], _text(record["caption"]), record["_index"])
+      return self._image_row(record["image"], _text(record["caption"]), record["_index"], rng)
     clip, fps = temporal_crop(record["video"], source_fps=float(record["fps"]), fps=self.g.fps,
                               frames=self.g.frames, rng=rng)
-    return self._row(clip, fps, False, _text(record["caption"]), record["_index"])
+    return self._row(clip, fps, False, _text(record["caption"]), record["_index"], rng)
 
   def _extra_image_row(self, rng):
     lo, hi = self.image_range
     record = self.image_source[int(rng.integers(lo, hi))]
     if "image" in record:
-      return self._image_row(record["image"], _text(record["caption"]), record["_index"])
+      return self._image_row(record["image"], _text(record["caption"]), record["_index"], rng)
     frame = record["video"][int(rng.integers(record["video"].shape[0]))]
-    return self._image_row(frame, image_caption(record), record["_index"])
+    return self._image_row(frame, image_caption(record), record["_index"], rng)
 
-  def _image_row(self, image, caption, index):
+  def _image_row(self, image, caption, index, rng):
     image = video_io.resize_and_crop(image[None], self.g.height, self.g.width)[0]
     tiled = np.broadcast_to(image[None], (self.g.frames,) + image.shape)
-    return self._row(tiled, 0.0, True, caption, index)
+    return self._row(tiled, 0.0, True, caption, index, rng)
 
-  def _row(self, clip, fps, is_image, caption, index):
+  def _row(self, clip, fps, is_image, caption, index, rng):
     g = self.g
     clip = video_io.resize_and_crop(np.ascontiguousarray(clip), g.height, g.width)
     row = {"video": _to_unit(clip), "fps": np.float32(fps), "is_image": np.bool_(is_image),
@@ -178,6 +241,8 @@ class MakeRows(grain.transforms.RandomMap):
       row["lowres"] = _to_unit(video_io.resize_frames(clip, g.lowres_height, g.lowres_width))
     elif g.stage == "tsr":
       row["lowres"] = _to_unit(clip[::g.frames // g.lowres_frames])
+    if g.cropped:
+      row = crop_row(row, g, rng)
     if self.text_store is not None:
       emb, mask = self.text_store.lookup(caption)
       row["text_emb"] = np.asarray(emb, np.float32)

@@ -1,0 +1,227 @@
+"""The Imagen Video cascade: a base stage, then temporal (TSR) and spatial (SSR) super-resolution.
+
+    cascade = Cascade.from_config(config, root)      # loads every stage's EMA parameters
+    videos = cascade.sample(["a red circle moving left"], seed=0)
+    videos["base"], ..., videos[cascade.names[-1]]   # [N, T, H, W, 3] in [-1, 1] per stage
+
+`config` is a cascade config (configs/imagen_video.py:cascade,...): the final stage's config
+plus `cascade.order` (stage names, base first), `cascade.stages.<name>` (each stage's full
+config) and `cascade.seed`. Stage <name> is trained in, and loaded from, `<root>/<name>`.
+
+Each stage samples with its own `sample` section: steps, guidance weight and schedule
+(constant | oscillating), the conditioning-augmentation level of its low-resolution input
+(`sample.cond_aug_logsnr`), `sample.shared_init_noise`, and the seed `sample.seed` (-1: the
+cascade seed + the stage's index). The stage after stage i gets stage i's output as `lowres`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+from absl import logging
+import jax
+import numpy as np
+
+from vdm_jax import sampling
+
+
+def is_cascade_config(config) -> bool:
+  """Whether `config` describes a cascade (has a `cascade` section with stages)."""
+  return "cascade" in config and bool(config.cascade.get("order", ()))
+
+
+def stage_configs(config) -> list[tuple[str, Any]]:
+  """[(name, stage config)] in cascade order; raises ValueError for a malformed section."""
+  if not is_cascade_config(config):
+    raise ValueError("This config has no `cascade` section: use a cascade config, e.g. "
+                     "configs/imagen_video.py:cascade,scale=cpu.")
+  order = tuple(config.cascade.order)
+  missing = [n for n in order if n not in config.cascade.stages]
+  if missing:
+    raise ValueError(f"cascade.order names {missing} but cascade.stages has no such entries "
+                     f"(it has {sorted(config.cascade.stages)}).")
+  return [(n, config.cascade.stages[n]) for n in order]
+
+
+def check_chain(named: Sequence[tuple[str, Any]]) -> None:
+  """Raises ValueError when a stage's low-resolution input is not its predecessor's output.
+
+  The first stage must be a base stage; an SSR stage keeps frames and fps and is conditioned
+  on the previous size (data.lowres_height/width); a TSR stage keeps the size, multiplies the
+  frame count and fps by the same factor (data.lowres_frames = the previous frames).
+  """
+  errors = []
+  for i, (name, c) in enumerate(named):
+    sr = c.model.get("lowres_conditioning", "none") != "none"
+    if i == 0:
+      if sr or c.stage != "base":
+        errors.append(f"{name}: the first stage must be a base stage (stage='base', no lowres "
+                      "conditioning)")
+      continue
+    prev_name, p = named[i - 1]
+    if not sr or c.stage not in ("ssr", "tsr"):
+      errors.append(f"{name}: stages after the first must be 'ssr' or 'tsr' with "
+                    "model.lowres_conditioning set")
+      continue
+    d = c.data
+    if c.channels != p.channels:
+      errors.append(f"{name}: channels={c.channels} but {prev_name} makes {p.channels}")
+    if c.stage == "ssr":
+      want = (p.frames, p.height, p.width, p.fps)
+      got = (c.frames, int(d.lowres_height), int(d.lowres_width), c.fps)
+      if got != want:
+        errors.append(f"{name} (ssr): frames, data.lowres_height/width, fps = {got} must be "
+                      f"{prev_name}'s frames, height, width, fps = {want}")
+      if c.height < p.height or c.width < p.width:
+        errors.append(f"{name} (ssr): {c.height}x{c.width} is smaller than {prev_name}'s "
+                      f"{p.height}x{p.width}")
+    else:
+      if (int(d.lowres_frames), c.height, c.width) != (p.frames, p.height, p.width):
+        errors.append(f"{name} (tsr): data.lowres_frames, height, width = "
+                      f"{(int(d.lowres_frames), c.height, c.width)} must be {prev_name}'s "
+                      f"frames, height, width = {(p.frames, p.height, p.width)}")
+      if c.frames % p.frames or abs(c.fps * p.frames - p.fps * c.frames) > 1e-6 * c.fps:
+        errors.append(f"{name} (tsr): {c.frames} frames at {c.fps} fps must be a whole "
+                      f"multiple k of {prev_name}'s {p.frames} frames at k x {p.fps} fps")
+  if errors:
+    raise ValueError("The cascade does not chain:\n  - " + "\n  - ".join(errors))
+
+
+def stage_workdir(root: str, name: str) -> str:
+  return os.path.join(root, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSampling:
+  """How one stage of the cascade samples (from its config's `sample` section)."""
+  num_steps: int
+  guidance_weight: float
+  guidance_schedule: str
+  guidance_low: float
+  cond_aug_logsnr: Optional[float]   # None for a base stage
+  seed: int
+  shared_init_noise: bool
+
+  @classmethod
+  def from_config(cls, stage_config, *, index: int, cascade_seed: int) -> "StageSampling":
+    s = stage_config.sample
+    sr = stage_config.model.get("lowres_conditioning", "none") != "none"
+    seed = int(s.get("seed", -1))
+    return cls(num_steps=int(s.num_steps), guidance_weight=float(s.guidance_weight),
+               guidance_schedule=str(s.guidance_schedule),
+               guidance_low=float(s.get("guidance_low", 1.0)),
+               cond_aug_logsnr=(float(s.get("cond_aug_logsnr", stage_config.diffusion.logsnr_max))
+                                if sr else None),
+               seed=seed if seed >= 0 else int(cascade_seed) + index,
+               shared_init_noise=bool(s.get("shared_init_noise", False)))
+
+  def sampler_kwargs(self) -> dict:
+    return dict(num_steps=self.num_steps, guidance_weight=self.guidance_weight,
+                guidance_schedule=self.guidance_schedule, guidance_low=self.guidance_low,
+                shared_init_noise=self.shared_init_noise,
+                **({} if self.cond_aug_logsnr is None else
+                   {"cond_aug_logsnr": self.cond_aug_logsnr}))
+
+
+class Cascade:
+  """Loaded stages run in order: base from text, every later stage from its predecessor."""
+
+  def __init__(self, names: Sequence[str], stages: Sequence[sampling.Stage],
+               settings: Sequence[StageSampling]):
+    if not len(names) == len(stages) == len(settings) or not names:
+      raise ValueError("Give one name, stage and StageSampling per stage (at least one).")
+    check_chain([(n, s.config) for n, s in zip(names, stages)])
+    self.names, self.stages, self.settings = list(names), list(stages), list(settings)
+
+  @classmethod
+  def from_config(cls, config, root: str, *, text_encoder: Optional[Any] = None,
+                  steps: Optional[Mapping[str, int]] = None,
+                  devices: Optional[Sequence[Any]] = None) -> "Cascade":
+    """Loads every stage of a cascade config from `<root>/<name>` (EMA parameters of the
+    latest checkpoint, or of `steps[name]`) onto its mesh over `devices` (default: all).
+    Stages with equal `text` sections share one text encoder (`text_encoder`, or the first
+    one loaded)."""
+    named = stage_configs(config)
+    check_chain(named)
+    seed = int(config.cascade.get("seed", 0))
+    stages, settings, encoders = [], [], {}
+    for i, (name, c) in enumerate(named):
+      text_key = json.dumps(c.text.to_dict(), sort_keys=True, default=str)
+      enc = text_encoder if text_encoder is not None else encoders.get(text_key)
+      stage = sampling.load_stage(c, stage_workdir(root, name),
+                                  step=(steps or {}).get(name), text_encoder=enc,
+                                  devices=devices)
+      if stage.text_encoder is not None:
+        encoders.setdefault(text_key, stage.text_encoder)
+      stages.append(stage)
+      settings.append(StageSampling.from_config(c, index=i, cascade_seed=seed))
+    return cls([n for n, _ in named], stages, settings)
+
+  def sample(self, prompts: Sequence[str], *, seed: Optional[int] = None, batch_size: int = 0,
+             until: Optional[str] = None) -> dict[str, np.ndarray]:
+    """Runs the stages on `prompts`; returns {name: videos float32 [N, T, H, W, C]} in order.
+
+    `seed` shifts every stage's seed by (seed - its default cascade seed); `batch_size` > 0
+    samples in chunks of that many prompts; `until` stops after that stage.
+    """
+    prompts = list(prompts)
+    out: dict[str, np.ndarray] = {}
+    videos = None
+    for name, stage, s in zip(self.names, self.stages, self.settings):
+      stage_seed = s.seed + (0 if seed is None else int(seed))
+      start = time.perf_counter()
+      videos = sampling.sample_stage_batched(
+          stage, key=jax.random.key(stage_seed), prompts=prompts, batch_size=batch_size,
+          lowres=videos if stage.is_sr else None, **s.sampler_kwargs())
+      logging.info("cascade: %s -> %s in %.1fs", name, videos.shape, time.perf_counter() - start)
+      out[name] = videos
+      if name == until:
+        break
+    return out
+
+  @property
+  def final(self) -> sampling.Stage:
+    return self.stages[-1]
+
+
+def _stage_dirs(out_dir: str, names: Sequence[str]) -> dict[str, str]:
+  return {n: os.path.join(out_dir, f"{i}_{n}") for i, n in enumerate(names)}
+
+
+def write_stage_videos(out_dir: str, cascade: Cascade, videos: Mapping[str, np.ndarray],
+                       prompts: Sequence[str]) -> dict[str, list[str]]:
+  """Writes every stage's videos (GIF + MP4 + prompts.txt) to `out_dir/<i>_<name>/` and the
+  last stage's again to `out_dir/final/`; returns {directory name: paths}."""
+  from vdm_jax.train import video_writer  # pylint: disable=g-import-not-at-top
+  written = {}
+  dirs = _stage_dirs(out_dir, cascade.names)
+  for name, stage in zip(cascade.names, cascade.stages):
+    if name in videos:
+      written[name] = video_writer.write_videos(dirs[name], list(videos[name]),
+                                                fps=float(stage.config.fps), prompts=prompts)
+  last = cascade.names[-1]
+  if last in videos:
+    written["final"] = video_writer.write_videos(os.path.join(out_dir, "final"),
+                                                 list(videos[last]),
+                                                 fps=float(cascade.final.config.fps),
+                                                 prompts=prompts)
+  return written
+
+
+def sample_cascade(config, root: str, prompts: Sequence[str], *, out_dir: Optional[str] = None,
+                   seed: Optional[int] = None, cascade: Optional[Cascade] = None) -> dict:
+  """The `sample` mode of a cascade config: runs the cascade of `root` on `prompts` and writes
+  each stage's videos and the final ones under `out_dir` (default root/samples/cli).
+  Returns {"videos": {name: [N, T, H, W, C]}, "paths": {...}, "seconds": {name: s}}."""
+  cascade = cascade or Cascade.from_config(config, root)
+  out_dir = out_dir or os.path.join(root, "samples", "cli")
+  start = time.perf_counter()
+  videos = cascade.sample(prompts, seed=seed)
+  seconds = time.perf_counter() - start
+  paths = write_stage_videos(out_dir, cascade, videos, list(prompts))
+  print(f"Cascade {' -> '.join(cascade.names)}: {len(prompts)} prompts in {seconds:.1f}s; "
+        f"wrote {out_dir}/<stage>/ and {out_dir}/final/", flush=True)
+  return {"videos": videos, "paths": paths, "seconds": seconds}
