@@ -7,6 +7,7 @@ Run with XLA_FLAGS=--xla_force_host_platform_device_count=<local devices>.
 """
 import json
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,6 +23,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from vdm_jax import sharding  # pylint: disable=g-import-not-at-top
 from vdm_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
 from vdm_jax.train import optimizer as opt  # pylint: disable=g-import-not-at-top
+from vdm_jax.train import preemption  # pylint: disable=g-import-not-at-top
 from vdm_jax.train import state as st  # pylint: disable=g-import-not-at-top
 from vdm_jax.train import step as sp  # pylint: disable=g-import-not-at-top
 import train_testlib as tl  # pylint: disable=g-import-not-at-top
@@ -82,8 +84,15 @@ def main(out, num_processes, process_id, port, ckpt_dir):
   restored = ckpt.restore(STEPS, target_state=target, data_iter=fresh, config=config)
   ckpt.close()
   restored_total = float(np.asarray(param_sum(restored.params).addressable_data(0)))
+  # SIGTERM to the last process only: every process must agree to stop.
+  watcher = preemption.PreemptionWatcher()
+  before = watcher.should_stop()
+  if process_id == num_processes - 1:
+    os.kill(os.getpid(), signal.SIGTERM)
+  after = watcher.should_stop()
+  watcher.close()
   with open(out, "w", encoding="utf-8") as f:
-    json.dump({"losses": losses, "param_sum": total, "restored_param_sum": restored_total,
+    json.dump({"preempt": [before, after, watcher.signalled], "losses": losses, "param_sum": total, "restored_param_sum": restored_total,
                "next_element": int(next(fresh)), "process_count": jax.process_count()}, f)
 
 

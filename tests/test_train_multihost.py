@@ -1,5 +1,5 @@
 """Two processes x 2 CPU devices (gloo collectives over loopback) train exactly like one
-process x 4 devices, and join checkpoint saves and restores."""
+process x 4 devices, join checkpoint saves and restores, and agree on preemption."""
 import json
 import os
 import socket
@@ -56,3 +56,7 @@ def test_two_processes_match_one_process(tmp_path):
     assert r["restored_param_sum"] == r["param_sum"]
   assert (multi0["next_element"], multi1["next_element"]) == (2, 3), \
       "each process restores its own iterator position"
+  # only process 1 got SIGTERM, yet both decide to stop (and neither did before)
+  assert multi0["preempt"] == [False, True, False]
+  assert multi1["preempt"] == [False, True, True]
+  assert single["preempt"] == [False, True, True]

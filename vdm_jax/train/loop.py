@@ -240,7 +240,9 @@ class Trainer:
             lagged = None
           self._save(step)
           self.checkpointer.wait()
-          logging.warning("Preempted: checkpoint of step %d saved; exiting cleanly.", step)
+          latest = self.checkpointer.latest_step()
+          logging.warning("Preempted: checkpoint of step %s saved; exiting cleanly at step %d.",
+                          latest, step)
           break
       if lagged is not None:
         self._consume(*lagged, window, progress)
