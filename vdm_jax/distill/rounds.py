@@ -195,12 +195,11 @@ class DistillationRun:
     step_fn = self._step_fn(rnd, rcfg, teacher_model, shardings, teacher_shardings, batch_spec)
     teacher_in = dstep.teacher_inputs(teacher_params, student_steps=rnd.student_steps,
                                       round_index=rnd.index, mesh=self.mesh)
-    writer = metrics_lib.MetricsWriter(round_dir)
+    log = _RoundLog(rnd, t, metrics_lib.MetricsWriter(round_dir), checkpointer)
     watcher = preemption.PreemptionWatcher()
     step = int(np.asarray(state.step.addressable_data(0)))
-    window, last_mean = [], None
     iter_state = data_iter if checkpointable else None
-    tick = time.time()
+    pending = None  # host reads of a step's metrics lag one step, so dispatch never waits
     try:
       while step < rnd.train_steps:
         if host is None:
@@ -209,30 +208,49 @@ class DistillationRun:
         host = None
         state, metrics = step_fn(state, teacher_in, batch)
         step += 1
-        row = dstep.host_scalars(metrics)
-        window.append(row)
-        loop.check_nonfinite_streak(row, step=step, limit=int(t.max_consecutive_nonfinite),
-                                    checkpointer=checkpointer)
-        if step % int(t.log_every) == 0 or step == rnd.train_steps:
-          finite = [r["loss"] for r in window if np.isfinite(r["loss"])]
-          last_mean = float(np.mean(finite)) if finite else float("nan")
-          now = time.time()
-          scalars = dict(loss=last_mean, grad_norm=row["grad_norm"], lr=row["lr"],
-                         nonfinite_count=row["nonfinite_count"],
-                         steps_per_sec=len(window) / max(now - tick, 1e-9))
-          scalars["examples_per_sec"] = scalars["steps_per_sec"] * int(t.batch_size)
-          logging.info("[%s] %s", rnd.name,
-                       metrics_lib.format_log_line(step, rnd.train_steps, scalars))
-          writer.write_scalars(step, scalars)
-          window, tick = [], now
-        if step % int(t.checkpoint_every) == 0 or step == rnd.train_steps:
+        if pending is not None:
+          log.consume(*pending)
+        pending = (step, metrics)
+        stop = watcher.should_stop()
+        if step % int(t.checkpoint_every) == 0 or step == rnd.train_steps or stop:
+          log.consume(*pending)
+          pending = None
           loop.save_if_good(checkpointer, step, state, iter_state, rcfg)
-        if watcher.should_stop():
-          loop.save_if_good(checkpointer, step, state, iter_state, rcfg)
+        if stop:
           checkpointer.wait()
           raise Preempted(f"Stopped by a signal in round {rnd.name} at step {step}; the "
                           "checkpoint is saved and a rerun resumes there.")
+      if pending is not None:
+        log.consume(*pending)
     finally:
       watcher.close()
-      writer.close()
-    return state, last_mean
+      log.writer.close()
+    return state, log.last_mean
+
+
+class _RoundLog:
+  """Host-side bookkeeping of a round's steps: non-finite streaks, log lines, metric files."""
+
+  def __init__(self, rnd: settings.Round, train_cfg, writer, checkpointer):
+    self.rnd, self.t, self.writer, self.checkpointer = rnd, train_cfg, writer, checkpointer
+    self.window, self.last_mean, self.tick = [], None, time.time()
+
+  def consume(self, step: int, metrics: dict) -> None:
+    row = dstep.host_scalars(metrics)
+    self.window.append(row)
+    loop.check_nonfinite_streak(row, step=step, limit=int(self.t.max_consecutive_nonfinite),
+                                checkpointer=self.checkpointer)
+    if step % int(self.t.log_every) and step != self.rnd.train_steps:
+      return
+    finite = [r["loss"] for r in self.window if np.isfinite(r["loss"])]
+    self.last_mean = float(np.mean(finite)) if finite else float("nan")
+    now = time.time()
+    scalars = dict(loss=self.last_mean, grad_norm=row["grad_norm"], lr=row["lr"],
+                   nonfinite_count=row["nonfinite_count"],
+                   steps_per_sec=len(self.window) / max(now - self.tick, 1e-9))
+    scalars["examples_per_sec"] = scalars["steps_per_sec"] * int(self.t.batch_size)
+    if jax.process_index() == 0:
+      logging.info("[%s] %s", self.rnd.name,
+                   metrics_lib.format_log_line(step, self.rnd.train_steps, scalars))
+    self.writer.write_scalars(step, scalars)
+    self.window, self.tick = [], now
