@@ -33,13 +33,13 @@ def _regression_loss_fn(model):
 class Setup:
   """A mesh, a stand-in model and its sharded state; builds jitted steps on demand."""
 
-  def __init__(self, mesh_shape=(8, 1, 1), batch=16, **train):
+  def __init__(self, mesh_shape=(8, 1, 1), batch=16, dtype=jnp.float32, **train):
     self.config = default.get_config()
     self.config.sharding.mesh_shape = mesh_shape
     self.config.train.update(train)
     self.mesh = sharding.create_mesh(self.config.sharding)
     self.rules = sharding.logical_rules(self.config.sharding)
-    self.model = tl.TinyDenoiser()
+    self.model = tl.TinyDenoiser(dtype=dtype)
     self.host_batch = tl.tiny_batch(batch=batch)
     self.tx = opt.make_optimizer(self.config.train)
     self._steps = {}
@@ -120,6 +120,11 @@ def test_step_applies_ema_with_the_warmup_decay(setup):
   after = jax.device_get(state)
   d = min(0.9, 1 / 10)
   assert float(metrics["ema_decay"]) == pytest.approx(d)
+  # joint image-video batches: the loss splits into image and video rows (4 of 16 are images)
+  n_img = int(setup.host_batch["is_image"].sum())
+  assert n_img == 4
+  mixed = (n_img * float(metrics["loss_image"]) + 12 * float(metrics["loss_video"])) / 16
+  assert float(metrics["loss"]) == pytest.approx(mixed, rel=1e-5)
   expected = jax.tree.map(lambda e, p: d * e + (1 - d) * p, before.ema_params, after.params)
   chex.assert_trees_all_close(after.ema_params, expected, atol=1e-6)
   assert int(after.step) == 1
@@ -208,3 +213,18 @@ def test_learning_rate_schedules():
   c.lr_schedule = "constant"
   f = opt.learning_rate_schedule(c)
   assert float(f(5)) == pytest.approx(0.5) and float(f(1000)) == pytest.approx(1.0)
+
+
+def test_bfloat16_compute_keeps_float32_master_parameters(setup):
+  s = Setup(dtype=jnp.bfloat16, lr=1e-2, warmup_steps=0, lr_schedule="constant", ema_decay=0.9)
+  state, shardings = s.state()
+  state, metrics = s.step(shardings, diffusion=True, cond_drop_prob=0.5)(state, s.batch())
+  leaves = jax.tree.leaves(state.params) + jax.tree.leaves(state.ema_params)
+  assert all(x.dtype == jnp.float32 for x in leaves)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.opt_state[1][0].mu))
+  ref_state, ref_shardings = setup.state()  # the same model in float32 (same step compiled)
+  _, ref = setup.step(ref_shardings, diffusion=True, cond_drop_prob=0.5)(ref_state,
+                                                                          setup.batch())
+  assert bool(metrics["finite"])
+  assert float(metrics["loss"]) == pytest.approx(float(ref["loss"]), rel=0.05)
+  assert float(metrics["loss"]) != float(ref["loss"]), "compute really ran in bf16"

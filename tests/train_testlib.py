@@ -11,11 +11,13 @@ from vdm_jax.models import axes
 class TinyDenoiser(nn.Module):
   """x [B, T, H, W, C], logsnr [B] -> [B, T, H, W, C]; per-pixel MLP with a text bias."""
   hidden: int = 16
+  dtype: jnp.dtype = jnp.float32  # compute dtype; parameters stay float32
 
   @nn.compact
   def __call__(self, x, logsnr, *, text_emb=None, text_mask=None, **unused):
     dense = lambda f, names, name: nn.Dense(
-        f, name=name, kernel_init=nn.with_logical_partitioning(
+        f, name=name, dtype=self.dtype, param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(
             nn.initializers.lecun_normal(), names),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (names[1],)))
     h = dense(self.hidden, (axes.EMBED, axes.MLP), "inp")(x)
@@ -26,7 +28,7 @@ class TinyDenoiser(nn.Module):
       h = h + dense(self.hidden, (axes.EMBED, axes.MLP), "txt")(pooled)[:, None, None, None]
     h = nn.with_logical_constraint(h, (axes.BATCH, None, None, None, axes.CHANNELS))
     h = nn.gelu(dense(self.hidden, (axes.EMBED, axes.MLP), "mid")(h))
-    return dense(x.shape[-1], (axes.EMBED, axes.MLP), "out")(h)
+    return dense(x.shape[-1], (axes.EMBED, axes.MLP), "out")(h).astype(jnp.float32)
 
 
 def tiny_batch(batch=8, frames=2, size=4, text_len=3, text_dim=8, seed=0, images=True):

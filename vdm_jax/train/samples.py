@@ -5,6 +5,7 @@ import os
 from typing import Any, Optional
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
@@ -78,6 +79,8 @@ class PeriodicSampler:
       cond = {k: np.asarray(v) for k, v in cond.items()}
       if self.config.model.get("cond_aug_conditioning", False):
         cond["cond_aug_logsnr"] = np.full((len(rows["video"]),), self.schedule(0.0), np.float32)
+      if jax.process_count() > 1:  # every process must sample the same (process 0's) rows
+        cond = multihost_utils.broadcast_one_to_all(cond)
       lines = [f"SR of training row {i} (its own caption)" for i in range(len(rows["video"]))]
       return cond, lines
     cond = {}
