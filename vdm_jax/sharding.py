@@ -213,9 +213,10 @@ def maybe_initialize_distributed(config=None) -> bool:
 
   Multi-process is decided by `config.sharding.distributed` ("auto" | "always" | "never") and,
   for "auto", by the environment: a coordinator address (JAX_COORDINATOR_ADDRESS), a launcher
-  world size > 1 (SLURM, Open MPI, JAX_NUM_PROCESSES) or several TPU worker hosts. An explicit
-  `config.sharding.coordinator_address` / `num_processes` / `process_id` is passed through;
-  otherwise jax's cluster auto-detection fills them in. Must run before any other jax call.
+  world size > 1 (SLURM, Open MPI, JAX_NUM_PROCESSES) or several TPU worker hosts.
+  `config.sharding.coordinator_address` / `num_processes` / `process_id` (or the environment
+  variables JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID) are passed through;
+  what is missing jax's cluster auto-detection fills in. Must run before any other jax call.
   Returns True when distributed mode is (now) active.
   """
   if jax.distributed.is_initialized():
@@ -230,10 +231,14 @@ def maybe_initialize_distributed(config=None) -> bool:
   kwargs = {}
   if address:
     kwargs["coordinator_address"] = address
-  if s is not None and s.get("num_processes", 0) > 0:
-    kwargs["num_processes"] = s.num_processes
-  if s is not None and s.get("process_id", -1) >= 0:
-    kwargs["process_id"] = s.process_id
+  num = s.get("num_processes", 0) if s is not None else 0
+  num = num if num > 0 else int(os.environ.get("JAX_NUM_PROCESSES", "0") or 0)
+  pid = s.get("process_id", -1) if s is not None else -1
+  pid = pid if pid >= 0 else int(os.environ.get("JAX_PROCESS_ID", "-1") or -1)
+  if num > 0:
+    kwargs["num_processes"] = num
+  if pid >= 0:
+    kwargs["process_id"] = pid
   logging.info("Initializing jax.distributed with %s", kwargs or "cluster auto-detection")
   jax.distributed.initialize(**kwargs)
   logging.info("Process %d of %d, %d local / %d global devices.", jax.process_index(),
