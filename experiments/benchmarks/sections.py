@@ -1,0 +1,237 @@
+"""The sections of the suite; each returns JSON-ready rows. `run_all.py` calls them in order.
+
+  max_batch   largest trainable base-model batch per remat policy (accelerators; abstract
+              compiles against device memory)
+  train       throughput / TFLOP/s / MFU / compiled memory of base, SSR and TSR steps
+  variants    remat none|block|full, bf16 vs fp32, attention implementations on one base size
+  sampling    latency of 256-step guided teachers and 8/4-step distilled students per stage
+  breakdown   FLOPs of the base train step by layer type and operation class (jaxpr; no
+              compile), and the FLOPs that remat policies add
+
+`Context.execute` False is the dry run: every case is lowered (traced) only, or also compiled
+abstractly with `compile_abstract`, and nothing runs, so the accelerator plan can be checked on
+a CPU. Attention kernels that the backend lacks ('cudnn' off GPU, 'splash' off TPU) fall back to
+'xla' in the main rows (recorded) and are skipped with the reason in the variant rows.
+"""
+import dataclasses
+import sys
+import time
+from typing import Optional
+
+import jax
+
+from experiments.benchmarks import cases
+from experiments.benchmarks import common
+from experiments.benchmarks import flops_breakdown
+from experiments.benchmarks import sampling as sampling_bench
+from experiments.benchmarks import train_step
+from vdm_jax.train import state as state_lib
+
+ATTENTION_PLATFORM = {"xla": None, "cudnn": "gpu", "splash": "tpu"}
+REMATS = ("none", "block", "full")
+
+
+@dataclasses.dataclass
+class Context:
+  """Run-wide settings: the plan, whether to execute, devices, and the memory limit."""
+  plan: cases.Plan
+  execute: bool = True
+  compile_abstract: bool = False
+  devices: tuple = ()
+  memory_limit_bytes: Optional[float] = None
+  tiny_models: bool = False
+  fill_batch: dict = dataclasses.field(default_factory=dict)
+  dry_cache: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def backend(self) -> str:
+    return jax.default_backend()
+
+
+def log(msg: str) -> None:
+  print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def attention_available(impl: str) -> Optional[str]:
+  """None when `impl` runs on this backend, else the reason it cannot."""
+  need = ATTENTION_PLATFORM[impl]
+  if need is None or jax.default_backend() == need:
+    return None
+  return f"'{impl}' attention needs a {need.upper()}; this backend is {jax.default_backend()}"
+
+
+def _model_size(ctx: Context, size: str) -> str:
+  """With tiny_models, every size is replaced by the smoke model of its kind (dry runs)."""
+  return f"{cases.kind_of(size)}_smoke" if ctx.tiny_models else size
+
+
+def _config(ctx, size, *, batch, dtype=None, attention=None, remat="none"):
+  """(config, attention actually used, note) for one case."""
+  attention = attention or ctx.plan.attention
+  dtype = dtype or ctx.plan.dtype
+  note = None
+  if attention_available(attention) is not None:
+    note = f"{attention_available(attention)}: used 'xla'"
+    attention = "xla"
+  if attention == "cudnn" and dtype == "float32":
+    note, attention = "cuDNN attention takes bf16/fp16 only: used 'xla' for float32", "xla"
+  cfg = cases.stage_config(_model_size(ctx, size), dtype=dtype, attention=attention,
+                           remat=remat, text_length=ctx.plan.text_length, batch_size=batch)
+  return cfg, attention, note
+
+
+def _train_case(ctx, size, *, batch, dtype=None, attention=None, remat="none"):
+  cfg, used_attention, note = _config(ctx, size, batch=batch, dtype=dtype, attention=attention,
+                                      remat=remat)
+  frames, height, width = cfg.frames, cfg.height, cfg.width
+  row = dict(size=size, kind=cases.kind_of(size), model=_model_size(ctx, size),
+             geometry=[frames, height, width], batch_size=batch, dtype=cfg.model.dtype,
+             attention=used_attention, remat=remat, note=note)
+  try:
+    bench = train_step.TrainStepBench(cfg, devices=ctx.devices)
+    if ctx.execute:
+      row.update(bench.measure(batch_size=batch, warmup=ctx.plan.warmup,
+                               repeats=ctx.plan.repeats))
+    else:
+      key = (row["model"], batch, row["dtype"], used_attention, remat)
+      if key not in ctx.dry_cache:   # tiny models make several sizes the same program
+        ctx.dry_cache[key] = _dry_train(ctx, bench, batch)
+      row.update(ctx.dry_cache[key])
+  except Exception as e:  # pylint: disable=broad-except
+    row["error"] = common.error_text(e)
+    log(f"  error: {row['error']}")
+  return row
+
+
+def _dry_train(ctx, bench, batch):
+  start = time.perf_counter()
+  lowered = bench.lower(batch)
+  out = dict(params=bench.param_count(), lower_s=time.perf_counter() - start)
+  cost = lowered.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  out["flops_unoptimized"] = float(cost["flops"]) if cost and cost.get("flops") else None
+  if ctx.compile_abstract:
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    out.update(common.compiled_stats(compiled), compile_s=time.perf_counter() - start)
+  return out
+
+
+def train(ctx: Context) -> list:
+  rows = []
+  for size in ctx.plan.train:
+    batch = ctx.fill_batch.get(size, ctx.plan.train_batch)
+    log(f"train {size} batch {batch}")
+    rows.append(_train_case(ctx, size, batch=batch))
+  return rows
+
+
+def variants(ctx: Context, baseline: Optional[dict] = None) -> list:
+  """Remat policies, the other dtype and the other attention kernels on plan.variant_size.
+  `baseline` (the train row of that size, if measured) is reused as the none/plan row."""
+  p, size = ctx.plan, ctx.plan.variant_size
+  batch = ctx.fill_batch.get(size, p.train_batch)
+  base = baseline or _train_case(ctx, size, batch=batch)
+  rows = [dict(base, variant="baseline")]
+  for remat in p.variant_remats:
+    log(f"variant remat={remat}")
+    rows.append(dict(_train_case(ctx, size, batch=batch, remat=remat), variant=f"remat={remat}"))
+  if p.other_dtype:
+    other = "float32" if p.dtype == "bfloat16" else "bfloat16"
+    log(f"variant dtype={other}")
+    rows.append(dict(_train_case(ctx, size, batch=batch, dtype=other),
+                     variant=f"dtype={other}"))
+  for impl in ATTENTION_PLATFORM:
+    if impl == base["attention"]:
+      continue
+    reason = attention_available(impl)
+    if reason is not None:
+      rows.append(dict(size=size, variant=f"attention={impl}", attention=impl,
+                       skipped=reason))
+      continue
+    log(f"variant attention={impl}")
+    rows.append(dict(_train_case(ctx, size, batch=batch, attention=impl),
+                     variant=f"attention={impl}"))
+  return rows
+
+
+def sampling(ctx: Context) -> list:
+  rows = []
+  for size in ctx.plan.sampling:
+    for num_steps, mode in ctx.plan.sampling_steps:
+      cfg, used_attention, note = _config(ctx, size, batch=ctx.plan.sample_batch)
+      row = dict(size=size, kind=cases.kind_of(size), model=_model_size(ctx, size),
+                 mode=mode, num_steps=num_steps, batch_size=ctx.plan.sample_batch,
+                 dtype=cfg.model.dtype, attention=used_attention, note=note)
+      log(f"sampling {size} {mode} {num_steps} steps")
+      try:
+        bench = sampling_bench.SamplingBench(cfg, mode)
+        if ctx.execute:
+          repeats = ctx.plan.sample_repeats if num_steps > 64 else ctx.plan.repeats
+          row.update(bench.measure(num_steps=num_steps, batch_size=ctx.plan.sample_batch,
+                                   warmup=ctx.plan.warmup, repeats=repeats))
+        else:
+          start = time.perf_counter()
+          cond, uncond = bench.conditioning(ctx.plan.sample_batch)
+          jax.jit(bench.sample_fn(num_steps=num_steps, batch_size=ctx.plan.sample_batch)
+                  ).lower(bench.params(), jax.random.key(0), cond, uncond)
+          row.update(lower_s=time.perf_counter() - start, guided=bench.guided)
+      except Exception as e:  # pylint: disable=broad-except
+        row["error"] = common.error_text(e)
+        log(f"  error: {row['error']}")
+      rows.append(row)
+  return rows
+
+
+def max_batch(ctx: Context) -> list:
+  """Largest batch per (size, remat) by abstract compiles; sets ctx.fill_batch from remat none."""
+  rows = []
+  for size in ctx.plan.max_batch_sizes:
+    for remat in REMATS:
+      row = dict(size=size, remat=remat)
+      if ctx.memory_limit_bytes is None:
+        row["skipped"] = ("no device memory limit: CPU backend (give --memory-limit-gb to "
+                          "search against a chosen limit)")
+        rows.append(row)
+        continue
+      cfg, used_attention, note = _config(ctx, size, batch=1, remat=remat)
+      row.update(attention=used_attention, dtype=cfg.model.dtype, note=note)
+      log(f"max batch {size} remat={remat} (limit {ctx.memory_limit_bytes / 2**30:.1f} GiB)")
+      try:
+        bench = train_step.TrainStepBench(cfg, devices=ctx.devices)
+        row.update(bench.largest_batch(limit_bytes=ctx.memory_limit_bytes),
+                   params=bench.param_count())
+        if remat == "none" and row.get("batch_size"):
+          ctx.fill_batch[size] = int(row["batch_size"])
+      except Exception as e:  # pylint: disable=broad-except
+        row["error"] = common.error_text(e)
+        log(f"  error: {row['error']}")
+      rows.append(row)
+  return rows
+
+
+def breakdown(ctx: Context) -> dict:
+  """FLOPs of the train step of plan.breakdown_size by block and op class (remat none), and
+  the total per remat policy (jaxpr counts and XLA's unoptimized HLO count)."""
+  size = ctx.plan.breakdown_size
+  out = dict(size=size, batch_size=1, per_remat={})
+  for remat in ctx.plan.breakdown_remats:
+    log(f"breakdown {size} remat={remat}")
+    cfg = cases.stage_config(size, dtype=ctx.plan.dtype, attention="xla", remat=remat,
+                             text_length=ctx.plan.text_length, batch_size=1)
+    bench = train_step.TrainStepBench(cfg, devices=ctx.devices[:1])
+    state, batch = bench.abstract_args(1)
+    closed = jax.make_jaxpr(bench.pure_step())(state, batch)
+    summary = flops_breakdown.summarize(flops_breakdown.breakdown(closed))
+    cost = None
+    if remat == "none":   # XLA's own count as a check of the jaxpr count (one lowering)
+      cost = bench.lower(1).cost_analysis()
+      cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    entry = dict(jaxpr_flops=summary["total_flops"],
+                 xla_unoptimized_flops=float(cost["flops"]) if cost else None,
+                 by_class=summary["by_class"])
+    if remat == "none":
+      out.update(summary, params=state_lib.param_count(state.params),
+                 geometry=list(cases.geometry(size)), dtype=cfg.model.dtype)
+    out["per_remat"][remat] = entry
+  return out
