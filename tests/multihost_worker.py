@@ -92,7 +92,8 @@ def main(out, num_processes, process_id, port, ckpt_dir):
   after = watcher.should_stop()
   watcher.close()
   with open(out, "w", encoding="utf-8") as f:
-    json.dump({"preempt": [before, after, watcher.signalled], "losses": losses, "param_sum": total, "restored_param_sum": restored_total,
+    json.dump({"preempt": [before, after, watcher.signalled], "losses": losses,
+               "param_sum": total, "restored_param_sum": restored_total,
                "next_element": int(next(fresh)), "process_count": jax.process_count()}, f)
 
 

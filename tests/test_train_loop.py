@@ -23,7 +23,8 @@ def _overrides(tmp):
   return {
       "frames": 4, "height": 8, "width": 8,
       "model.channel_mult": [1], "model.spatial_attention": [True],
-      "model.temporal_mixing": ["attention"], "model.base_channels": 8, "model.num_heads": 2, "model.head_dim": 8,
+      "model.temporal_mixing": ["attention"], "model.base_channels": 8,
+      "model.num_heads": 2, "model.head_dim": 8,
       "model.num_groups": 4, "model.cond_embed_dim": 32,
       "data.data_dir": str(tmp / "data"), "data.num_train_examples": 16,
       "data.num_eval_examples": 4, "data.source_frames": 8, "data.source_resolution": 16,

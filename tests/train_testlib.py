@@ -1,7 +1,6 @@
 """Shared pieces of the train tests: a tiny stand-in Linen denoiser with logical axes and a
 synthetic batch. (The loop and resume tests use the real U-Net; these test the step math.)"""
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -116,7 +116,8 @@ class Checkpointer:
     """Raises CheckpointError unless checkpoint `step` is readable and holds the same model
     (same config `model` section and the same parameter names and shapes) as `config`."""
     try:
-      saved = self._manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))
+      saved = self._manager.restore(
+          step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))
       saved_config = saved[CONFIG]
       meta = self._manager.item_metadata(step)[STATE]
       meta_tree = getattr(meta, "tree", meta)

@@ -13,7 +13,6 @@ samples/step_XXXXXX/{000.gif, 000.mp4, ..., prompts.txt}.
 import json
 import os
 import sys
-from typing import Any
 
 from absl import logging
 import jax
@@ -77,11 +76,6 @@ def check_nonfinite_streak(row: dict, *, step: int, limit: int,
       f"(train.max_consecutive_nonfinite={limit}); those updates were skipped. The last good "
       f"checkpoint is {where}. Lower train.lr, check the data, or raise "
       "train.max_consecutive_nonfinite.")
-
-
-def _host(tree: Any) -> dict:
-  """Replicated scalars -> python floats (works when arrays span several processes)."""
-  return {k: float(np.asarray(v.addressable_data(0))) for k, v in tree.items()}
 
 
 def _write_config(config, workdir: str) -> None:
@@ -172,7 +166,7 @@ class Trainer:
     if int(t.sample_every) > 0:
       from vdm_jax.train import samples  # pylint: disable=g-import-not-at-top
       self.sampler = samples.PeriodicSampler(
-          config, self.model, workdir=workdir, mesh=self.mesh, rules=self.rules,
+          config, self.model, workdir=workdir, mesh=self.mesh,
           param_shardings=self.shardings.ema_params, text_encoder=self.encoder)
 
   def _next_host_batch(self) -> dict:
@@ -186,7 +180,7 @@ class Trainer:
 
   def _consume(self, step: int, metrics: dict, window: _Window, progress) -> None:
     """Host-side bookkeeping of one finished step: divergence check, logs, metric files."""
-    row = _host(metrics)
+    row = step_lib.host_scalars(metrics)
     window.add(row)
     t = self.config.train
     check_nonfinite_streak(row, step=step, limit=int(t.max_consecutive_nonfinite),

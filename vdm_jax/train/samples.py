@@ -27,11 +27,11 @@ class PeriodicSampler:
   rows of a training batch, since prompts alone do not determine them.
   """
 
-  def __init__(self, config, model, *, workdir: str, mesh, rules, param_shardings: Any,
+  def __init__(self, config, model, *, workdir: str, mesh, param_shardings: Any,
                text_encoder: Optional[Any]):
     self.config, self.workdir = config, workdir
     self.model = model
-    self.mesh, self.rules = mesh, rules
+    self.mesh = mesh
     s = config.sample
     self.prompts = list(s.prompts)
     if not self.prompts:

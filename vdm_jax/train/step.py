@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import numpy as np
 import optax
 
 from vdm_jax import sharding as sharding_lib
@@ -169,12 +170,9 @@ def batch_shardings(batch_like: dict, mesh: Mesh, rules) -> dict:
           for k, v in batch_like.items()}
 
 
-def make_train_step(*, loss_fn: LossFn, tx: optax.GradientTransformation,
-                    lr_schedule: optax.Schedule, train_cfg, seed: int, cond_drop_prob: float,
-                    mesh: Mesh, rules, state_shardings: TrainState,
-                    batch_like: dict, constrain_activations: bool = True) -> ShardedFn:
-  """`train_step` with its static arguments bound, jitted with explicit in/out shardings and
-  the state donated. `batch_like` (arrays or ShapeDtypeStructs) fixes the batch keys/ranks."""
+def check_microbatches(batch_like: dict, train_cfg, mesh: Mesh, rules) -> int:
+  """Returns train.grad_accum_steps after checking that the batch splits into microbatches
+  that are whole multiples of the data-parallel size (a ValueError says what to change)."""
   accum = int(train_cfg.grad_accum_steps)
   batch_size = int(next(iter(batch_like.values())).shape[0])
   dp = sharding_lib.data_parallel_size(mesh, rules)
@@ -182,10 +180,31 @@ def make_train_step(*, loss_fn: LossFn, tx: optax.GradientTransformation,
     raise ValueError(f"train.batch_size={batch_size} with train.grad_accum_steps={accum} gives "
                      f"microbatches of {batch_size / accum:g}, which must be a whole multiple "
                      f"of the data-parallel size {dp}.")
-  fn = functools.partial(
-      train_step, loss_fn=loss_fn, tx=tx, lr_schedule=lr_schedule, seed=int(seed),
-      ema_decay=float(train_cfg.ema_decay), ema_warmup=bool(train_cfg.ema_warmup),
-      grad_accum_steps=accum, cond_drop_prob=float(cond_drop_prob))
+  return accum
+
+
+def step_options(train_cfg, *, seed: int, cond_drop_prob: float) -> dict:
+  """The static keyword arguments of `train_step` that come from the config."""
+  return dict(seed=int(seed), ema_decay=float(train_cfg.ema_decay),
+              ema_warmup=bool(train_cfg.ema_warmup),
+              grad_accum_steps=int(train_cfg.grad_accum_steps),
+              cond_drop_prob=float(cond_drop_prob))
+
+
+def host_scalars(metrics: dict) -> dict:
+  """Replicated metric scalars -> Python floats (valid when arrays span several processes)."""
+  return {k: float(np.asarray(v.addressable_data(0))) for k, v in metrics.items()}
+
+
+def make_train_step(*, loss_fn: LossFn, tx: optax.GradientTransformation,
+                    lr_schedule: optax.Schedule, train_cfg, seed: int, cond_drop_prob: float,
+                    mesh: Mesh, rules, state_shardings: TrainState,
+                    batch_like: dict, constrain_activations: bool = True) -> ShardedFn:
+  """`train_step` with its static arguments bound, jitted with explicit in/out shardings and
+  the state donated. `batch_like` (arrays or ShapeDtypeStructs) fixes the batch keys/ranks."""
+  check_microbatches(batch_like, train_cfg, mesh, rules)
+  fn = functools.partial(train_step, loss_fn=loss_fn, tx=tx, lr_schedule=lr_schedule,
+                         **step_options(train_cfg, seed=seed, cond_drop_prob=cond_drop_prob))
   replicated = NamedSharding(mesh, PartitionSpec())
   return ShardedFn(fn, mesh=mesh, rules=rules,
                    in_shardings=(state_shardings, batch_shardings(batch_like, mesh, rules)),
