@@ -84,6 +84,10 @@ def test_check_chain_names_the_broken_link():
   c.cascade.stages.tsr1.fps = 6.0
   with pytest.raises(ValueError, match=r"tsr1 \(tsr\).*whole multiple"):
     cascade.check_chain(cascade.stage_configs(c))
+  c.cascade.stages.tsr1.fps = 8.0
+  c.cascade.stages.tsr1.data.lowres_width = 8
+  with pytest.raises(ValueError, match=r"tsr1 \(tsr\).*lowres_height/width"):
+    cascade.check_chain(cascade.stage_configs(c))
   with pytest.raises(ValueError, match="first stage must be a base"):
     cascade.check_chain(cascade.stage_configs(c)[1:])
 

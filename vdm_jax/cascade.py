@@ -75,6 +75,9 @@ def check_chain(named: Sequence[tuple[str, Any]]) -> None:
       if got != want:
         errors.append(f"{name} (ssr): frames, data.lowres_height/width, fps = {got} must be "
                       f"{prev_name}'s frames, height, width, fps = {want}")
+      if int(d.lowres_frames) not in (0, c.frames):
+        errors.append(f"{name} (ssr): data.lowres_frames={d.lowres_frames} must be 0 or its "
+                      f"frames={c.frames}")
       if c.height < p.height or c.width < p.width:
         errors.append(f"{name} (ssr): {c.height}x{c.width} is smaller than {prev_name}'s "
                       f"{p.height}x{p.width}")
@@ -83,6 +86,10 @@ def check_chain(named: Sequence[tuple[str, Any]]) -> None:
         errors.append(f"{name} (tsr): data.lowres_frames, height, width = "
                       f"{(int(d.lowres_frames), c.height, c.width)} must be {prev_name}'s "
                       f"frames, height, width = {(p.frames, p.height, p.width)}")
+      if (int(d.lowres_height) or c.height, int(d.lowres_width) or c.width) != (c.height,
+                                                                                 c.width):
+        errors.append(f"{name} (tsr): data.lowres_height/width = {d.lowres_height}x"
+                      f"{d.lowres_width} must be 0 or its own {c.height}x{c.width}")
       if c.frames % p.frames or abs(c.fps * p.frames - p.fps * c.frames) > 1e-6 * c.fps:
         errors.append(f"{name} (tsr): {c.frames} frames at {c.fps} fps must be a whole "
                       f"multiple k of {prev_name}'s {p.frames} frames at k x {p.fps} fps")

@@ -24,10 +24,10 @@ from vdm_jax import sampling
 GALLERY_SCALE = 4     # GIF pixels per video pixel of the final stage
 
 
-def real_clip_for_prompt(prompt: str, *, frames: int, height: int, width: int, fps: float,
-                         seed: int = 0) -> Optional[np.ndarray]:
-  """A rendered moving-shapes clip uint8 [T, H, W, 3] that `prompt` describes (a random start
-  position), or None when the prompt is outside the one-object caption grammar."""
+def spec_for_prompt(prompt: str, *, frames: int, height: int, width: int, fps: float,
+                    seed: int = 0):
+  """A moving-shapes ClipSpec that `prompt` describes (a random start position from `seed`),
+  or None when the prompt is outside the one-object caption grammar."""
   from vdm_jax.data import procedural  # pylint: disable=g-import-not-at-top
   try:
     parsed = procedural.parse_caption(prompt)
@@ -37,11 +37,18 @@ def real_clip_for_prompt(prompt: str, *, frames: int, height: int, width: int, f
     return None
   obj = parsed["objects"][0]
   words = [obj[k] for k in ("shape", "color", "size", "motion", "speed") if obj[k]]
-  spec = procedural.sample_spec(  # a held-out combo fixes every attribute of object 0
+  return procedural.sample_spec(  # a held-out combo fixes every attribute of object 0
       np.random.default_rng(seed), frames=frames, height=height, width=width, fps=fps,
       num_objects=1, held_out=[tuple(words) + (parsed["background"],)],
       include_held_out=True)
-  return procedural.render(spec)
+
+
+def real_clip_for_prompt(prompt: str, *, frames: int, height: int, width: int, fps: float,
+                         seed: int = 0) -> Optional[np.ndarray]:
+  """A rendered clip uint8 [T, H, W, 3] of `spec_for_prompt` (None outside the grammar)."""
+  from vdm_jax.data import procedural  # pylint: disable=g-import-not-at-top
+  spec = spec_for_prompt(prompt, frames=frames, height=height, width=width, fps=fps, seed=seed)
+  return None if spec is None else procedural.render(spec)
 
 
 def real_at_geometry(videos: np.ndarray, source_fps: float, stage_config) -> np.ndarray:

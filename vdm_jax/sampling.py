@@ -228,9 +228,9 @@ def sample_stage(stage: Stage, *, key: jax.Array, prompts: Optional[Sequence[str
   `overrides` replace `config.sample` settings (num_steps, guidance_weight, sampler, eta, clip,
   ...). Guidance needs text: for a stage without text the weight is ignored. SR stages need
   `lowres` [N, T', H', W', C] (the previous stage's output); its augmentation noise is drawn
-  from fold_in(key, 1). `shared_init_noise` (default `sample.shared_init_noise`) starts from
-  one noise frame per video repeated over time (from fold_in(key, 2)) unless `init_noise`
-  is given.
+  from fold_in(key, 1). The initial noise z_1 is `init_noise` or drawn from fold_in(key, 2):
+  i.i.d., or with `shared_init_noise` (default `sample.shared_init_noise`) one noise frame
+  per video repeated over time.
   """
   n = len(prompts) if prompts is not None else num_videos
   if not n:
@@ -246,12 +246,16 @@ def sample_stage(stage: Stage, *, key: jax.Array, prompts: Optional[Sequence[str
   has_uncond = uncond is not None and settings["guidance_weight"] != 0.0
   if shared_init_noise is None:
     shared_init_noise = bool(c.sample.get("shared_init_noise", False))
-  noise = None if init_noise is None else np.asarray(init_noise, np.float32)
-  if noise is None and shared_init_noise:
-    noise = shared_frame_noise(jax.random.fold_in(key, 2), shape)
-  if noise is not None and noise.shape != shape:
+  noise_key = jax.random.fold_in(key, 2)
+  if init_noise is not None:
+    noise = np.asarray(init_noise, np.float32)
+  elif shared_init_noise:
+    noise = shared_frame_noise(noise_key, shape)
+  else:
+    noise = np.asarray(jax.random.normal(noise_key, shape, jnp.float32))
+  if noise.shape != shape:
     raise ValueError(f"init_noise has shape {noise.shape}; this stage samples {shape}.")
-  cache_key = (tuple(sorted(settings.items())), shape, has_uncond, noise is not None)
+  cache_key = (tuple(sorted(settings.items())), shape, has_uncond)
   jitted = stage.jit_cache.get(cache_key)
   if jitted is None:
     fn = _make_sample_fn(stage, settings, shape, has_uncond)
