@@ -77,7 +77,7 @@ CPU_CROPS = {"tsr1": (8, 0, 0), "ssr1": (8, 0, 0), "ssr2": (8, 0, 0), "tsr2": (1
 # experiments/cascade/plan.py: the smallest FSDP degree whose train state fits in a quarter of
 # 80 GB, the rest data parallel (see experiments/cascade/README.md).
 PAPER_MESH = {
-    "base": (1, 8, 1), "tsr1": (4, 2, 1), "ssr1": (4, 2, 1), "ssr2": (4, 2, 1),
+    "base": (1, 8, 1), "tsr1": (4, 2, 1), "ssr1": (4, 2, 1), "ssr2": (8, 1, 1),
     "tsr2": (8, 1, 1), "tsr3": (8, 1, 1), "ssr3": (8, 1, 1),
 }
 

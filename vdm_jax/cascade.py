@@ -219,14 +219,16 @@ def write_stage_videos(out_dir: str, cascade: Cascade, videos: Mapping[str, np.n
 
 
 def sample_cascade(config, root: str, prompts: Sequence[str], *, out_dir: Optional[str] = None,
-                   seed: Optional[int] = None, cascade: Optional[Cascade] = None) -> dict:
-  """The `sample` mode of a cascade config: runs the cascade of `root` on `prompts` and writes
-  each stage's videos and the final ones under `out_dir` (default root/samples/cli).
-  Returns {"videos": {name: [N, T, H, W, C]}, "paths": {...}, "seconds": {name: s}}."""
+                   seed: Optional[int] = None, cascade: Optional[Cascade] = None,
+                   batch_size: int = 0) -> dict:
+  """The `sample` mode of a cascade config: runs the cascade of `root` on `prompts` (in chunks
+  of `batch_size`, 0 = all at once) and writes each stage's videos and the final ones under
+  `out_dir` (default root/samples/cli).
+  Returns {"videos": {name: [N, T, H, W, C]}, "paths": {...}, "seconds": total seconds}."""
   cascade = cascade or Cascade.from_config(config, root)
   out_dir = out_dir or os.path.join(root, "samples", "cli")
   start = time.perf_counter()
-  videos = cascade.sample(prompts, seed=seed)
+  videos = cascade.sample(prompts, seed=seed, batch_size=batch_size)
   seconds = time.perf_counter() - start
   paths = write_stage_videos(out_dir, cascade, videos, list(prompts))
   print(f"Cascade {' -> '.join(cascade.names)}: {len(prompts)} prompts in {seconds:.1f}s; "
