@@ -41,12 +41,14 @@ SIZES = {
                                 num_res_blocks=1, spatial_attention=(False, True, True),
                                 temporal_mixing=("attention",) * 3, num_groups=8,
                                 num_heads=0, head_dim=16), (8, 16, 16), None),
+    # The CPU SR stages produce the base model's 8 x 16 x 16 from half the size/frames, so
+    # the three stages cost alike and fit the CPU run's time.
     "ssr_cpu_xs": ("ssr", dict(_SMALL_CPU, base_channels=16, channel_mult=(1, 2),
                                num_res_blocks=1, spatial_attention=(False, True),
-                               temporal_mixing=("conv",) * 2), (8, 32, 32), (8, 16, 16)),
+                               temporal_mixing=("conv",) * 2), (8, 16, 16), (8, 8, 8)),
     "tsr_cpu_xs": ("tsr", dict(_SMALL_CPU, base_channels=16, channel_mult=(1, 2),
                                num_res_blocks=1, spatial_attention=(False, False),
-                               temporal_mixing=("conv",) * 2), (16, 16, 16), (8, 16, 16)),
+                               temporal_mixing=("conv",) * 2), (8, 16, 16), (4, 16, 16)),
     # GPU: the base model at its paper geometry, widths giving ~0.35B / 0.62B / 0.97B
     # parameters (unet_presets.count_params); SR stages at reduced width.
     "base_gpu_350m": ("base", dict(base_channels=128), (16, 24, 40), None),
@@ -108,8 +110,9 @@ PLANS = {
                   breakdown_remats=("none",)),
     "cpu": Plan(train=("base_cpu_xs", "base_cpu_s", "ssr_cpu_xs", "tsr_cpu_xs"),
                 variant_size="base_cpu_xs",
-                sampling=("base_cpu_xs", "ssr_cpu_xs", "tsr_cpu_xs"), sampling_steps=_STEPS,
-                train_batch=2, sample_batch=1, warmup=1, repeats=5, sample_repeats=3,
+                sampling=("base_cpu_xs", "ssr_cpu_xs", "tsr_cpu_xs"),
+                sampling_steps=((256, "teacher"), (8, "student"), (4, "student")),
+                train_batch=2, sample_batch=1, warmup=1, repeats=5, sample_repeats=2,
                 dtype="float32", attention="xla", text_length=8,
                 breakdown_size="base_gpu_350m"),
     "gpu": Plan(train=("base_gpu_350m", "base_gpu_620m", "base_gpu_1b", "ssr_gpu_420m",

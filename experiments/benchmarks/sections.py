@@ -210,14 +210,22 @@ def max_batch(ctx: Context) -> list:
   return rows
 
 
+# Device memory for the largest-batch prediction of the breakdown (an H100 80GB with jax's
+# allocator allowed 90% of it: XLA_PYTHON_CLIENT_MEM_FRACTION=0.9; the default is 75%).
+PREDICT_DEVICE_BYTES = 0.9 * 80e9
+
+
 def breakdown(ctx: Context) -> dict:
-  """FLOPs of the train step of plan.breakdown_size by block and op class (remat none), and
-  the total per remat policy (jaxpr counts and XLA's unoptimized HLO count)."""
+  """Hardware-independent analysis of the base train step of plan.breakdown_size in bf16, by
+  tracing only (nothing compiles): FLOPs by block and op class (remat none), and per remat
+  policy the total FLOPs and the bytes the backward pass keeps (jax.vjp residuals) per example,
+  with the largest batch they predict on an 80 GB GPU (an upper bound: transient buffers and
+  workspace are not counted)."""
   size = ctx.plan.breakdown_size
   out = dict(size=size, batch_size=1, per_remat={})
   for remat in ctx.plan.breakdown_remats:
     log(f"breakdown {size} remat={remat}")
-    cfg = cases.stage_config(size, dtype=ctx.plan.dtype, attention="xla", remat=remat,
+    cfg = cases.stage_config(size, dtype="bfloat16", attention="xla", remat=remat,
                              text_length=ctx.plan.text_length, batch_size=1)
     bench = train_step.TrainStepBench(cfg, devices=ctx.devices[:1])
     state, batch = bench.abstract_args(1)
@@ -227,9 +235,17 @@ def breakdown(ctx: Context) -> dict:
     if remat == "none":   # XLA's own count as a check of the jaxpr count (one lowering)
       cost = bench.lower(1).cost_analysis()
       cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    res1, res2 = bench.saved_residual_bytes(1), bench.saved_residual_bytes(2)
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    grad_bytes = sum(x.size * 4 for x in jax.tree.leaves(state.params))
+    per_example, fixed = res2 - res1, 2 * res1 - res2
     entry = dict(jaxpr_flops=summary["total_flops"],
                  xla_unoptimized_flops=float(cost["flops"]) if cost else None,
-                 by_class=summary["by_class"])
+                 by_class=summary["by_class"], residual_bytes_per_example=per_example,
+                 residual_bytes_fixed=fixed, state_bytes=state_bytes, grad_bytes=grad_bytes,
+                 predicted_max_batch_80gb=int(
+                     (PREDICT_DEVICE_BYTES - state_bytes - grad_bytes - fixed) // per_example)
+                 if per_example > 0 else None)
     if remat == "none":
       out.update(summary, params=state_lib.param_count(state.params),
                  geometry=list(cases.geometry(size)), dtype=cfg.model.dtype)

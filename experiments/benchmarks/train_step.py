@@ -119,6 +119,31 @@ class TrainStepBench:
     compiled, lower_s, compile_s = common.timed_compile(lambda: self.lower(batch_size))
     return compiled, lower_s + compile_s
 
+  def saved_residual_bytes(self, batch_size: int) -> int:
+    """Bytes of the values the backward pass keeps from the forward pass (jax.vjp residuals
+    of the loss w.r.t. the parameters, excluding the parameters themselves), by tracing only.
+
+    This is the activation memory each remat policy leaves, independent of the backend: XLA's
+    CPU compiler does not realize remat savings in its buffer assignment (jax issue #19822),
+    so memory_analysis on CPU cannot show them.
+    """
+    state, batch = self.abstract_args(batch_size)
+    key = jax.random.key(0)
+
+    def residuals(params, batch):
+      _, vjp_fn = jax.vjp(lambda p: self.loss_fn(p, batch, key)[0], params)
+      return jax.tree.leaves(vjp_fn)
+
+    closed = jax.make_jaxpr(residuals)(state.params, batch)
+    inputs = set(closed.jaxpr.invars)
+    seen, total = set(), 0
+    for v in closed.jaxpr.outvars:
+      if v in inputs or v in seen or not hasattr(v, "aval"):
+        continue
+      seen.add(v)
+      total += int(np.prod(v.aval.shape)) * np.dtype(v.aval.dtype).itemsize
+    return total
+
   def param_count(self) -> int:
     target, _ = self._abstract_state()
     return state_lib.param_count(target.params)
