@@ -5,6 +5,7 @@ expected fields, that the GPU plan traces and lowers (with tiny models, cuDNN fa
 XLA on CPU), and that the pieces with exact answers (largest-batch search, FLOPs counting) give
 them.
 """
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 
 from experiments.benchmarks import cases
 from experiments.benchmarks import flops_breakdown
+from experiments.benchmarks import run_all
 from experiments.benchmarks import sections
 from experiments.benchmarks import train_step
 
@@ -62,6 +64,7 @@ def test_smoke_train_rows_have_throughput_flops_and_memory(smoke_results):
   assert row["mfu"] is None                       # CPU: no peak rate, MFU omitted
   assert row["frames_per_s"] == pytest.approx(row["examples_per_s"] * row["geometry"][0])
   assert row["flops"] > 0 and row["params"] > 0
+  assert row["flops_unoptimized"] == pytest.approx(row["flops"], rel=0.5)
   assert row["peak_bytes"] == row["temp_bytes"] + row["argument_bytes"] + row["output_bytes"]
   t = row["timing"]
   assert len(t["all_s"]) == t["repeats"] == cases.PLANS["smoke"].repeats
@@ -103,10 +106,11 @@ def test_smoke_markdown_has_every_table(smoke_results):
 
 def test_gpu_plan_lowers_on_cpu_with_tiny_models():
   """The GPU plan's train cases trace and lower (dry run): bf16, cuDNN replaced by XLA here."""
-  ctx = sections.Context(plan=cases.PLANS["gpu"], execute=False, tiny_models=True,
+  plan = dataclasses.replace(cases.PLANS["gpu"], train_batches={})   # one batch: 3 programs
+  ctx = sections.Context(plan=plan, execute=False, tiny_models=True,
                          devices=(jax.local_devices()[0],))
   rows = sections.train(ctx)
-  assert [r["size"] for r in rows] == list(cases.PLANS["gpu"].train)
+  assert [r["size"] for r in rows] == list(plan.train)
   for r in rows:
     assert "error" not in r, r.get("error")
     assert r["dtype"] == "bfloat16" and r["attention"] == "xla"
@@ -177,3 +181,16 @@ def test_flops_breakdown_counts_convs_matmuls_and_attention_exactly():
   summary = flops_breakdown.summarize(table)
   assert summary["total_flops"] == sum(table.values())
   assert np.isclose(sum(summary["class_share"].values()), 1.0)
+
+
+def test_cli_rejects_unknown_sections_sizes_and_batches():
+  for bad in (["--sections=train,nonsense"], ["--only-sizes=base_huge"],
+              ["--train-batch=base_gpu_1b:zero"], ["--train-batch=nope:3"]):
+    with pytest.raises(SystemExit):
+      run_all.parse_args(bad)
+  args = run_all.parse_args(["--size=gpu", "--sections=max_batch,train",
+                             "--only-sizes=base_gpu_1b", "--train-batch=base_gpu_1b:6"])
+  assert args.sections == ("max_batch", "train") and args.only_sizes == ("base_gpu_1b",)
+  assert args.train_batch == {"base_gpu_1b": 6}
+  json_path, _ = run_all.output_paths(args, "gpu")
+  assert json_path.endswith("results_gpu_max_batch-train_base_gpu_1b.json")

@@ -78,6 +78,12 @@ class Plan:
     variant_remats: remat policies compared with the baseline (remat none).
     other_dtype: whether to compare with the other compute dtype (bf16 <-> fp32).
     breakdown_remats: remat policies whose train-step FLOPs the breakdown counts.
+    max_batch_remats: remat policies of the largest-batch search, for max_batch_sizes[-1];
+      the other sizes are searched without remat only (their batch fills the GPU in the train
+      table).
+    train_batches: per-size batch of the train table where the search did not run (GPU: about
+      60% of the largest batch the saved-activation analysis predicts without remat).
+    variant_batch: batch of the variants (default train_batch); small enough for float32.
   """
   train: tuple
   variant_size: str
@@ -96,6 +102,13 @@ class Plan:
   variant_remats: tuple = ("block", "full")
   other_dtype: bool = True
   breakdown_remats: tuple = ("none", "block", "full")
+  max_batch_remats: tuple = ("none", "block", "full")
+  train_batches: dict = dataclasses.field(default_factory=dict)
+  variant_batch: Optional[int] = None
+
+  def batch_for(self, size: str) -> int:
+    """The train table's batch of `size` (train_batches, else train_batch)."""
+    return int(self.train_batches.get(size, self.train_batch))
 
 
 _STEPS = ((256, "teacher"), (8, "teacher"), (8, "student"), (4, "student"))
@@ -122,7 +135,10 @@ PLANS = {
                 sampling_steps=_STEPS, train_batch=8, sample_batch=4, warmup=2, repeats=10,
                 sample_repeats=3, dtype="bfloat16", attention="cudnn", text_length=64,
                 max_batch_sizes=("base_gpu_350m", "base_gpu_1b"),
-                breakdown_size="base_gpu_350m"),
+                breakdown_size="base_gpu_350m",
+                train_batches={"base_gpu_350m": 16, "base_gpu_620m": 8, "base_gpu_1b": 4,
+                               "ssr_gpu_420m": 2, "tsr_gpu_210m": 8},
+                variant_batch=4),
 }
 
 

@@ -25,6 +25,11 @@ def _gflop(x):
   return _f(None if x is None else x / 1e9, "{:.3g}")
 
 
+def _flops(row):
+  """XLA's compiled FLOPs of a row, or its unoptimized count (dry runs)."""
+  return row.get("flops") or row.get("flops_unoptimized")
+
+
 def _ratio(a, b):
   return None if (a is None or b is None or not b) else a / b
 
@@ -36,7 +41,8 @@ def header(results: dict) -> list:
            f"started {results['started']}, {results['wall_s']:.0f} s wall. "
            f"Load average (1/5/15 min) at the start {m0['load_average']}, at the end "
            f"{m1['load_average']}.",
-           f"XLA_FLAGS: `{results['xla_flags'] or '(none)'}`. Timings: median of "
+           f"XLA_FLAGS: `{results['xla_flags'] or '(none)'}`, XLA_PYTHON_CLIENT_MEM_FRACTION "
+           f"{results.get('mem_fraction')}. Timings: median of "
            f"{results['plan']['repeats']} calls after {results['plan']['warmup']} warm-up "
            f"call(s), each ended by block_until_ready; 'spread' = (max - min) / median."]
   if m0["backend"] == "cpu":
@@ -51,7 +57,7 @@ def header(results: dict) -> list:
 def train_table(rows: list) -> list:
   lines = ["| size | kind | params | T x H x W | batch | dtype | attention | remat | step ms | "
            "spread | examples/s | frames/s | GFLOP/step | TFLOP/s/dev | MFU | peak MiB "
-           "(temp) | compile s |",
+           "(temp) | compile (dry: lower) s |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     geo = "x".join(str(g) for g in r.get("geometry", []))
@@ -61,7 +67,7 @@ def train_table(rows: list) -> list:
     if "error" in r or "skipped" in r:
       lines.append(common_cells + f" {r.get('error') or r.get('skipped')} |" + " |" * 8)
       continue
-    flops = r.get("flops", r.get("flops_unoptimized"))
+    flops = _flops(r)
     peak = f"{_mib(r.get('peak_bytes'))} ({_mib(r.get('temp_bytes'))})"
     lines.append(
         common_cells + f" {_ms(r)} | {_spread(r)} | {_f(r.get('examples_per_s'))} | "
@@ -84,7 +90,8 @@ def variants_table(rows: list) -> list:
       continue
     ratio = lambda k: _f(_ratio(r.get(k), base.get(k)), "{:.2f}x")
     lines.append(f"| {r['variant']} | {_ms(r)} | {_spread(r)} | {ratio('step_s')} | "
-                 f"{_gflop(r.get('flops'))} | {ratio('flops')} | {_mib(r.get('peak_bytes'))} | "
+                 f"{_gflop(_flops(r))} | {_f(_ratio(_flops(r), _flops(base)), '{:.2f}x')} | "
+                 f"{_mib(r.get('peak_bytes'))} | "
                  f"{ratio('peak_bytes')} | {_mib(r.get('temp_bytes'))} | {ratio('temp_bytes')} |")
   return lines
 

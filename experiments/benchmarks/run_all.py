@@ -57,7 +57,23 @@ def parse_args(argv=None):
                  help="memory limit of the largest-batch search (default: 90%% of the "
                       "device's bytes_limit; none on CPU)")
   p.add_argument("--repeats", type=int, default=None, help="override the plan's repeats")
+  p.add_argument("--only-sizes", default="",
+                 help="comma-separated sizes: restrict every section to these (split a GPU "
+                      "run over several calls)")
+  p.add_argument("--train-batch", default="",
+                 help="per-size train batches, e.g. base_gpu_1b:6,base_gpu_350m:24")
   args = p.parse_args(argv)
+  args.only_sizes = tuple(x.strip() for x in args.only_sizes.split(",") if x.strip())
+  bad = sorted(set(args.only_sizes) - set(cases.SIZES))
+  if bad:
+    p.error(f"unknown sizes {bad}; choose from {sorted(cases.SIZES)}")
+  batches = {}
+  for item in (x.strip() for x in args.train_batch.split(",") if x.strip()):
+    size, _, n = item.partition(":")
+    if size not in cases.SIZES or not n.isdigit() or int(n) < 1:
+      p.error(f"--train-batch entry {item!r}: use size:N with a known size and N >= 1")
+    batches[size] = int(n)
+  args.train_batch = batches
   chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
   unknown = sorted(set(chosen) - set(SECTIONS))
   if unknown:
@@ -74,7 +90,17 @@ def run(args) -> dict:
   plan = cases.PLANS[size]
   if args.repeats:
     plan = dataclasses.replace(plan, repeats=args.repeats,
-                                     sample_repeats=min(plan.sample_repeats, args.repeats))
+                               sample_repeats=min(plan.sample_repeats, args.repeats))
+  if args.only_sizes:
+    keep = lambda sizes: tuple(x for x in sizes if x in args.only_sizes)
+    plan = dataclasses.replace(
+        plan, train=keep(plan.train), sampling=keep(plan.sampling),
+        max_batch_sizes=keep(plan.max_batch_sizes),
+        variant_size=plan.variant_size if plan.variant_size in args.only_sizes else None,
+        breakdown_size=(plan.breakdown_size if plan.breakdown_size in args.only_sizes
+                        else None))
+  if args.train_batch:
+    plan = dataclasses.replace(plan, train_batches=dict(plan.train_batches, **args.train_batch))
   limit = None
   if args.memory_limit_gb:
     limit = args.memory_limit_gb * 2**30
@@ -89,7 +115,9 @@ def run(args) -> dict:
       benchmark="vdm_jax suite", size=size, dry_run=args.dry_run, tiny_models=args.tiny_models,
       started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       command=" ".join(["python -m experiments.benchmarks.run_all"] + sys.argv[1:]),
-      xla_flags=os.environ.get("XLA_FLAGS", ""), machine=common.machine_info(),
+      xla_flags=os.environ.get("XLA_FLAGS", ""),
+      mem_fraction=os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"),
+      machine=common.machine_info(),
       plan=dataclasses.asdict(plan), sections=list(args.sections))
   sections.log(f"machine: {common.describe_machine(results['machine'])}; load "
                f"{results['machine']['load_average']}")
@@ -97,7 +125,7 @@ def run(args) -> dict:
     results["max_batch"] = sections.max_batch(ctx)
   if "train" in args.sections:
     results["train"] = sections.train(ctx)
-  if "variants" in args.sections:
+  if "variants" in args.sections and plan.variant_size:
     baseline = next((r for r in results.get("train", []) if r["size"] == plan.variant_size),
                     None)
     results["variants"] = sections.variants(ctx, baseline)
@@ -112,16 +140,24 @@ def run(args) -> dict:
 
 
 def output_paths(args, size: str) -> tuple:
+  """(json path, markdown path); a partial run (sections or sizes chosen) gets its own name."""
   out = args.out
   if out is None:
     out = (os.path.join(tempfile.gettempdir(), "vdm_jax_bench_smoke") if size == "smoke"
            else HERE)
   os.makedirs(out, exist_ok=True)
   stem = f"results_{size}" + (f"_dryrun_{args.dry_run}" if args.dry_run else "")
+  if args.sections != SECTIONS:
+    stem += "_" + "-".join(args.sections)
+  if args.only_sizes:
+    stem += "_" + "-".join(args.only_sizes)
   return os.path.join(out, stem + ".json"), os.path.join(out, stem + ".md")
 
 
 def main(argv=None) -> dict:
+  # Let the largest-batch search and the big batches use most of an accelerator's memory
+  # (jax's default is 75%); set before anything initializes a backend, recorded in the JSON.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
   args = parse_args(argv)
   results = run(args)
   json_path, md_path = output_paths(args, results["size"])

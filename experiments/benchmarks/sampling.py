@@ -1,7 +1,7 @@
 """Sampling benchmarks: latency and throughput of one cascade stage's sampler.
 
-    bench = SamplingBench(config)
-    row = bench.measure(num_steps=256, mode="teacher", batch_size=4, warmup=1, repeats=3)
+    bench = SamplingBench(config, mode="teacher")
+    row = bench.measure(num_steps=256, batch_size=4, warmup=1, repeats=3)
 
 Two modes, as the cascade samples them:
   teacher  the trained stage with classifier-free guidance (weight `config.sample`'s, null
@@ -108,7 +108,8 @@ class SamplingBench:
     return fn
 
   def evaluation_flops(self, batch_size: int):
-    """XLA's FLOPs of one U-Net evaluation on `batch_size` examples (compiled forward)."""
+    """XLA's FLOPs of one U-Net evaluation on `batch_size` examples (the lowered forward,
+    before optimization: no compile)."""
     cond, _ = self.conditioning(batch_size)
     if self.mode == "student":
       cond["guidance_weight"] = jnp.full((batch_size,), STUDENT_GUIDANCE_WEIGHT, jnp.float32)
@@ -116,10 +117,7 @@ class SamplingBench:
                               self.config.width, self.config.channels), jnp.float32)
     logsnr = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
     fwd = jax.jit(lambda p, z, l, cd: self.model.apply({"params": p}, z, l, **cd))
-    lowered = fwd.lower(self.params(), z, logsnr, cond)
-    cost = lowered.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost["flops"]) if cost and cost.get("flops") else None
+    return common.lowered_flops(fwd.lower(self.params(), z, logsnr, cond))
 
   def measure(self, *, num_steps: int, batch_size: int, warmup: int = 1,
               repeats: int = 3) -> dict:

@@ -106,10 +106,8 @@ def _train_case(ctx, size, *, batch, dtype=None, attention=None, remat="none"):
 def _dry_train(ctx, bench, batch):
   start = time.perf_counter()
   lowered = bench.lower(batch)
-  out = dict(params=bench.param_count(), lower_s=time.perf_counter() - start)
-  cost = lowered.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  out["flops_unoptimized"] = float(cost["flops"]) if cost and cost.get("flops") else None
+  out = dict(params=bench.param_count(), lower_s=time.perf_counter() - start,
+             flops_unoptimized=common.lowered_flops(lowered))
   if ctx.compile_abstract:
     start = time.perf_counter()
     compiled = lowered.compile()
@@ -120,17 +118,20 @@ def _dry_train(ctx, bench, batch):
 def train(ctx: Context) -> list:
   rows = []
   for size in ctx.plan.train:
-    batch = ctx.fill_batch.get(size, ctx.plan.train_batch)
+    batch = ctx.fill_batch.get(size, ctx.plan.batch_for(size))
     log(f"train {size} batch {batch}")
     rows.append(_train_case(ctx, size, batch=batch))
   return rows
 
 
 def variants(ctx: Context, baseline: Optional[dict] = None) -> list:
-  """Remat policies, the other dtype and the other attention kernels on plan.variant_size.
-  `baseline` (the train row of that size, if measured) is reused as the none/plan row."""
+  """Remat policies, the other dtype and the other attention kernels on plan.variant_size at
+  plan.variant_batch (one batch that every variant fits, fp32 included). `baseline` (the train
+  row of that size at that batch, if measured) is reused as the none/plan row."""
   p, size = ctx.plan, ctx.plan.variant_size
-  batch = ctx.fill_batch.get(size, p.train_batch)
+  batch = p.variant_batch or p.train_batch
+  if baseline is not None and baseline.get("batch_size") != batch:
+    baseline = None
   base = baseline or _train_case(ctx, size, batch=batch)
   rows = [dict(base, variant="baseline")]
   for remat in p.variant_remats:
@@ -175,7 +176,8 @@ def sampling(ctx: Context) -> list:
           cond, uncond = bench.conditioning(ctx.plan.sample_batch)
           jax.jit(bench.sample_fn(num_steps=num_steps, batch_size=ctx.plan.sample_batch)
                   ).lower(bench.params(), jax.random.key(0), cond, uncond)
-          row.update(lower_s=time.perf_counter() - start, guided=bench.guided)
+          row.update(lower_s=time.perf_counter() - start, guided=bench.guided,
+                     network_evaluations_per_video=num_steps * (2 if bench.guided else 1))
       except Exception as e:  # pylint: disable=broad-except
         row["error"] = common.error_text(e)
         log(f"  error: {row['error']}")
@@ -186,8 +188,9 @@ def sampling(ctx: Context) -> list:
 def max_batch(ctx: Context) -> list:
   """Largest batch per (size, remat) by abstract compiles; sets ctx.fill_batch from remat none."""
   rows = []
-  for size in ctx.plan.max_batch_sizes:
-    for remat in REMATS:
+  sizes = ctx.plan.max_batch_sizes
+  for size in sizes:
+    for remat in (ctx.plan.max_batch_remats if size == sizes[-1] else ("none",)):
       row = dict(size=size, remat=remat)
       if ctx.memory_limit_bytes is None:
         row["skipped"] = ("no device memory limit: CPU backend (give --memory-limit-gb to "
@@ -231,16 +234,14 @@ def breakdown(ctx: Context) -> dict:
     state, batch = bench.abstract_args(1)
     closed = jax.make_jaxpr(bench.pure_step())(state, batch)
     summary = flops_breakdown.summarize(flops_breakdown.breakdown(closed))
-    cost = None
-    if remat == "none":   # XLA's own count as a check of the jaxpr count (one lowering)
-      cost = bench.lower(1).cost_analysis()
-      cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    # XLA's own count as a check of the jaxpr count (one lowering).
+    xla_flops = common.lowered_flops(bench.lower(1)) if remat == "none" else None
     res1, res2 = bench.saved_residual_bytes(1), bench.saved_residual_bytes(2)
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
     grad_bytes = sum(x.size * 4 for x in jax.tree.leaves(state.params))
     per_example, fixed = res2 - res1, 2 * res1 - res2
     entry = dict(jaxpr_flops=summary["total_flops"],
-                 xla_unoptimized_flops=float(cost["flops"]) if cost else None,
+                 xla_unoptimized_flops=xla_flops,
                  by_class=summary["by_class"], residual_bytes_per_example=per_example,
                  residual_bytes_fixed=fixed, state_bytes=state_bytes, grad_bytes=grad_bytes,
                  predicted_max_batch_80gb=int(

@@ -186,9 +186,13 @@ class TrainStepBench:
     batch = sharding_lib.host_to_global(random_batch(self.config, b, seed=1), self.mesh,
                                         self.rules)
     start = time.perf_counter()
-    compiled = self.step_fn(b).lower(state, batch).compile()
+    lowered = self.step_fn(b).lower(state, batch)
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - start
     stats = common.compiled_stats(compiled)
+    # XLA's count before optimization: a check on the compiled count (a backend whose cost
+    # model skipped a custom call, e.g. a cuDNN kernel, would show as a large gap).
+    stats["flops_unoptimized"] = common.lowered_flops(lowered)
     holder = [state]
 
     def run_once():
