@@ -84,6 +84,9 @@ class Plan:
     train_batches: per-size batch of the train table where the search did not run (GPU: about
       60% of the largest batch the saved-activation analysis predicts without remat).
     variant_batch: batch of the variants (default train_batch); small enough for float32.
+    interleave: time the variants (and each stage's samplers) in interleaved rounds, one call
+      of each per round, so that the load of a shared machine drifts over all of them alike
+      (CPU plans; on an accelerator the states would not fit side by side).
   """
   train: tuple
   variant_size: str
@@ -105,6 +108,7 @@ class Plan:
   max_batch_remats: tuple = ("none", "block", "full")
   train_batches: dict = dataclasses.field(default_factory=dict)
   variant_batch: Optional[int] = None
+  interleave: bool = False
 
   def batch_for(self, size: str) -> int:
     """The train table's batch of `size` (train_batches, else train_batch)."""
@@ -120,14 +124,14 @@ PLANS = {
                   train_batch=1, sample_batch=1, warmup=1, repeats=2, sample_repeats=1,
                   dtype="float32", attention="xla", text_length=4,
                   breakdown_size="base_smoke", variant_remats=(), other_dtype=False,
-                  breakdown_remats=("none",)),
+                  breakdown_remats=("none",), interleave=True),
     "cpu": Plan(train=("base_cpu_xs", "base_cpu_s", "ssr_cpu_xs", "tsr_cpu_xs"),
                 variant_size="base_cpu_xs",
                 sampling=("base_cpu_xs", "ssr_cpu_xs", "tsr_cpu_xs"),
                 sampling_steps=((256, "teacher"), (8, "student"), (4, "student")),
-                train_batch=2, sample_batch=1, warmup=1, repeats=5, sample_repeats=2,
+                train_batch=2, sample_batch=1, warmup=1, repeats=5, sample_repeats=3,
                 dtype="float32", attention="xla", text_length=8,
-                breakdown_size="base_gpu_350m"),
+                breakdown_size="base_gpu_350m", interleave=True),
     "gpu": Plan(train=("base_gpu_350m", "base_gpu_620m", "base_gpu_1b", "ssr_gpu_420m",
                        "tsr_gpu_210m"),
                 variant_size="base_gpu_620m",

@@ -9,6 +9,7 @@ before), every call ends in `jax.block_until_ready`, the median of several calls
 and the spread (min, max, (max - min) / median) says how far to trust it. On CPU only ratios
 between variants of one run mean anything.
 """
+import dataclasses
 import os
 import platform
 import statistics
@@ -101,10 +102,41 @@ def time_calls(run_once: Callable[[], Any], *, warmup: int, repeats: int) -> dic
     start = time.perf_counter()
     jax.block_until_ready(run_once())
     times.append(time.perf_counter() - start)
+  return _summary(times, repeats=repeats, warmup=warmup)
+
+
+@dataclasses.dataclass
+class Prepared:
+  """A compiled benchmark ready to time: `run_once()` makes one call (returns jax arrays);
+  `finish(timing)` turns the timing of `time_calls` into the result row and frees buffers."""
+  run_once: Callable[[], Any]
+  finish: Callable[[dict], dict]
+
+
+def time_interleaved(prepared: dict, *, warmup: int, repeats: int) -> dict:
+  """Times several prepared benchmarks in rounds (one call of each per round, the starting
+  one rotating), so that a change in the machine's load affects every variant alike; returns
+  {name: timing} in the format of `time_calls`."""
+  names = list(prepared)
+  for name in names:
+    for _ in range(max(0, warmup)):
+      jax.block_until_ready(prepared[name].run_once())
+  times = {name: [] for name in names}
+  for r in range(repeats):
+    for i in range(len(names)):
+      name = names[(r + i) % len(names)]
+      start = time.perf_counter()
+      jax.block_until_ready(prepared[name].run_once())
+      times[name].append(time.perf_counter() - start)
+  return {name: dict(_summary(t, repeats=repeats, warmup=warmup), interleaved=True)
+          for name, t in times.items()}
+
+
+def _summary(times: list, *, repeats: int, warmup: int) -> dict:
   median = statistics.median(times)
   return dict(median_s=median, min_s=min(times), max_s=max(times),
               spread=(max(times) - min(times)) / median if median > 0 else 0.0,
-              all_s=times, repeats=repeats, warmup=warmup)
+              all_s=times, repeats=repeats, warmup=warmup, interleaved=False)
 
 
 def compiled_stats(compiled, *, loop_trip_count: int = 1) -> dict:

@@ -119,10 +119,9 @@ class SamplingBench:
     fwd = jax.jit(lambda p, z, l, cd: self.model.apply({"params": p}, z, l, **cd))
     return common.lowered_flops(fwd.lower(self.params(), z, logsnr, cond))
 
-  def measure(self, *, num_steps: int, batch_size: int, warmup: int = 1,
-              repeats: int = 3) -> dict:
-    """Compiles and times the sampler: seconds per call, per video, videos/s and, with FLOPs
-    per video, TFLOP/s and MFU (None on CPU)."""
+  def prepare(self, *, num_steps: int, batch_size: int) -> common.Prepared:
+    """Compiles the sampler; returns the call to time and the function that turns its timing
+    into a row (see `measure`)."""
     params = self.params()
     cond, uncond = self.conditioning(batch_size)
     key = jax.random.key(1)
@@ -131,20 +130,33 @@ class SamplingBench:
         params, key, cond, uncond).compile()
     compile_s = time.perf_counter() - start
     mem = common.compiled_stats(compiled)
-    timing = common.time_calls(lambda: compiled(params, key, cond, uncond), warmup=warmup,
-                               repeats=repeats)
-    videos = np.asarray(jax.device_get(compiled(params, key, cond, uncond)))
     evals = num_steps * (2 if self.guided else 1)
     eval_flops = self.evaluation_flops(batch_size)
-    flops = eval_flops * num_steps * (2 if self.guided else 1) if eval_flops else None
-    call_s = timing["median_s"]
-    peak = flops_lib.peak_flops_per_device()
-    return dict(
-        mode=self.mode, num_steps=num_steps, batch_size=batch_size, guided=self.guided,
-        network_evaluations_per_video=evals, call_s=call_s, s_per_video=call_s / batch_size,
-        videos_per_s=batch_size / call_s, timing=timing, compile_s=compile_s,
-        flops_per_call=flops,
-        tflops_per_device=(flops / call_s / 1e12) if flops else None,
-        mfu=(flops / call_s / peak) if (flops and peak) else None,
-        temp_bytes=mem["temp_bytes"], peak_bytes=mem["peak_bytes"],
-        output_finite=bool(np.all(np.isfinite(videos))))
+    flops = eval_flops * evals if eval_flops else None
+
+    def run_once():
+      return compiled(params, key, cond, uncond)
+
+    def finish(timing):
+      videos = np.asarray(jax.device_get(run_once()))
+      call_s = timing["median_s"]
+      peak = flops_lib.peak_flops_per_device()
+      return dict(
+          mode=self.mode, num_steps=num_steps, batch_size=batch_size, guided=self.guided,
+          network_evaluations_per_video=evals, call_s=call_s, s_per_video=call_s / batch_size,
+          videos_per_s=batch_size / call_s, timing=timing, compile_s=compile_s,
+          flops_per_call=flops,
+          tflops_per_device=(flops / call_s / 1e12) if flops else None,
+          mfu=(flops / call_s / peak) if (flops and peak) else None,
+          temp_bytes=mem["temp_bytes"], peak_bytes=mem["peak_bytes"],
+          output_finite=bool(np.all(np.isfinite(videos))))
+
+    return common.Prepared(run_once=run_once, finish=finish)
+
+  def measure(self, *, num_steps: int, batch_size: int, warmup: int = 1,
+              repeats: int = 3) -> dict:
+    """Compiles and times the sampler: seconds per call, per video, videos/s and, with FLOPs
+    per video, TFLOP/s and MFU (None on CPU)."""
+    prepared = self.prepare(num_steps=num_steps, batch_size=batch_size)
+    return prepared.finish(common.time_calls(prepared.run_once, warmup=warmup,
+                                             repeats=repeats))

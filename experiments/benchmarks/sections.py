@@ -8,6 +8,9 @@
   breakdown   FLOPs of the base train step by layer type and operation class (jaxpr; no
               compile), and the FLOPs that remat policies add
 
+On a CPU plan (plan.interleave) the variants, and each stage's samplers, are timed in
+interleaved rounds so that the shared machine's changing load falls on all of them alike.
+
 `Context.execute` False is the dry run: every case is lowered (traced) only, or also compiled
 abstractly with `compile_abstract`, and nothing runs, so the accelerator plan can be checked on
 a CPU. Attention kernels that the backend lacks ('cudnn' off GPU, 'splash' off TPU) fall back to
@@ -80,18 +83,23 @@ def _config(ctx, size, *, batch, dtype=None, attention=None, remat="none"):
   return cfg, attention, note
 
 
-def _train_case(ctx, size, *, batch, dtype=None, attention=None, remat="none"):
+def _train_case(ctx, size, *, batch, dtype=None, attention=None, remat="none",
+                defer=False):
+  """The row of one train-step case; with `defer`, (row, Prepared or None) untimed."""
   cfg, used_attention, note = _config(ctx, size, batch=batch, dtype=dtype, attention=attention,
                                       remat=remat)
   frames, height, width = cfg.frames, cfg.height, cfg.width
   row = dict(size=size, kind=cases.kind_of(size), model=_model_size(ctx, size),
              geometry=[frames, height, width], batch_size=batch, dtype=cfg.model.dtype,
              attention=used_attention, remat=remat, note=note)
+  prepared = None
   try:
     bench = train_step.TrainStepBench(cfg, devices=ctx.devices)
     if ctx.execute:
-      row.update(bench.measure(batch_size=batch, warmup=ctx.plan.warmup,
-                               repeats=ctx.plan.repeats))
+      prepared = bench.prepare(batch_size=batch)
+      if not defer:
+        row.update(prepared.finish(common.time_calls(
+            prepared.run_once, warmup=ctx.plan.warmup, repeats=ctx.plan.repeats)))
     else:
       key = (row["model"], batch, row["dtype"], used_attention, remat)
       if key not in ctx.dry_cache:   # tiny models make several sizes the same program
@@ -100,7 +108,24 @@ def _train_case(ctx, size, *, batch, dtype=None, attention=None, remat="none"):
   except Exception as e:  # pylint: disable=broad-except
     row["error"] = common.error_text(e)
     log(f"  error: {row['error']}")
-  return row
+    prepared = None
+  return (row, prepared) if defer else row
+
+
+def _time_together(pending: list, *, warmup: int, repeats: int) -> None:
+  """Times the prepared cases of `pending` [(row, Prepared or None)] in interleaved rounds
+  and fills their rows."""
+  ready = {i: p for i, (_, p) in enumerate(pending) if p is not None}
+  if not ready:
+    return
+  try:
+    timings = common.time_interleaved(ready, warmup=warmup, repeats=repeats)
+  except Exception as e:  # pylint: disable=broad-except
+    for i in ready:
+      pending[i][0]["error"] = common.error_text(e)
+    return
+  for i, timing in timings.items():
+    pending[i][0].update(ready[i].finish(timing))
 
 
 def _dry_train(ctx, bench, batch):
@@ -126,62 +151,88 @@ def train(ctx: Context) -> list:
 
 def variants(ctx: Context, baseline: Optional[dict] = None) -> list:
   """Remat policies, the other dtype and the other attention kernels on plan.variant_size at
-  plan.variant_batch (one batch that every variant fits, fp32 included). `baseline` (the train
-  row of that size at that batch, if measured) is reused as the none/plan row."""
+  plan.variant_batch (one batch that every variant fits, fp32 included).
+
+  With plan.interleave (CPU) the baseline is compiled again and all variants are timed in
+  interleaved rounds; otherwise `baseline` (the train row of that size at that batch, if
+  measured) is reused and each variant is timed on its own."""
   p, size = ctx.plan, ctx.plan.variant_size
   batch = p.variant_batch or p.train_batch
-  if baseline is not None and baseline.get("batch_size") != batch:
-    baseline = None
-  base = baseline or _train_case(ctx, size, batch=batch)
-  rows = [dict(base, variant="baseline")]
-  for remat in p.variant_remats:
-    log(f"variant remat={remat}")
-    rows.append(dict(_train_case(ctx, size, batch=batch, remat=remat), variant=f"remat={remat}"))
+  cases_ = [("baseline", {})] + [(f"remat={r}", dict(remat=r)) for r in p.variant_remats]
   if p.other_dtype:
     other = "float32" if p.dtype == "bfloat16" else "bfloat16"
-    log(f"variant dtype={other}")
-    rows.append(dict(_train_case(ctx, size, batch=batch, dtype=other),
-                     variant=f"dtype={other}"))
+    cases_.append((f"dtype={other}", dict(dtype=other)))
+  together = p.interleave and ctx.execute and len(cases_) > 1
+  if together or (baseline is not None and baseline.get("batch_size") != batch):
+    baseline = None
+  pending, skipped = [], []
+  for name, kw in cases_:
+    if name == "baseline" and baseline is not None:
+      pending.append((dict(baseline), None))
+      continue
+    log(f"variant {name}")
+    if together:
+      pending.append(_train_case(ctx, size, batch=batch, defer=True, **kw))
+    else:
+      pending.append((_train_case(ctx, size, batch=batch, **kw), None))
+  if together:
+    log(f"timing {len(pending)} variants in interleaved rounds")
+    _time_together(pending, warmup=p.warmup, repeats=p.repeats)
+  rows = [dict(row, variant=name) for (name, _), (row, _) in zip(cases_, pending)]
+  base_attention = rows[0].get("attention", p.attention)
   for impl in ATTENTION_PLATFORM:
-    if impl == base["attention"]:
+    if impl == base_attention:
       continue
     reason = attention_available(impl)
     if reason is not None:
-      rows.append(dict(size=size, variant=f"attention={impl}", attention=impl,
-                       skipped=reason))
+      skipped.append(dict(size=size, variant=f"attention={impl}", attention=impl,
+                          skipped=reason))
       continue
     log(f"variant attention={impl}")
     rows.append(dict(_train_case(ctx, size, batch=batch, attention=impl),
                      variant=f"attention={impl}"))
-  return rows
+  return rows + skipped
 
 
 def sampling(ctx: Context) -> list:
+  """Sampler latency per stage and step count; with plan.interleave (CPU) the step counts of
+  one stage are timed in interleaved rounds (plan.sample_repeats rounds)."""
   rows = []
-  for size in ctx.plan.sampling:
-    for num_steps, mode in ctx.plan.sampling_steps:
-      cfg, used_attention, note = _config(ctx, size, batch=ctx.plan.sample_batch)
+  p = ctx.plan
+  for size in p.sampling:
+    pending = []
+    for num_steps, mode in p.sampling_steps:
+      cfg, used_attention, note = _config(ctx, size, batch=p.sample_batch)
       row = dict(size=size, kind=cases.kind_of(size), model=_model_size(ctx, size),
-                 mode=mode, num_steps=num_steps, batch_size=ctx.plan.sample_batch,
+                 mode=mode, num_steps=num_steps, batch_size=p.sample_batch,
                  dtype=cfg.model.dtype, attention=used_attention, note=note)
       log(f"sampling {size} {mode} {num_steps} steps")
+      prepared = None
       try:
         bench = sampling_bench.SamplingBench(cfg, mode)
         if ctx.execute:
-          repeats = ctx.plan.sample_repeats if num_steps > 64 else ctx.plan.repeats
-          row.update(bench.measure(num_steps=num_steps, batch_size=ctx.plan.sample_batch,
-                                   warmup=ctx.plan.warmup, repeats=repeats))
+          prepared = bench.prepare(num_steps=num_steps, batch_size=p.sample_batch)
+          if not p.interleave:
+            repeats = p.sample_repeats if num_steps > 64 else p.repeats
+            row.update(prepared.finish(common.time_calls(
+                prepared.run_once, warmup=p.warmup, repeats=repeats)))
+            prepared = None
         else:
           start = time.perf_counter()
-          cond, uncond = bench.conditioning(ctx.plan.sample_batch)
-          jax.jit(bench.sample_fn(num_steps=num_steps, batch_size=ctx.plan.sample_batch)
+          cond, uncond = bench.conditioning(p.sample_batch)
+          jax.jit(bench.sample_fn(num_steps=num_steps, batch_size=p.sample_batch)
                   ).lower(bench.params(), jax.random.key(0), cond, uncond)
           row.update(lower_s=time.perf_counter() - start, guided=bench.guided,
                      network_evaluations_per_video=num_steps * (2 if bench.guided else 1))
       except Exception as e:  # pylint: disable=broad-except
         row["error"] = common.error_text(e)
         log(f"  error: {row['error']}")
-      rows.append(row)
+        prepared = None
+      pending.append((row, prepared))
+    if ctx.execute and p.interleave:
+      log(f"timing {size}'s samplers in interleaved rounds")
+      _time_together(pending, warmup=p.warmup, repeats=p.sample_repeats)
+    rows += [row for row, _ in pending]
   return rows
 
 

@@ -172,14 +172,9 @@ class TrainStepBench:
         nonfinite_count=zero(shardings.nonfinite_count),
         consecutive_nonfinite=zero(shardings.consecutive_nonfinite))
 
-  def measure(self, *, batch_size: Optional[int] = None, warmup: int = 1,
-              repeats: int = 5) -> dict:
-    """Compiles and times the real step; returns a row of throughput, FLOPs and memory.
-
-    Examples/s and frames/s are global; TFLOP/s and MFU are per device (XLA's FLOPs of the
-    partitioned program per device over the median step time; MFU against the chip's peak
-    dense bf16 rate, None on CPU).
-    """
+  def prepare(self, *, batch_size: Optional[int] = None) -> "common.Prepared":
+    """Compiles the real step on a random state and batch; returns the call to time and the
+    function that turns its timing into a row (see `measure`)."""
     b = int(batch_size or self.config.train.batch_size)
     sharding_lib.check_batch_divisible(b, self.mesh, self.rules)
     state = self.random_state()
@@ -194,25 +189,40 @@ class TrainStepBench:
     # model skipped a custom call, e.g. a cuDNN kernel, would show as a large gap).
     stats["flops_unoptimized"] = common.lowered_flops(lowered)
     holder = [state]
+    params = state_lib.param_count(state.params)
+    del state
 
     def run_once():
       holder[0], metrics = compiled(holder[0], batch)
       return holder[0].step, metrics["loss"]
 
-    timing = common.time_calls(run_once, warmup=warmup, repeats=repeats)
-    loss = float(np.asarray(jax.device_get(run_once()[1])))
-    step_s = timing["median_s"]
-    flops = stats["flops"]
-    peak = flops_lib.peak_flops_per_device(self.devices[0])
-    row = dict(
-        batch_size=b, frames=int(self.config.frames), params=state_lib.param_count(state.params),
-        devices=len(self.devices), step_s=step_s, timing=timing, compile_s=compile_s,
-        examples_per_s=b / step_s, frames_per_s=b * int(self.config.frames) / step_s,
-        tflops_per_device=(flops / step_s / 1e12) if flops else None,
-        mfu=(flops / step_s / peak) if (flops and peak) else None,
-        loss_finite=bool(np.isfinite(loss)), **stats)
-    del holder, state
-    return row
+    def finish(timing):
+      loss = float(np.asarray(jax.device_get(run_once()[1])))
+      holder.clear()      # frees the state
+      step_s = timing["median_s"]
+      flops = stats["flops"]
+      peak = flops_lib.peak_flops_per_device(self.devices[0])
+      return dict(
+          batch_size=b, frames=int(self.config.frames), params=params,
+          devices=len(self.devices), step_s=step_s, timing=timing, compile_s=compile_s,
+          examples_per_s=b / step_s, frames_per_s=b * int(self.config.frames) / step_s,
+          tflops_per_device=(flops / step_s / 1e12) if flops else None,
+          mfu=(flops / step_s / peak) if (flops and peak) else None,
+          loss_finite=bool(np.isfinite(loss)), **stats)
+
+    return common.Prepared(run_once=run_once, finish=finish)
+
+  def measure(self, *, batch_size: Optional[int] = None, warmup: int = 1,
+              repeats: int = 5) -> dict:
+    """Compiles and times the real step; returns a row of throughput, FLOPs and memory.
+
+    Examples/s and frames/s are global; TFLOP/s and MFU are per device (XLA's FLOPs of the
+    partitioned program per device over the median step time; MFU against the chip's peak
+    dense bf16 rate, None on CPU).
+    """
+    prepared = self.prepare(batch_size=batch_size)
+    return prepared.finish(common.time_calls(prepared.run_once, warmup=warmup,
+                                             repeats=repeats))
 
   def largest_batch(self, *, limit_bytes: float, max_batch: int = 4096,
                     max_compiles: int = 10) -> dict:
