@@ -30,6 +30,14 @@ def _flops(row):
   return row.get("flops") or row.get("flops_unoptimized")
 
 
+def _model_tflops(base, row):
+  """TFLOP/s per device counting the baseline's FLOPs (no remat recomputation) over the
+  variant's step time: what MFU should use for a remat variant, since XLA's count of a remat
+  program includes the recomputed forward."""
+  flops, step = _flops(base), row.get("step_s")
+  return flops / step / 1e12 if (flops and step) else None
+
+
 def _ratio(a, b):
   return None if (a is None or b is None or not b) else a / b
 
@@ -80,18 +88,20 @@ def train_table(rows: list) -> list:
 def variants_table(rows: list) -> list:
   base = next((r for r in rows if r.get("variant") == "baseline"), {})
   lines = [f"Baseline: {base.get('size')} ({base.get('dtype')}, {base.get('attention')} "
-           f"attention, remat {base.get('remat')}, batch {base.get('batch_size')}).", "",
+           f"attention, remat {base.get('remat')}, batch {base.get('batch_size')}). 'model "
+           f"TFLOP/s' counts the baseline's FLOPs (no recomputation) over each variant's time.",
+           "",
            "| variant | step ms | spread | time / baseline | GFLOP/step | FLOPs / baseline | "
-           "peak MiB | peak / baseline | temp MiB | temp / baseline |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "model TFLOP/s/dev | peak MiB | peak / baseline | temp MiB | temp / baseline |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     if "error" in r or "skipped" in r:
-      lines.append(f"| {r['variant']} | {r.get('error') or r.get('skipped')} |" + " |" * 8)
+      lines.append(f"| {r['variant']} | {r.get('error') or r.get('skipped')} |" + " |" * 9)
       continue
     ratio = lambda k: _f(_ratio(r.get(k), base.get(k)), "{:.2f}x")
     lines.append(f"| {r['variant']} | {_ms(r)} | {_spread(r)} | {ratio('step_s')} | "
                  f"{_gflop(_flops(r))} | {_f(_ratio(_flops(r), _flops(base)), '{:.2f}x')} | "
-                 f"{_mib(r.get('peak_bytes'))} | "
+                 f"{_f(_model_tflops(base, r))} | {_mib(r.get('peak_bytes'))} | "
                  f"{ratio('peak_bytes')} | {_mib(r.get('temp_bytes'))} | {ratio('temp_bytes')} |")
   return lines
 
@@ -198,3 +208,22 @@ def markdown(results: dict, title: Optional[str] = None) -> str:
     lines += ["#### Ratios within this run", "", "| ratio | value |", "|---|---|"]
     lines += [f"| {k} | {v:.3g} |" for k, v in rat.items()] + [""]
   return "\n".join(lines)
+
+
+def main(argv=None):
+  """Re-renders the markdown of a results JSON: python -m experiments.benchmarks.report F."""
+  import json  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  paths = (argv if argv is not None else sys.argv[1:])
+  if len(paths) != 1:
+    raise SystemExit("usage: python -m experiments.benchmarks.report results_<size>.json")
+  with open(paths[0], encoding="utf-8") as f:
+    results = json.load(f)
+  text = markdown(results, title=f"Results: `--size={results['size']}`")
+  with open(paths[0][:-len(".json")] + ".md", "w", encoding="utf-8") as f:
+    f.write(text + "\n")
+  print(text)
+
+
+if __name__ == "__main__":
+  main()
