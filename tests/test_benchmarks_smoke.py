@@ -90,8 +90,12 @@ def test_smoke_variants_sampling_and_breakdown(smoke_results):
   assert b["total_flops"] == sum(b["by_class"].values()) == sum(b["by_block"].values())
   assert b["by_class"]["conv"] > 0 and b["by_class"]["attention"] > 0
   assert b["by_block"]["temporal_attn"] > 0 and b["by_block"]["outside_model"] > 0
+  assert set(b["level_share"]) >= {"0", "1", "mid", "-"}
+  assert sum(sum(r.values()) for r in b["level_share"].values()) == pytest.approx(1.0)
   none = b["per_remat"]["none"]
   assert none["residual_bytes_per_example"] > 0 and none["state_bytes"] > 0
+  assert sum(none["residuals_batch2_by_dtype"].values()) == sum(
+      none["residuals_batch2_by_producer"].values()) > 0
   assert none["xla_unoptimized_flops"] > 0
 
 
@@ -179,6 +183,9 @@ def test_flops_breakdown_counts_convs_matmuls_and_attention_exactly():
   assert table[("spatial_attn", "attention")] == 2 * (2 * 3 * 10 * 12) * 8
   assert table[("spatial_attn", "dense")] == 2 * (72 * 5) * 4
   assert table[("outside_model", "elementwise")] == 72 * 5          # exp outside the scopes
+  assert flops_breakdown.level_of("transpose(jvp(SpaceTimeUNet))/up2_1_temporal_attn/x") == "2"
+  assert flops_breakdown.level_of("jvp(SpaceTimeUNet)/mid_res0/conv1") == "mid"
+  assert flops_breakdown.level_of("jvp(SpaceTimeUNet)/cond/logsnr") == "-"
   summary = flops_breakdown.summarize(table)
   assert summary["total_flops"] == sum(table.values())
   assert np.isclose(sum(summary["class_share"].values()), 1.0)
@@ -186,12 +193,14 @@ def test_flops_breakdown_counts_convs_matmuls_and_attention_exactly():
 
 def test_cli_rejects_unknown_sections_sizes_and_batches():
   for bad in (["--sections=train,nonsense"], ["--only-sizes=base_huge"],
-              ["--train-batch=base_gpu_1b:zero"], ["--train-batch=nope:3"]):
+              ["--train-batch=base_gpu_1b:zero"], ["--train-batch=nope:3"],
+              ["--grad-accum=0"]):
     with pytest.raises(SystemExit):
       run_all.parse_args(bad)
   args = run_all.parse_args(["--size=gpu", "--sections=max_batch,train",
-                             "--only-sizes=base_gpu_1b", "--train-batch=base_gpu_1b:6"])
+                             "--only-sizes=base_gpu_1b", "--train-batch=base_gpu_1b:6",
+                             "--grad-accum=2"])
   assert args.sections == ("max_batch", "train") and args.only_sizes == ("base_gpu_1b",)
-  assert args.train_batch == {"base_gpu_1b": 6}
+  assert args.train_batch == {"base_gpu_1b": 6} and args.grad_accum == 2
   json_path, _ = run_all.output_paths(args, "gpu")
-  assert json_path.endswith("results_gpu_max_batch-train_base_gpu_1b.json")
+  assert json_path.endswith("results_gpu_max_batch-train_base_gpu_1b_accum2.json")

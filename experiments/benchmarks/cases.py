@@ -148,9 +148,10 @@ PLANS = {
 
 def stage_config(size: str, *, dtype: str = "float32", attention: str = "xla",
                  remat: str = "none", text_length: int = 8, batch_size: int = 1,
-                 model_overrides: Optional[dict] = None):
+                 grad_accum: int = 1, model_overrides: Optional[dict] = None):
   """The experiment config of size `size` (a key of SIZES) with the given compute dtype,
-  attention implementation and remat policy. `model_overrides` change model keys after."""
+  attention implementation, remat policy and gradient-accumulation microbatches.
+  `model_overrides` change model keys after."""
   if size not in SIZES:
     raise ValueError(f"unknown benchmark size {size!r}; one of {sorted(SIZES)}")
   kind, overrides, (frames, height, width), lowres = SIZES[size]
@@ -168,6 +169,7 @@ def stage_config(size: str, *, dtype: str = "float32", attention: str = "xla",
     c.data.lowres_frames, c.data.lowres_height, c.data.lowres_width = lowres
   t = c.train
   t.batch_size = batch_size
+  t.grad_accum_steps = int(grad_accum)
   t.lr_schedule, t.warmup_steps, t.lr = "constant", 0, 1e-4
   c.sharding.mesh_shape = (-1, 1, 1)
   return c

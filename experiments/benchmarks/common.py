@@ -166,14 +166,15 @@ def compiled_stats(compiled, *, loop_trip_count: int = 1) -> dict:
   return out
 
 
-def lowered_flops(lowered) -> Optional[float]:
-  """XLA's FLOP count of a lowered (unoptimized, not yet partitioned) module; None if absent."""
+def lowered_flops(lowered, *, loop_trip_count: int = 1) -> Optional[float]:
+  """XLA's FLOP count of a lowered (unoptimized, not yet partitioned) module, a while loop's
+  body scaled by `loop_trip_count` as in `compiled_stats`; None if absent."""
   try:
     cost = lowered.cost_analysis()
   except Exception:  # pylint: disable=broad-except
     return None
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost["flops"]) if cost and cost.get("flops") else None
+  return float(cost["flops"]) * loop_trip_count if cost and cost.get("flops") else None
 
 
 def timed_compile(lowerable: Callable[[], Any]) -> tuple[Any, float, float]:

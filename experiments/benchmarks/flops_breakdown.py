@@ -123,8 +123,19 @@ def _eqn_flops(eqn) -> int:
   return sum(_size(v.aval) for v in eqn.outvars)
 
 
-def breakdown(closed_jaxpr) -> dict:
-  """{(block, op_class): FLOPs} of a (closed) jaxpr, nested jaxprs included."""
+def level_of(path: str) -> str:
+  """The U-Net level ('0', '1', ...; 'mid' for the middle block) of a name-stack path, or
+  '-' outside the level structure (conditioning, conv_in/out, loss, optimizer)."""
+  m = re.search(r"(?:^|[/()])(?:down|up)(\d+)_", path)
+  if m:
+    return m.group(1)
+  return "mid" if re.search(r"(?:^|[/()])mid_", path) else "-"
+
+
+def breakdown(closed_jaxpr, *, group=None) -> dict:
+  """{(group, op_class): FLOPs} of a (closed) jaxpr, nested jaxprs included; the group of an
+  equation is `group(name-stack path)`, by default its block (`block_of`)."""
+  group = group or block_of
   table = collections.Counter()
 
   def walk(jaxpr, prefix, mult):
@@ -143,7 +154,7 @@ def breakdown(closed_jaxpr) -> dict:
         continue
       flops = _eqn_flops(eqn)
       if flops:
-        table[(block_of(path), op_class(eqn, path))] += mult * flops
+        table[(group(path), op_class(eqn, path))] += mult * flops
 
   def _total_of(j):
     sub = collections.Counter()
@@ -165,3 +176,11 @@ def summarize(table: dict) -> dict:
   share = lambda d: {k: (v / total if total else 0.0) for k, v in d.items()}
   return dict(total_flops=total, by_class=by_class, by_block=by_block,
               class_share=share(by_class), block_share=share(by_block), matrix=matrix)
+
+
+def by_level(table: dict) -> dict:
+  """{level: {op_class: share of the total}} of a `breakdown(..., group=level_of)` table."""
+  total = sum(table.values())
+  levels = sorted({lv for lv, _ in table},
+                  key=lambda x: (0, int(x)) if x.isdigit() else ((1, 0) if x == "mid" else (2, 0)))
+  return {lv: {c: table.get((lv, c), 0) / total for c in OP_CLASSES} for lv in levels}

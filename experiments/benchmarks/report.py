@@ -51,8 +51,10 @@ def header(results: dict) -> list:
            f"{m1['load_average']}.",
            f"XLA_FLAGS: `{results['xla_flags'] or '(none)'}`, XLA_PYTHON_CLIENT_MEM_FRACTION "
            f"{results.get('mem_fraction')}. Timings: median of "
-           f"{results['plan']['repeats']} calls after {results['plan']['warmup']} warm-up "
-           f"call(s), each ended by block_until_ready; 'spread' = (max - min) / median."]
+           f"{results['plan']['repeats']} calls (samplers: {results['plan']['sample_repeats']}"
+           f"{' rounds' if results['plan'].get('interleave') else ' for > 64 steps'}) after "
+           f"{results['plan']['warmup']} warm-up call(s), each ended by block_until_ready; "
+           f"'spread' = (max - min) / median."]
   if m0["backend"] == "cpu":
     lines.append("CPU backend: absolute times only compare variants within this run (ratios "
                  "below); MFU is not defined (no peak rate for a CPU). XLA's CPU compiler does "
@@ -157,6 +159,21 @@ def breakdown_tables(b: dict) -> list:
     lines.append(f"| {block} | {cells} | **{100 * b['by_block'][block] / total:.1f}%** |")
   lines.append("| **class total** | " + " | ".join(
       f"**{100 * b['by_class'][c] / total:.1f}%**" for c in classes) + " | 100% |")
+  if b.get("level_share"):
+    lines += ["", "| U-Net level | " + " | ".join(classes) + " | level total |",
+              "|---|" + "---|" * (len(classes) + 1)]
+    for level, row in b["level_share"].items():
+      cells = " | ".join(f"{100 * row[c]:.1f}%" for c in classes)
+      lines.append(f"| {level} | {cells} | **{100 * sum(row.values()):.1f}%** |")
+  none_res = b["per_remat"].get("none", {})
+  if none_res.get("residuals_batch2_by_producer"):
+    tot = sum(none_res["residuals_batch2_by_producer"].values())
+    parts = ", ".join(f"{k} {100 * v / tot:.1f}%" for k, v in sorted(
+        none_res["residuals_batch2_by_producer"].items(), key=lambda kv: -kv[1]))
+    dts = ", ".join(f"{k} {100 * v / tot:.1f}%" for k, v in sorted(
+        none_res["residuals_batch2_by_dtype"].items(), key=lambda kv: -kv[1]))
+    lines += ["", f"Saved for the backward pass at remat none, batch 2, by producer: {parts}; "
+              f"by dtype: {dts}."]
   lines += ["", "| remat | GFLOP (jaxpr) | vs none | conv GFLOP | dense GFLOP | saved "
             "activations MiB / example | vs none | fixed residuals MiB | predicted largest "
             "batch, 80 GB |", "|---|---|---|---|---|---|---|---|---|"]

@@ -60,6 +60,9 @@ def parse_args(argv=None):
   p.add_argument("--only-sizes", default="",
                  help="comma-separated sizes: restrict every section to these (split a GPU "
                       "run over several calls)")
+  p.add_argument("--grad-accum", type=int, default=1,
+                 help="train.grad_accum_steps of every train case (the batch is split into "
+                      "this many microbatches; one optimizer update per step)")
   p.add_argument("--train-batch", default="",
                  help="per-size train batches, e.g. base_gpu_1b:6,base_gpu_350m:24")
   args = p.parse_args(argv)
@@ -74,6 +77,8 @@ def parse_args(argv=None):
       p.error(f"--train-batch entry {item!r}: use size:N with a known size and N >= 1")
     batches[size] = int(n)
   args.train_batch = batches
+  if args.grad_accum < 1:
+    p.error(f"--grad-accum={args.grad_accum} must be >= 1")
   chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
   unknown = sorted(set(chosen) - set(SECTIONS))
   if unknown:
@@ -109,10 +114,12 @@ def run(args) -> dict:
   ctx = sections.Context(plan=plan, execute=args.dry_run is None,
                          compile_abstract=args.dry_run == "compile",
                          devices=tuple(jax.local_devices()[:args.devices]),
-                         memory_limit_bytes=limit, tiny_models=args.tiny_models)
+                         memory_limit_bytes=limit, tiny_models=args.tiny_models,
+                         grad_accum=args.grad_accum)
   start = time.perf_counter()
   results = dict(
       benchmark="vdm_jax suite", size=size, dry_run=args.dry_run, tiny_models=args.tiny_models,
+      grad_accum=args.grad_accum,
       started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       command=" ".join(["python -m experiments.benchmarks.run_all"] + sys.argv[1:]),
       xla_flags=os.environ.get("XLA_FLAGS", ""),
@@ -151,6 +158,8 @@ def output_paths(args, size: str) -> tuple:
     stem += "_" + "-".join(args.sections)
   if args.only_sizes:
     stem += "_" + "-".join(args.only_sizes)
+  if args.grad_accum > 1:
+    stem += f"_accum{args.grad_accum}"
   return os.path.join(out, stem + ".json"), os.path.join(out, stem + ".md")
 
 

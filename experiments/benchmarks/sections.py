@@ -43,6 +43,7 @@ class Context:
   devices: tuple = ()
   memory_limit_bytes: Optional[float] = None
   tiny_models: bool = False
+  grad_accum: int = 1
   fill_batch: dict = dataclasses.field(default_factory=dict)
   dry_cache: dict = dataclasses.field(default_factory=dict)
 
@@ -79,7 +80,8 @@ def _config(ctx, size, *, batch, dtype=None, attention=None, remat="none"):
   if attention == "cudnn" and dtype == "float32":
     note, attention = "cuDNN attention takes bf16/fp16 only: used 'xla' for float32", "xla"
   cfg = cases.stage_config(_model_size(ctx, size), dtype=dtype, attention=attention,
-                           remat=remat, text_length=ctx.plan.text_length, batch_size=batch)
+                           remat=remat, text_length=ctx.plan.text_length, batch_size=batch,
+                           grad_accum=ctx.grad_accum)
   return cfg, attention, note
 
 
@@ -91,7 +93,7 @@ def _train_case(ctx, size, *, batch, dtype=None, attention=None, remat="none",
   frames, height, width = cfg.frames, cfg.height, cfg.width
   row = dict(size=size, kind=cases.kind_of(size), model=_model_size(ctx, size),
              geometry=[frames, height, width], batch_size=batch, dtype=cfg.model.dtype,
-             attention=used_attention, remat=remat, note=note)
+             attention=used_attention, remat=remat, grad_accum=ctx.grad_accum, note=note)
   prepared = None
   try:
     bench = train_step.TrainStepBench(cfg, devices=ctx.devices)
@@ -132,11 +134,12 @@ def _dry_train(ctx, bench, batch):
   start = time.perf_counter()
   lowered = bench.lower(batch)
   out = dict(params=bench.param_count(), lower_s=time.perf_counter() - start,
-             flops_unoptimized=common.lowered_flops(lowered))
+             flops_unoptimized=common.lowered_flops(lowered, loop_trip_count=ctx.grad_accum))
   if ctx.compile_abstract:
     start = time.perf_counter()
     compiled = lowered.compile()
-    out.update(common.compiled_stats(compiled), compile_s=time.perf_counter() - start)
+    out.update(common.compiled_stats(compiled, loop_trip_count=ctx.grad_accum),
+               compile_s=time.perf_counter() - start)
   return out
 
 
@@ -287,18 +290,23 @@ def breakdown(ctx: Context) -> dict:
     summary = flops_breakdown.summarize(flops_breakdown.breakdown(closed))
     # XLA's own count as a check of the jaxpr count (one lowering).
     xla_flops = common.lowered_flops(bench.lower(1)) if remat == "none" else None
-    res1, res2 = bench.saved_residual_bytes(1), bench.saved_residual_bytes(2)
+    res1 = bench.saved_residual_bytes(1)
+    res2, res2_dtype, res2_producer = bench.saved_residual_bytes(2, detail=True)
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
     grad_bytes = sum(x.size * 4 for x in jax.tree.leaves(state.params))
     per_example, fixed = res2 - res1, 2 * res1 - res2
     entry = dict(jaxpr_flops=summary["total_flops"],
                  xla_unoptimized_flops=xla_flops,
                  by_class=summary["by_class"], residual_bytes_per_example=per_example,
-                 residual_bytes_fixed=fixed, state_bytes=state_bytes, grad_bytes=grad_bytes,
+                 residual_bytes_fixed=fixed, residuals_batch2_by_dtype=res2_dtype,
+                 residuals_batch2_by_producer=res2_producer, state_bytes=state_bytes,
+                 grad_bytes=grad_bytes,
                  predicted_max_batch_80gb=int(
                      (PREDICT_DEVICE_BYTES - state_bytes - grad_bytes - fixed) // per_example)
                  if per_example > 0 else None)
     if remat == "none":
+      levels = flops_breakdown.breakdown(closed, group=flops_breakdown.level_of)
+      out["level_share"] = flops_breakdown.by_level(levels)
       out.update(summary, params=state_lib.param_count(state.params),
                  geometry=list(cases.geometry(size)), dtype=cfg.model.dtype)
     out["per_remat"][remat] = entry

@@ -119,14 +119,17 @@ class TrainStepBench:
     compiled, lower_s, compile_s = common.timed_compile(lambda: self.lower(batch_size))
     return compiled, lower_s + compile_s
 
-  def saved_residual_bytes(self, batch_size: int) -> int:
+  def saved_residual_bytes(self, batch_size: int, *, detail: bool = False):
     """Bytes of the values the backward pass keeps from the forward pass (jax.vjp residuals
     of the loss w.r.t. the parameters, excluding the parameters themselves), by tracing only.
 
     This is the activation memory each remat policy leaves, independent of the backend: XLA's
     CPU compiler does not realize remat savings in its buffer assignment (jax issue #19822),
-    so memory_analysis on CPU cannot show them.
+    so memory_analysis on CPU cannot show them. With `detail`, returns (total, {dtype: bytes},
+    {producer: bytes}) where producer is 'norm' (inside a GroupNorm/LayerNorm), 'softmax'
+    (attention probabilities), or the U-Net block that made the value.
     """
+    from experiments.benchmarks import flops_breakdown  # pylint: disable=g-import-not-at-top
     state, batch = self.abstract_args(batch_size)
     key = jax.random.key(0)
 
@@ -135,14 +138,31 @@ class TrainStepBench:
       return jax.tree.leaves(vjp_fn)
 
     closed = jax.make_jaxpr(residuals)(state.params, batch)
+    producer = {o: e for e in closed.jaxpr.eqns for o in e.outvars}
     inputs = set(closed.jaxpr.invars)
     seen, total = set(), 0
+    by_dtype, by_producer = {}, {}
     for v in closed.jaxpr.outvars:
       if v in inputs or v in seen or not hasattr(v, "aval"):
         continue
       seen.add(v)
-      total += int(np.prod(v.aval.shape)) * np.dtype(v.aval.dtype).itemsize
-    return total
+      n = int(np.prod(v.aval.shape)) * np.dtype(v.aval.dtype).itemsize
+      total += n
+      if detail:
+        eqn = producer.get(v)
+        path = str(eqn.source_info.name_stack) if eqn is not None else ""
+        segments = [x for x in path.replace("(", "/").replace(")", "/").split("/") if x]
+        if any(flops_breakdown._NORM_SEGMENT.match(x) or x.startswith("GroupNorm")  # pylint: disable=protected-access
+               for x in segments):
+          kind = "norm"
+        elif eqn is not None and segments and segments[-1] == "attention" and (
+            eqn.primitive.name in ("exp", "jit", "pjit", "div")):
+          kind = "softmax"
+        else:
+          kind = flops_breakdown.block_of(path)
+        by_dtype[str(v.aval.dtype)] = by_dtype.get(str(v.aval.dtype), 0) + n
+        by_producer[kind] = by_producer.get(kind, 0) + n
+    return (total, by_dtype, by_producer) if detail else total
 
   def param_count(self) -> int:
     target, _ = self._abstract_state()
@@ -184,10 +204,13 @@ class TrainStepBench:
     lowered = self.step_fn(b).lower(state, batch)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
-    stats = common.compiled_stats(compiled)
+    # XLA counts a while loop's body once: scale by the microbatches of gradient accumulation.
+    stats = common.compiled_stats(
+        compiled, loop_trip_count=int(self.config.train.grad_accum_steps))
     # XLA's count before optimization: a check on the compiled count (a backend whose cost
     # model skipped a custom call, e.g. a cuDNN kernel, would show as a large gap).
-    stats["flops_unoptimized"] = common.lowered_flops(lowered)
+    stats["flops_unoptimized"] = common.lowered_flops(
+        lowered, loop_trip_count=int(self.config.train.grad_accum_steps))
     holder = [state]
     params = state_lib.param_count(state.params)
     del state
