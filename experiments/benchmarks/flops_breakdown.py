@@ -38,7 +38,12 @@ _LAYOUT = frozenset((
     "scatter", "scatter-add", "scatter_add", "clamp"))
 _REDUCTIONS = frozenset(("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax",
                          "reduce_or", "reduce_and", "cumsum", "cumlogsumexp", "cummax"))
-_NORM_SEGMENT = re.compile(r"^(norm\d*|norm_out|text_norm)$")
+_NORM_SEGMENT = re.compile(r"^(norm\d*|norm_out|text_norm|GroupNorm_\d+|LayerNorm_\d+)$")
+
+
+def is_norm_path(path: str) -> bool:
+  """Whether a name-stack path lies inside a GroupNorm / LayerNorm module."""
+  return any(_NORM_SEGMENT.match(s) for s in re.split(r"[/()]", path) if s)
 
 
 def _nested(eqn):
@@ -106,8 +111,7 @@ def op_class(eqn, path: str) -> str:
   if name == "dot_general":
     (_, _), (batch_l, _) = eqn.params["dimension_numbers"]
     return "attention" if batch_l else "dense"
-  segments = [s for s in re.split(r"[/()]", path) if s]
-  return "norm" if any(_NORM_SEGMENT.match(s) for s in segments) else "elementwise"
+  return "norm" if is_norm_path(path) else "elementwise"
 
 
 def _eqn_flops(eqn) -> int:

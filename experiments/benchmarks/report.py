@@ -44,8 +44,9 @@ def _ratio(a, b):
 
 def header(results: dict) -> list:
   m0, m1 = results["machine"], results["machine_end"]
+  dry = f" (dry run: {results['dry_run']})" if results["dry_run"] else ""
   lines = [f"Machine: {common.describe_machine(m0)}.",
-           f"Size `{results['size']}`{' (dry run: ' + results['dry_run'] + ')' if results['dry_run'] else ''}, "
+           f"Size `{results['size']}`{dry}, "
            f"started {results['started']}, {results['wall_s']:.0f} s wall. "
            f"Load average (1/5/15 min) at the start {m0['load_average']}, at the end "
            f"{m1['load_average']}.",

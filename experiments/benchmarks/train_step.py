@@ -152,8 +152,7 @@ class TrainStepBench:
         eqn = producer.get(v)
         path = str(eqn.source_info.name_stack) if eqn is not None else ""
         segments = [x for x in path.replace("(", "/").replace(")", "/").split("/") if x]
-        if any(flops_breakdown._NORM_SEGMENT.match(x) or x.startswith("GroupNorm")  # pylint: disable=protected-access
-               for x in segments):
+        if flops_breakdown.is_norm_path(path):
           kind = "norm"
         elif eqn is not None and segments and segments[-1] == "attention" and (
             eqn.primitive.name in ("exp", "jit", "pjit", "div")):
