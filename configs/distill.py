@@ -32,6 +32,7 @@ def add_distill_section(c, *, mode: str = "progressive", start: int = 256, end: 
   d.loss_weighting = "truncated_snr"  # max(SNR, 1) on the x-space error
   d.teacher_clip = c.sample.clip  # thresholding of the teacher's x in its DDIM steps (its
   #                                 students are then sampled with clip='none')
+  d.threshold_students = False    # True: threshold every teacher and sample students with it
   d.use_ema = True                # teachers (and student inits) are EMA parameters
   d.cond_drop_prob = 0.0          # conditioning dropout of distillation batches
   d.teacher_step = 0              # teacher checkpoint step; 0 = the latest

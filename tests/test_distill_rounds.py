@@ -109,6 +109,10 @@ def test_only_teachers_sampled_with_thresholding_are_thresholded():
     d = _config(mode).distill
     d.teacher_clip = "dynamic"
     assert [settings.teacher_clip_of(r, d) for r in settings.plan_rounds(d)] == clips
+    d.threshold_students = True
+    assert [settings.teacher_clip_of(r, d) for r in settings.plan_rounds(d)] == [
+        "none" if c == "none" and mode == "guided" and i == 0 else "dynamic"
+        for i, c in enumerate(clips)]
 
 
 @pytest.mark.parametrize("key,value,message", [

@@ -31,7 +31,8 @@ from vdm_jax.distill import state as dstate
 GUIDANCE = 2.0  # classifier-free guidance weight of every guided row (student: w as input)
 
 
-def make_config(exp: str, *, steps_per_round: int, guided_steps: int, start: int, end: int):
+def make_config(exp: str, *, steps_per_round: int, guided_steps: int, start: int, end: int,
+                threshold_students: bool = False):
   """configs/distill.py:base=tiny,mode=guided with the experiment's data and text store."""
   c = distill_config.get_config(f"base=tiny,mode=guided,start={start},end={end}")
   c.data.data_dir = os.path.join(exp, "data")
@@ -43,14 +44,26 @@ def make_config(exp: str, *, steps_per_round: int, guided_steps: int, start: int
   c.distill.w_min, c.distill.w_max = 0.0, 4.0
   c.train.checkpoint_every = 100
   c.train.log_every = 25
+  c.distill.threshold_students = threshold_students
   return c
+
+
+def distill_dir(exp: str, threshold_students: bool) -> str:
+  return os.path.join(exp, "distill_thresholded" if threshold_students else "distill")
 
 
 def cmd_distill(args):
   config = make_config(args.exp, steps_per_round=args.steps_per_round,
-                       guided_steps=args.guided_steps, start=args.start, end=args.end)
+                       guided_steps=args.guided_steps, start=args.start, end=args.end,
+                       threshold_students=args.threshold_students)
   t0 = time.time()
-  result = drun.run_distillation(config, os.path.join(args.exp, "distill"),
+  if args.threshold_students:  # reuse guided stage one: only the progressive rounds differ
+    src = os.path.join(distill_dir(args.exp, False), "rounds", f"00_guided_{args.start:04d}")
+    dst = os.path.join(distill_dir(args.exp, True), "rounds", f"00_guided_{args.start:04d}")
+    if os.path.isdir(src) and not os.path.exists(dst):
+      import shutil  # pylint: disable=g-import-not-at-top
+      shutil.copytree(src, dst)
+  result = drun.run_distillation(config, distill_dir(args.exp, args.threshold_students),
                                  os.path.join(args.exp, "teacher"))
   print(json.dumps(result.rounds, indent=2))
   print(f"distillation wall time {time.time() - t0:.0f} s")
@@ -154,13 +167,20 @@ def cmd_evaluate(args):
   student = SpaceTimeUNet(config=config.model)
   t_params, t_step = _load(teacher_cfg, os.path.join(args.exp, "teacher"), teacher, batch_like,
                            mesh, rules)
-  manifest = json.load(open(os.path.join(args.exp, "distill", "rounds.json")))["rounds"]
+  manifest = json.load(open(os.path.join(distill_dir(args.exp, False), "rounds.json")))["rounds"]
   by_steps = {(r["stage"], r["student_steps"]): r["directory"] for r in manifest}
+  thr_path = os.path.join(distill_dir(args.exp, True), "rounds.json")
+  thr_manifest = json.load(open(thr_path))["rounds"] if os.path.exists(thr_path) else []
+  by_steps.update({("thresholded", r["student_steps"]): r["directory"]
+                   for r in thr_manifest if r["stage"] == "progressive"})
 
   rows = [("teacher (CFG, 2 evals/step)", "teacher", args.teacher_steps)]
   rows += [("teacher DDIM (CFG)", "teacher", s) for s in (args.start, 8, 4)]
   rows += [("guided stage one student (w input)", ("guided", args.start), args.start)]
   rows += [("distilled student (w input)", ("progressive", s), s) for s in (8, 4)]
+  if thr_manifest:
+    rows += [("distilled student, thresholded teachers and sampling (w input)",
+              ("thresholded", s), s) for s in (8, 4)]
   video_dir = os.path.join(args.exp, "videos")
   os.makedirs(video_dir, exist_ok=True)
   # 1. Sample every row (saved as it goes: a rerun skips rows already sampled).
@@ -203,7 +223,8 @@ def cmd_evaluate(args):
                         fps=config.fps)
   out = dict(num_videos=n, guidance_weight=GUIDANCE, teacher_step=t_step,
              real_caption_accuracy=real_acc, real_clips_without_objects=real_empty,
-             rows=results, machine=_machine(), rounds=manifest)
+             rows=results, machine=_machine(), rounds=manifest,
+             rounds_thresholded=thr_manifest)
   with open(os.path.join(args.exp, "results.json"), "w", encoding="utf-8") as f:
     json.dump(out, f, indent=2)
   table = _table(out)
@@ -251,6 +272,9 @@ def main():
   p.add_argument("--teacher_steps", type=int, default=256)
   p.add_argument("--num_videos", type=int, default=64)
   p.add_argument("--seed", type=int, default=1)
+  p.add_argument("--threshold_students", action="store_true",
+                 help="distill: threshold every teacher step and sample students with it "
+                      "(into DIR/distill_thresholded, reusing DIR/distill's guided stage one)")
   args = p.parse_args()
   args.exp = os.path.abspath(args.exp)
   {"distill": cmd_distill, "evaluate": cmd_evaluate}[args.command](args)

@@ -43,7 +43,8 @@ def round_config(config, rnd: settings.Round):
   round's optimizer steps, sample.num_steps = the student's sampling steps, and
   sample.clip = 'none' after a progressive round (the student's one step reproduces its
   teacher's two steps, thresholded as that teacher is sampled; thresholding the student's x
-  again would move it off them). distill.round_teacher_clip records the teacher's."""
+  again would move it off them), or distill.teacher_clip with distill.threshold_students.
+  distill.round_teacher_clip records the teacher's."""
   c = config.copy_and_resolve_references()
   with c.unlocked():
     c.distill.round_index = rnd.index
@@ -54,7 +55,8 @@ def round_config(config, rnd: settings.Round):
     c.sample.num_steps = rnd.student_steps
     c.distill.round_teacher_clip = settings.teacher_clip_of(rnd, config.distill)
     if rnd.stage == "progressive":
-      c.sample.clip = "none"
+      c.sample.clip = (config.distill.teacher_clip
+                       if config.distill.get("threshold_students", False) else "none")
   return c
 
 

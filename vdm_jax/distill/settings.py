@@ -12,7 +12,11 @@ Keys (see configs/distill.py):
   teacher_clip     thresholding of the teacher's x in the first progressive round's DDIM steps
                    (none | static | dynamic; set it to how the teacher is sampled). Later
                    teachers are progressive students, sampled without thresholding, and are
-                   distilled without it (`teacher_clip_of`).
+                   distilled without it (`teacher_clip_of`), unless threshold_students.
+  threshold_students  False: progressive students reproduce their teachers' thresholded steps
+                   and are sampled unthresholded (exact); True: every teacher step is
+                   thresholded with teacher_clip and students are sampled with it too
+                   (Salimans & Ho's clip_x practice; approximate where thresholding is active)
   use_ema          the next round's teacher (and student init) are the EMA parameters
   cond_drop_prob   conditioning dropout of the distillation batches (both teacher and student)
   teacher_step     step of the teacher checkpoint to load (0 = its latest)
@@ -110,6 +114,8 @@ def teacher_clip_of(rnd: Round, distill_cfg) -> str:
   guided output), 'none' when the teacher is itself a progressive student."""
   if rnd.stage != "progressive":
     return "none"
+  if distill_cfg.get("threshold_students", False):
+    return distill_cfg.teacher_clip
   first = 1 if distill_cfg.mode == "guided" else 0
   return distill_cfg.teacher_clip if rnd.index == first else "none"
 
