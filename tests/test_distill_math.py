@@ -68,22 +68,24 @@ def test_target_x_equals_what_two_teacher_ddim_steps_imply():
   assert float(jnp.min(jnp.max(jnp.abs(target["x"] - x_one), axis=1))) > 1e-3
 
 
-def _oracle_student(n, prediction, guidance=None):
+def _oracle_student(n, prediction, guidance=None, clip="none"):
   """A student whose output is the progressive target: it samples in N what the teacher
-  samples in 2N steps."""
+  samples in 2N steps (with guidance and thresholding as given)."""
   def model_fn(z, logsnr, cond):
     t = jnp.round(SCHED.inverse(logsnr) * n) / n
     kw = {} if guidance is None else dict(uncond={"label": jnp.zeros_like(cond["label"])},
                                           guidance_weight=guidance)
     tgt = dist.progressive_target(teacher_fn=toy.teacher_fn, z_t=z, t=t, num_student_steps=n,
-                                  schedule=SCHED, prediction="v", cond=cond, **kw)
+                                  schedule=SCHED, prediction="v", cond=cond, clip=clip, **kw)
     return diffusion.from_x_and_eps(prediction=prediction, x=tgt["x"], eps=tgt["eps"],
                                     logsnr=logsnr)
   return model_fn
 
 
-@pytest.mark.parametrize("prediction,guidance", [("eps", None), ("v", 2.0)])
-def test_oracle_student_sampler_reproduces_teacher_with_twice_the_steps(prediction, guidance):
+@pytest.mark.parametrize("prediction,guidance,clip", [("eps", None, "none"),
+                                                     ("v", 3.0, "dynamic")])
+def test_oracle_student_sampler_reproduces_teacher_with_twice_the_steps(prediction, guidance,
+                                                                        clip):
   n = 4
   _, cond = _batch()
   noise = jax.random.normal(jax.random.key(5), (6, 2))
@@ -91,8 +93,9 @@ def test_oracle_student_sampler_reproduces_teacher_with_twice_the_steps(predicti
   gkw = {} if guidance is None else dict(uncond={"label": jnp.zeros_like(cond["label"])},
                                          guidance_weight=guidance)
   teacher = diffusion.sample(model_fn=toy.teacher_fn, num_steps=2 * n, prediction="v",
-                             **kw, **gkw)
-  student = diffusion.sample(model_fn=_oracle_student(n, prediction, guidance),
+                             clip=clip, **kw, **gkw)
+  # A thresholded teacher's steps are part of the target: the student samples unthresholded.
+  student = diffusion.sample(model_fn=_oracle_student(n, prediction, guidance, clip),
                              num_steps=n, prediction=prediction, **kw)
   teacher_n = diffusion.sample(model_fn=toy.teacher_fn, num_steps=n, prediction="v", **kw,
                                **gkw)
