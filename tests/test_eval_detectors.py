@@ -38,6 +38,20 @@ def test_detectors_are_near_chance_on_noise():
   assert acc["shape"] <= 0.35 and acc["background"] <= 0.6 and acc["motion"] <= 0.4, acc
 
 
+@pytest.mark.parametrize("background", procedural.BACKGROUND_NAMES)
+def test_plain_background_has_no_objects(background):
+  """A clip with nothing object-coloured (e.g. a sample that collapsed to the background) reads
+  as its background and no objects, and scores every prompted object attribute wrong."""
+  rgb = np.asarray(procedural.BACKGROUNDS[background], np.uint8)
+  video = np.broadcast_to(rgb, (8, 16, 16, 3)).copy()
+  det = detectors.detect(video, 8.0)
+  assert det.background == background and det.objects == []
+  assert det.coverage.shape == (8, 16, 16) and not det.coverage.any()
+  spec, _ = _render_set(1, 1, frames=8, height=16, width=16, fps=8.0)
+  score = accuracy.score_clip(det, spec[0])
+  assert score["all"][0] == 0 and score["color"][0] == 0
+
+
 @pytest.mark.parametrize("shape", procedural.SHAPES)
 def test_every_shape_and_size_at_16x16(shape):
   for size in procedural.SIZE_NAMES:

@@ -95,6 +95,8 @@ def _segment(alpha, resid, member, colours: List[int], height: int, width: int):
   whose background->colour segment explains it best (smallest residual).
   """
   t_count = alpha.shape[1]
+  if not colours:                       # nothing object-coloured: every pixel is background
+    return np.zeros((0, t_count, height, width), np.float64)
   yy, xx = np.mgrid[0:height, 0:width]
   px, py = xx + 0.5, yy + 0.5
   reach = shape_fit.window_half(height, width)
