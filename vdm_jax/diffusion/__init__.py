@@ -16,6 +16,11 @@ from vdm_jax.diffusion.parameterization import (PREDICTIONS, from_x_and_eps, pre
                                                 predict_v_from_x, predict_v_from_x_and_eps,
                                                 predict_x_from_eps, predict_x_from_v,
                                                 predict_z_from_x_and_eps, to_x_and_eps)
+from vdm_jax.diffusion.reconstruction import (OBSERVATION_METHODS, Observation, downsample,
+                                              keep_observed, observe,
+                                              reconstruction_error,
+                                              reconstruction_guided_prediction,
+                                              replace_observed)
 from vdm_jax.diffusion.samplers import (DDPM_VARIANCES, LOOPS, SAMPLE_STATIC_ARGNAMES, SAMPLERS,
                                         ddim_step, ddpm_posterior, ddpm_step, sample, step_times)
 from vdm_jax.diffusion.schedules import (SCHEDULES, LogSNRSchedule, alpha_sigma,

@@ -24,6 +24,7 @@ import numpy as np
 
 from vdm_jax.diffusion import guidance as guid
 from vdm_jax.diffusion import parameterization as param
+from vdm_jax.diffusion import reconstruction as recon
 from vdm_jax.diffusion.schedules import alpha_sigma, broadcast_logsnr
 
 SAMPLERS = ("ddim", "ddpm")
@@ -34,7 +35,7 @@ LOOPS = ("fori", "scan")
 #   jax.jit(sample, static_argnames=SAMPLE_STATIC_ARGNAMES)
 SAMPLE_STATIC_ARGNAMES = ("model_fn", "shape", "num_steps", "schedule", "sampler", "prediction",
                           "guidance_schedule", "guidance_const_steps", "clip", "ddpm_variance",
-                          "return_trajectory", "loop")
+                          "return_trajectory", "loop", "observation_method")
 
 
 def log1mexp(x: jax.Array) -> jax.Array:
@@ -120,7 +121,9 @@ def sample(*, model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
            guidance_low: Any = 1.0, guidance_const_steps: int = 0, clip: str = "none",
            dynamic_percentile: Any = 0.995, ddpm_variance: str = "small",
            ddpm_var_interp: Any = 0.5, init_noise: Optional[jax.Array] = None,
-           return_trajectory: bool = False, loop: str = "fori"):
+           return_trajectory: bool = False, loop: str = "fori",
+           observation: Optional[recon.Observation] = None,
+           observation_method: str = "reconstruction", reconstruction_weight: Any = 1.0):
   """Draws samples of `shape` = [B, ...] with `num_steps` DDIM or ancestral steps.
 
   Args:
@@ -143,6 +146,12 @@ def sample(*, model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
     init_noise: optional z_1 [B, ...]; drawn from N(0, I) when None.
     return_trajectory: also return [z_1, z_{(N-1)/N}, ..., x]: [N + 1, B, ...].
     loop: 'fori' (lax.fori_loop) or 'scan' (lax.scan; always used for trajectories).
+    observation: optional `reconstruction.Observation` y = A(x) to condition on (observed
+      frames or entries x_a, or a downsampled video); None samples unconditionally on it.
+    observation_method: 'reconstruction' (VDM's reconstruction guidance with weight
+      `reconstruction_weight` = w_r, scalar or [B], traceable) or 'replacement' (the observed
+      part of z replaced by a fresh q(z_s | x_a) draw every step; needs factor 1). Both keep
+      x_a exactly in the returned sample when the observation is a mask over x.
 
   Returns:
     x [B, ...], or (x, trajectory) when return_trajectory.
@@ -166,6 +175,13 @@ def sample(*, model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
   if not shape:
     raise ValueError("shape must be [B, ...] with a leading batch dimension")
   batch = shape[0]
+  if observation is not None:
+    recon.check_observation_method(observation_method)
+    recon.check_observation(observation, shape)
+    if observation_method == "replacement" and observation.factor != 1:
+      raise ValueError("observation_method='replacement' needs an observation of entries of x "
+                       "(factor 1); use 'reconstruction' for a downsampled observation")
+  replacing = observation is not None and observation_method == "replacement"
   # Keys are split only when something random is drawn (PRNG code is slow to compile on CPU).
   stochastic = sampler == "ddpm" or not guid.is_concrete_zero(eta)
   noise_key, step_key = jax.random.split(key) if (stochastic or init_noise is None) else (
@@ -176,6 +192,20 @@ def sample(*, model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
     if tuple(init_noise.shape) != shape:
       raise ValueError(f"init_noise has shape {init_noise.shape}, expected {shape}")
     z_init = jnp.asarray(init_noise)
+  if replacing:  # z_1's observed part: a draw of q(z_1 | x_a) with z_1's own noise
+    replace_key = jax.random.fold_in(key, 0x5EED)
+    z_init = recon.replace_observed(z=z_init, observation=observation, noise=z_init,
+                                    logsnr=jnp.full((batch,), schedule(1.0), jnp.float32))
+  if observation is None:
+    def predict(z, logsnr, w):
+      return guid.predict_x_and_eps(
+          model_fn=model_fn, z=z, logsnr=logsnr, prediction=prediction, cond=cond,
+          uncond=uncond, guidance_weight=w, clip=clip, dynamic_percentile=dynamic_percentile)
+  else:
+    predict = recon.observation_step_fns(
+        observation=observation, method=observation_method, weight=reconstruction_weight,
+        model_fn=model_fn, prediction=prediction, cond=cond, uncond=uncond, clip=clip,
+        dynamic_percentile=dynamic_percentile)
 
   def body(step, z_t):
     t, s = step_times(step, num_steps)
@@ -183,9 +213,7 @@ def sample(*, model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
     logsnr_s = jnp.full((batch,), schedule(s), jnp.float32)
     weight = guid.guidance_weight_at(step, weight=guidance_weight, schedule=guidance_schedule,
                                      low=guidance_low, const_steps=guidance_const_steps)
-    x_pred, eps_pred = guid.predict_x_and_eps(
-        model_fn=model_fn, z=z_t, logsnr=logsnr_t, prediction=prediction, cond=cond,
-        uncond=uncond, guidance_weight=weight, clip=clip, dynamic_percentile=dynamic_percentile)
+    x_pred, eps_pred = predict(z_t, logsnr_t, weight)
     x_pred = x_pred.astype(z_t.dtype)
     eps_pred = eps_pred.astype(z_t.dtype)
     if sampler == "ddim":
@@ -196,6 +224,11 @@ def sample(*, model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
       z_s = ddpm_step(z_t=z_t, x_pred=x_pred, logsnr_t=logsnr_t, logsnr_s=logsnr_s,
                       key=jax.random.fold_in(step_key, step), variance=ddpm_variance,
                       var_interp=ddpm_var_interp)
+    if replacing:
+      x_pred = recon.keep_observed(x=x_pred, observation=observation)
+      fresh = jax.random.normal(jax.random.fold_in(replace_key, step), z_t.shape, z_t.dtype)
+      z_s = recon.replace_observed(z=z_s.astype(z_t.dtype), observation=observation,
+                                   logsnr=logsnr_s, noise=fresh)
     return jnp.where(step == num_steps - 1, x_pred, z_s.astype(z_t.dtype))
 
   if loop == "fori" and not return_trajectory:
