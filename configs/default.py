@@ -56,6 +56,10 @@ def get_config(arg=None):
   m.param_dtype = "float32"
   m.remat = "none"                        # none | block | full (vdm_jax/models/unet_spec.py)
   m.out_channels = 3                      # channels the U-Net predicts
+  # Optional key (absent here; vdm_jax/models/unet_spec.py defaults it to False):
+  #   m.frame_mask_conditioning = True  masked frame interpolation (Make-A-Video): C + 1 extra
+  #   input channels (known frames, frame mask); with stage='tsr' and lowres_conditioning='none'
+  #   an interpolation TSR stage (configs/imagen_video.py:...,tsr=interp).
 
   # --- diffusion ---
   d = c.diffusion = ml_collections.ConfigDict()
@@ -132,6 +136,11 @@ def get_config(arg=None):
   tr.max_consecutive_nonfinite = 5
   tr.async_checkpointing = True           # orbax saves in the background (False: blocking)
   tr.cond_aug_max_t = 1.0                 # SR stages: lowres noised to t_aug ~ U[0, this]
+  # model.frame_mask_conditioning: the frame masks drawn per training example
+  # (vdm_jax/train/objective.py): stride:k keeps frames 0, k, 2k, ... (interpolation),
+  # prefix:m the first m frames (extrapolation), none nothing (generation); k, m < frames.
+  tr.frame_mask_patterns = ("stride:2", "stride:4", "prefix:4", "none")
+  tr.frame_mask_weights = (0.4, 0.2, 0.3, 0.1)   # relative probability of each pattern
 
   # --- sharding ---
   s = c.sharding = ml_collections.ConfigDict()

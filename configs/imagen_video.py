@@ -5,6 +5,7 @@
     --config=configs/imagen_video.py:stage=tsr1,scale=cpu,final=ssr1   data of a 3-stage cascade
     --config=configs/imagen_video.py:cascade,scale=cpu          the whole cascade (sample / eval)
     --config=configs/imagen_video.py:cascade,scale=cpu,stages=base+tsr1+ssr1   its first stages
+    --config=configs/imagen_video.py:cascade,scale=cpu,tsr=interp   TSR by masked interpolation
 
 Order and geometry (frames x height x width @ fps):
 
@@ -29,6 +30,12 @@ train.cond_aug_max_t], sampling level `sample.cond_aug_logsnr`). Stages without 
 sized to train on a 2-core machine. The CPU cascade's frame rates keep every clip under 2.4 s so
 that a fast large shape stays in frame (vdm_jax/data/procedural.py).
 
+TSR method (`tsr=`): 'lowres' (default, Imagen Video: the frame-repeated previous video is
+concatenated to the input) or 'interp' (Make-A-Video masked frame interpolation: the TSR
+stages get the known frames and a frame mask instead, `model.frame_mask_conditioning`, and
+train on stride-k interpolation, 2k interpolation, half-window extrapolation and no-frame
+masks; sampling keeps the previous frames at 0, k, 2k, ... and fills the rest).
+
 A cascade config is the final stage's config plus a `cascade` section:
   cascade.order            stage names, base first
   cascade.stages.<name>    that stage's full config (the same as stage=<name>)
@@ -43,6 +50,7 @@ from vdm_jax.models import unet_presets
 
 STAGE_ORDER = ("base", "tsr1", "ssr1", "ssr2", "tsr2", "tsr3", "ssr3")
 SCALES = ("paper", "cpu")
+TSR_METHODS = ("lowres", "interp")
 
 # CPU geometry: name -> (frames, height, width, fps).
 CPU_GEOMETRY = {
@@ -129,9 +137,29 @@ def _set_data_source(c, scale: str, final: str) -> None:
     d.video_dir = ""          # set --config.data.video_dir=...
 
 
-def stage_config(name: str, scale: str = "cpu", final: str = STAGE_ORDER[-1]):
+def _use_interpolation(c) -> None:
+  """Turns a TSR stage config into masked frame interpolation (Make-A-Video): known frames +
+  frame mask instead of the lowres video; masks of its factor k (and 2k when it fits), the
+  first half of the training window (extrapolation) and none (generation)."""
+  k = c.frames // c.data.lowres_frames
+  window = c.data.crop_frames or c.frames
+  c.model.lowres_conditioning = "none"
+  c.model.frame_mask_conditioning = True
+  patterns, weights = [f"stride:{k}"], [0.5]
+  if 2 * k < window:
+    patterns.append(f"stride:{2 * k}")
+    weights.append(0.2)
+  patterns += [f"prefix:{window // 2}", "none"]
+  weights += [0.2, 0.1]
+  c.train.frame_mask_patterns = tuple(patterns)
+  c.train.frame_mask_weights = tuple(weights)
+
+
+def stage_config(name: str, scale: str = "cpu", final: str = STAGE_ORDER[-1],
+                 tsr: str = "lowres"):
   """The full experiment config of cascade stage `name` at `scale` ('paper' | 'cpu'), reading
-  the dataset of a cascade that ends with stage `final` (clips at its geometry)."""
+  the dataset of a cascade that ends with stage `final` (clips at its geometry); TSR stages by
+  method `tsr` (TSR_METHODS, see above)."""
   for n in (name, final):
     if n not in STAGE_ORDER:
       raise ValueError(f"Unknown Imagen Video stage {n!r}; one of {STAGE_ORDER}.")
@@ -139,6 +167,8 @@ def stage_config(name: str, scale: str = "cpu", final: str = STAGE_ORDER[-1]):
     raise ValueError(f"stage {name!r} comes after the cascade's final stage {final!r}.")
   if scale not in SCALES:
     raise ValueError(f"scale={scale!r} must be one of {SCALES}.")
+  if tsr not in TSR_METHODS:
+    raise ValueError(f"tsr={tsr!r} must be one of {TSR_METHODS}.")
   c = default.get_config()
   kind = kind_of(name)
   c.stage = kind
@@ -194,10 +224,12 @@ def stage_config(name: str, scale: str = "cpu", final: str = STAGE_ORDER[-1]):
     t.checkpoint_every = 250
     t.keep_last = 1
     c.eval.num_videos = 16
+  if kind == "tsr" and tsr == "interp":
+    _use_interpolation(c)
   return c
 
 
-def cascade_config(scale: str = "cpu", stages=STAGE_ORDER):
+def cascade_config(scale: str = "cpu", stages=STAGE_ORDER, tsr: str = "lowres"):
   """The final stage's config plus `cascade.order` and `cascade.stages.<name>` (see above)."""
   stages = tuple(stages)
   if not stages or any(s not in STAGE_ORDER for s in stages):
@@ -205,27 +237,28 @@ def cascade_config(scale: str = "cpu", stages=STAGE_ORDER):
   if stages != STAGE_ORDER[:len(stages)]:
     raise ValueError(f"cascade stages {stages} must be a prefix of {STAGE_ORDER} (each stage is "
                      "trained on the previous one's geometry).")
-  c = stage_config(stages[-1], scale, stages[-1])
+  c = stage_config(stages[-1], scale, stages[-1], tsr)
   c.cascade = ml_collections.ConfigDict()
   c.cascade.order = stages
   c.cascade.scale = scale
   c.cascade.seed = 0              # stage i samples with seed + i unless its sample.seed >= 0
   c.cascade.stages = ml_collections.ConfigDict(
-      {n: stage_config(n, scale, stages[-1]) for n in stages})
+      {n: stage_config(n, scale, stages[-1], tsr) for n in stages})
   return c
 
 
 def get_config(arg=None):
   v = config_utils.parse_variant(arg)
   scale = v.pop("scale", "cpu")
+  tsr = v.pop("tsr", "lowres")
   if "cascade" in v:
     v.pop("cascade")
     stages = tuple(v.pop("stages").split("+")) if "stages" in v else STAGE_ORDER
-    c = cascade_config(scale, stages)
+    c = cascade_config(scale, stages, tsr)
   else:
-    c = stage_config(v.pop("stage", "base"), scale, v.pop("final", STAGE_ORDER[-1]))
+    c = stage_config(v.pop("stage", "base"), scale, v.pop("final", STAGE_ORDER[-1]), tsr)
   if v:
     raise ValueError(f"Unknown variant keys {sorted(v)} for configs/imagen_video.py; use "
-                     "stage=<name>,scale=paper|cpu[,final=<name>] or "
-                     "cascade,scale=...,stages=a+b+c.")
+                     "stage=<name>,scale=paper|cpu[,final=<name>][,tsr=lowres|interp] or "
+                     "cascade,scale=...,stages=a+b+c[,tsr=...].")
   return c

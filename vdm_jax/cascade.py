@@ -12,6 +12,9 @@ Each stage samples with its own `sample` section: steps, guidance weight and sch
 (constant | oscillating), the conditioning-augmentation level of its low-resolution input
 (`sample.cond_aug_logsnr`), `sample.shared_init_noise`, and the seed `sample.seed` (-1: the
 cascade seed + the stage's index). The stage after stage i gets stage i's output as `lowres`.
+A temporal SR stage is either Imagen Video's (model.lowres_conditioning='temporal') or masked
+frame interpolation (Make-A-Video: model.frame_mask_conditioning; the previous frames are kept
+at frames 0, s, 2s, ... and the rest filled, see vdm_jax/sampling.py).
 """
 from __future__ import annotations
 
@@ -51,11 +54,13 @@ def check_chain(named: Sequence[tuple[str, Any]]) -> None:
 
   The first stage must be a base stage; an SSR stage keeps frames and fps and is conditioned
   on the previous size (data.lowres_height/width); a TSR stage keeps the size, multiplies the
-  frame count and fps by the same factor (data.lowres_frames = the previous frames).
+  frame count and fps by the same factor k (data.lowres_frames = the previous frames); a
+  masked-interpolation TSR stage must also train on the masks it samples with ('stride:k' in
+  train.frame_mask_patterns).
   """
   errors = []
   for i, (name, c) in enumerate(named):
-    sr = c.model.get("lowres_conditioning", "none") != "none"
+    sr = sampling.is_sr_config(c)
     if i == 0:
       if sr or c.stage != "base":
         errors.append(f"{name}: the first stage must be a base stage (stage='base', no lowres "
@@ -64,7 +69,8 @@ def check_chain(named: Sequence[tuple[str, Any]]) -> None:
     prev_name, p = named[i - 1]
     if not sr or c.stage not in ("ssr", "tsr"):
       errors.append(f"{name}: stages after the first must be 'ssr' or 'tsr' with "
-                    "model.lowres_conditioning set")
+                    "model.lowres_conditioning set (or 'tsr' with "
+                    "model.frame_mask_conditioning: masked frame interpolation)")
       continue
     d = c.data
     if c.channels != p.channels:
@@ -93,6 +99,13 @@ def check_chain(named: Sequence[tuple[str, Any]]) -> None:
       if c.frames % p.frames or abs(c.fps * p.frames - p.fps * c.frames) > 1e-6 * c.fps:
         errors.append(f"{name} (tsr): {c.frames} frames at {c.fps} fps must be a whole "
                       f"multiple k of {prev_name}'s {p.frames} frames at k x {p.fps} fps")
+      elif sampling.is_interpolation_stage(c):
+        stride = f"stride:{c.frames // p.frames}"
+        if stride not in tuple(c.train.get("frame_mask_patterns", ())):
+          errors.append(f"{name} (tsr, interpolation): fills {c.frames // p.frames - 1} of every "
+                        f"{c.frames // p.frames} frames, so train.frame_mask_patterns must "
+                        f"include {stride!r}; it is "
+                        f"{tuple(c.train.get('frame_mask_patterns', ()))}")
   if errors:
     raise ValueError("The cascade does not chain:\n  - " + "\n  - ".join(errors))
 
@@ -115,7 +128,7 @@ class StageSampling:
   @classmethod
   def from_config(cls, stage_config, *, index: int, cascade_seed: int) -> "StageSampling":
     s = stage_config.sample
-    sr = stage_config.model.get("lowres_conditioning", "none") != "none"
+    sr = sampling.is_sr_config(stage_config)
     seed = int(s.get("seed", -1))
     return cls(num_steps=int(s.num_steps), guidance_weight=float(s.guidance_weight),
                guidance_schedule=str(s.guidance_schedule),

@@ -57,6 +57,40 @@ def _get(config, dotted: str) -> Any:
   return node
 
 
+def frame_mask_errors(config) -> list:
+  """What is wrong with the masked-frame-interpolation keys (model.frame_mask_conditioning,
+  train.frame_mask_patterns / frame_mask_weights) of a stage config; [] when fine or off."""
+  m = config.model
+  flag = m.get("frame_mask_conditioning", False)
+  if not isinstance(flag, bool):
+    return [f"model.frame_mask_conditioning={flag!r} must be True or False"]
+  if not flag:
+    return []
+  from vdm_jax.models import conditioning  # pylint: disable=g-import-not-at-top
+  from vdm_jax.train import objective  # pylint: disable=g-import-not-at-top
+  errors = []
+  if m.get("lowres_conditioning", "none") != "none":
+    errors.append("model.frame_mask_conditioning and model.lowres_conditioning="
+                  f"{m.lowres_conditioning!r} both give the model known frames; use one (an "
+                  "interpolation TSR stage sets lowres_conditioning='none')")
+  window = int(config.data.get("crop_frames", 0) or config.frames)
+  try:
+    patterns, _ = objective.frame_mask_settings(config.train)
+    conditioning.frame_mask_table(patterns, window)
+  except ValueError as e:
+    return errors + [f"train.frame_mask_patterns / frame_mask_weights: {e}"]
+  low = int(config.data.get("lowres_frames", 0))
+  if config.stage == "tsr":
+    if not low or config.frames % low:
+      errors.append(f"an interpolation TSR stage needs data.lowres_frames (the previous stage's "
+                    f"frames) dividing frames={config.frames}; got {low}")
+    elif f"stride:{config.frames // low}" not in patterns:
+      errors.append(f"train.frame_mask_patterns={patterns} must include "
+                    f"'stride:{config.frames // low}': the interpolation TSR stage samples with "
+                    f"every {config.frames // low}th frame known")
+  return errors
+
+
 class ConfigError(ValueError):
   """A config value that cannot work; the message says which key and what to do."""
 
@@ -105,6 +139,7 @@ def validate_config(config) -> None:
     errors.append(f"train.ema_decay={t.ema_decay} must lie in [0, 1)")
   if not math.isfinite(t.lr) or t.lr <= 0:
     errors.append(f"train.lr={t.lr} must be a positive number")
+  errors += frame_mask_errors(config)
   s = config.sample
   if s.num_steps <= 0:
     errors.append(f"sample.num_steps={s.num_steps} must be positive")

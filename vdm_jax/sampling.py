@@ -10,6 +10,13 @@ the null text condition. A super-resolution stage takes the previous stage's vid
 with conditioning augmentation it is noised to the chosen logSNR (`sample.cond_aug_logsnr` or
 the `cond_aug_logsnr` argument) before the model sees it, and that level is fed to the model.
 The whole cascade of stages is vdm_jax/cascade.py.
+
+Masked frame interpolation (Make-A-Video, `model.frame_mask_conditioning`): the model gets
+known frames and a frame mask. A temporal SR stage built that way (stage 'tsr' with
+lowres_conditioning 'none') places the previous stage's T' frames at frames 0, s, 2s, ...
+(s = T / T') and fills the rest; `fill_masked_frames` fills any masked frames (interpolation or
+extrapolation) of given videos. Either way the known frames are written back into the result,
+so they come out exactly as given.
 """
 from __future__ import annotations
 
@@ -27,6 +34,19 @@ import numpy as np
 
 from vdm_jax import diffusion
 from vdm_jax import sharding as sharding_lib
+from vdm_jax.models import conditioning
+
+
+def is_interpolation_stage(config) -> bool:
+  """Whether `config` is a temporal SR stage by masked frame interpolation (Make-A-Video)."""
+  return config.stage == "tsr" and bool(config.model.get("frame_mask_conditioning", False))
+
+
+def is_sr_config(config) -> bool:
+  """Whether a stage samples from the previous stage's video: SR stages conditioned on the
+  low-resolution video, and masked-interpolation temporal SR stages."""
+  return (config.model.get("lowres_conditioning", "none") != "none"
+          or is_interpolation_stage(config))
 
 
 def example_batch(config, batch_size: int = 1) -> dict:
@@ -67,7 +87,11 @@ class Stage:
 
   @property
   def is_sr(self) -> bool:
-    return self.config.model.get("lowres_conditioning", "none") != "none"
+    return is_sr_config(self.config)
+
+  @property
+  def uses_frame_masks(self) -> bool:
+    return bool(self.config.model.get("frame_mask_conditioning", False))
 
 
 def load_stage(config, workdir: str, *, step: Optional[int] = None,
@@ -171,13 +195,68 @@ def cond_aug_level(stage: Stage, cond_aug_logsnr: Optional[float] = None) -> flo
   return float(c.sample.get("cond_aug_logsnr", c.diffusion.logsnr_max))
 
 
+def known_frames(stage: Stage, *, n: int, lowres: Optional[np.ndarray] = None,
+                 frame_cond: Optional[np.ndarray] = None,
+                 frame_mask: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+  """The known frames of a frame-mask stage: (frame_cond float32 [n, T, H, W, C], zeros where
+  unknown; frame_mask bool [n, T]).
+
+  From `frame_cond` + `frame_mask` as given; else from `lowres` [n, T', H, W, C] placed at
+  frames 0, s, 2s, ... (s = T / T'); else none known (plain generation; an interpolation TSR
+  stage refuses that: it needs the previous stage's video).
+  """
+  c = stage.config
+  shape = (n, c.frames, c.height, c.width, c.channels)
+  if (frame_cond is None) != (frame_mask is None):
+    raise ValueError("Give both frame_cond (the videos) and frame_mask (which frames are known).")
+  if frame_cond is not None:
+    if lowres is not None:
+      raise ValueError("Give either lowres or frame_cond/frame_mask, not both.")
+    video = np.asarray(frame_cond, np.float32)
+    mask = np.asarray(frame_mask)
+    if video.shape != shape:
+      raise ValueError(f"frame_cond has shape {video.shape}; this stage samples {shape}.")
+    if mask.shape != shape[:2] or not np.isin(mask, (0, 1)).all():
+      raise ValueError(f"frame_mask must be bool (or 0/1) of shape {shape[:2]} (True = known "
+                       f"frame), got {mask.dtype} {mask.shape}.")
+    mask = mask.astype(bool)
+  elif lowres is not None:
+    low = np.asarray(lowres, np.float32)
+    if low.ndim != 5 or (low.shape[0],) + low.shape[2:] != (n,) + shape[2:]:
+      raise ValueError(f"lowres has shape {low.shape}; an interpolation stage takes the previous "
+                       f"stage's [{n}, T', {c.height}, {c.width}, {c.channels}] video.")
+    video, mask = (np.asarray(a) for a in conditioning.place_known_frames(low, frames=c.frames))
+  elif is_interpolation_stage(c):
+    raise ValueError(f"The {c.stage} stage (masked frame interpolation) needs the previous "
+                     "stage's video (lowres) to sample, or frame_cond/frame_mask.")
+  else:
+    video, mask = np.zeros(shape, np.float32), np.zeros(shape[:2], bool)
+  return np.where(mask[:, :, None, None, None], video, 0.0).astype(np.float32), mask
+
+
+def _augment(stage: Stage, video: np.ndarray, cond: dict, *, n: int,
+             cond_aug_logsnr: Optional[float], aug_key: Optional[jax.Array]) -> np.ndarray:
+  """Conditioning augmentation of a stage's conditioning video (sets cond['cond_aug_logsnr'])."""
+  if aug_key is None:
+    raise ValueError("A stage with conditioning augmentation needs aug_key to noise its "
+                     "low-resolution input.")
+  level = cond_aug_level(stage, cond_aug_logsnr)
+  cond["cond_aug_logsnr"] = np.full((n,), level, np.float32)
+  return augment_lowres_at(video, key=aug_key, logsnr=level)
+
+
 def stage_conditioning(stage: Stage, *, prompts: Optional[Sequence[str]] = None, n: int,
                        fps: Optional[float] = None, lowres: Optional[np.ndarray] = None,
                        cond_aug_logsnr: Optional[float] = None,
-                       aug_key: Optional[jax.Array] = None) -> tuple[dict, Optional[dict]]:
+                       aug_key: Optional[jax.Array] = None,
+                       frame_cond: Optional[np.ndarray] = None,
+                       frame_mask: Optional[np.ndarray] = None) -> tuple[dict, Optional[dict]]:
   """(cond, uncond) model inputs for `n` videos: text from `prompts` (the null condition for
   uncond), fps, the low-resolution video for SR stages and, with conditioning augmentation,
-  that video noised with `aug_key` to `cond_aug_level(...)` together with the level."""
+  that video noised with `aug_key` to `cond_aug_level(...)` together with the level.
+
+  A frame-mask stage gets frame_cond/frame_mask from `known_frames(lowres=..., frame_cond=...,
+  frame_mask=...)` instead, its known frames augmented the same way (zeros stay zeros)."""
   m = stage.config.model
   cond: dict = {}
   uncond: Optional[dict] = None
@@ -188,7 +267,18 @@ def stage_conditioning(stage: Stage, *, prompts: Optional[Sequence[str]] = None,
     cond["text_emb"], cond["text_mask"] = emb, mask
   if m.get("fps_conditioning", False):
     cond["fps"] = np.full((n,), float(stage.config.fps if fps is None else fps), np.float32)
-  if stage.is_sr:
+  if stage.uses_frame_masks:
+    video, mask = known_frames(stage, n=n, lowres=lowres, frame_cond=frame_cond,
+                               frame_mask=frame_mask)
+    if m.get("cond_aug_conditioning", False):
+      video = np.where(mask[:, :, None, None, None],
+                       _augment(stage, video, cond, n=n, cond_aug_logsnr=cond_aug_logsnr,
+                                aug_key=aug_key), 0.0).astype(np.float32)
+    cond["frame_cond"], cond["frame_mask"] = video, mask
+  elif frame_cond is not None or frame_mask is not None:
+    raise ValueError(f"frame_cond/frame_mask given, but the {stage.config.stage} stage has no "
+                     "model.frame_mask_conditioning.")
+  elif stage.is_sr:
     if lowres is None:
       raise ValueError(f"The {stage.config.stage} stage needs the previous stage's video "
                        "(lowres) to sample.")
@@ -196,12 +286,8 @@ def stage_conditioning(stage: Stage, *, prompts: Optional[Sequence[str]] = None,
     if lowres.shape[0] != n:
       raise ValueError(f"lowres holds {lowres.shape[0]} videos for {n} samples.")
     if m.get("cond_aug_conditioning", False):
-      if aug_key is None:
-        raise ValueError("A stage with conditioning augmentation needs aug_key to noise its "
-                         "low-resolution input.")
-      level = cond_aug_level(stage, cond_aug_logsnr)
-      lowres = augment_lowres_at(lowres, key=aug_key, logsnr=level)
-      cond["cond_aug_logsnr"] = np.full((n,), level, np.float32)
+      lowres = _augment(stage, lowres, cond, n=n, cond_aug_logsnr=cond_aug_logsnr,
+                        aug_key=aug_key)
     cond["lowres_video"] = lowres
   if stage.uses_text:
     uncond = dict(cond)
@@ -222,7 +308,9 @@ def sample_stage(stage: Stage, *, key: jax.Array, prompts: Optional[Sequence[str
                  num_videos: Optional[int] = None, fps: Optional[float] = None,
                  lowres: Optional[np.ndarray] = None, cond_aug_logsnr: Optional[float] = None,
                  init_noise: Optional[np.ndarray] = None,
-                 shared_init_noise: Optional[bool] = None, **overrides) -> np.ndarray:
+                 shared_init_noise: Optional[bool] = None,
+                 frame_cond: Optional[np.ndarray] = None,
+                 frame_mask: Optional[np.ndarray] = None, **overrides) -> np.ndarray:
   """Samples videos float32 [N, T, H, W, C] in [-1, 1] from a loaded stage.
 
   `overrides` replace `config.sample` settings (num_steps, guidance_weight, sampler, eta, clip,
@@ -231,6 +319,11 @@ def sample_stage(stage: Stage, *, key: jax.Array, prompts: Optional[Sequence[str
   from fold_in(key, 1). The initial noise z_1 is `init_noise` or drawn from fold_in(key, 2):
   i.i.d., or with `shared_init_noise` (default `sample.shared_init_noise`) one noise frame
   per video repeated over time.
+
+  A frame-mask stage (model.frame_mask_conditioning) takes its known frames from `lowres` (an
+  interpolation TSR stage: the previous stage's frames at a regular stride) or from
+  `frame_cond` [N, T, H, W, C] + `frame_mask` [N, T] (see `known_frames`); the returned videos
+  hold exactly those frames at the known positions.
   """
   n = len(prompts) if prompts is not None else num_videos
   if not n:
@@ -240,9 +333,15 @@ def sample_stage(stage: Stage, *, key: jax.Array, prompts: Optional[Sequence[str
   shape = (n, c.frames, c.height, c.width, c.channels)
   if lowres is not None:
     lowres = np.asarray(lowres, np.float32)
+  known = None
+  if stage.uses_frame_masks:
+    known = known_frames(stage, n=n, lowres=lowres, frame_cond=frame_cond,
+                         frame_mask=frame_mask)
+    lowres, frame_cond, frame_mask = None, *known
   cond, uncond = stage_conditioning(stage, prompts=prompts, n=n, fps=fps, lowres=lowres,
                                     cond_aug_logsnr=cond_aug_logsnr,
-                                    aug_key=jax.random.fold_in(key, 1))
+                                    aug_key=jax.random.fold_in(key, 1), frame_cond=frame_cond,
+                                    frame_mask=frame_mask)
   has_uncond = uncond is not None and settings["guidance_weight"] != 0.0
   if shared_init_noise is None:
     shared_init_noise = bool(c.sample.get("shared_init_noise", False))
@@ -266,7 +365,28 @@ def sample_stage(stage: Stage, *, key: jax.Array, prompts: Optional[Sequence[str
   args = sharding_lib.replicate((cond, uncond if has_uncond else None, noise), stage.mesh)
   with jax.set_mesh(stage.mesh):
     out = jitted(stage.params, key, *args)
-  return np.asarray(jax.device_get(out))
+  out = np.asarray(jax.device_get(out))
+  if known is not None:   # the given frames, exactly
+    out = np.where(known[1][:, :, None, None, None], known[0], out)
+  return out
+
+
+def fill_masked_frames(stage: Stage, *, key: jax.Array, video: np.ndarray,
+                       frame_mask: np.ndarray, prompts: Optional[Sequence[str]] = None,
+                       fps: Optional[float] = None, **kwargs) -> np.ndarray:
+  """Fills the unknown frames of `video` [N, T, H, W, C] (in [-1, 1]; any values where
+  unknown) with a frame-mask stage: frame_mask bool [N, T], True = known (e.g. every k-th frame:
+  interpolation; the first m: extrapolation). Returns [N, T, H, W, C] equal to `video` at the
+  known frames. `prompts` (one per video) for a text-conditioned stage; `kwargs` go to
+  `sample_stage` (num_steps, guidance_weight, cond_aug_logsnr, ...)."""
+  if not stage.uses_frame_masks:
+    raise ValueError(f"The {stage.config.stage} stage has no model.frame_mask_conditioning; "
+                     "fill frames with a masked-interpolation stage.")
+  video = np.asarray(video, np.float32)
+  if prompts is not None and len(prompts) != len(video):
+    raise ValueError(f"{len(prompts)} prompts for {len(video)} videos.")
+  return sample_stage(stage, key=key, prompts=prompts, num_videos=len(video), fps=fps,
+                      frame_cond=video, frame_mask=frame_mask, **kwargs)
 
 
 def sample_stage_batched(stage: Stage, *, key: jax.Array, prompts: Sequence[str],

@@ -1,11 +1,13 @@
 """Conditioning of the space-time U-Net: the embedding vector that FiLMs every residual block,
-and the low-resolution video of a super-resolution stage resized to the stage's geometry.
+the low-resolution video of a super-resolution stage resized to the stage's geometry, and the
+known frames + frame mask of masked frame interpolation (Make-A-Video).
 """
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vdm_jax.models import axes
 from vdm_jax.models import layers
@@ -88,3 +90,61 @@ def upsample_lowres(lowres, *, mode, frames, height, width, temporal_method="rep
       return (x0 * (1.0 - frac) + x1 * frac).astype(lowres.dtype)
     raise ValueError(f"unknown lowres_temporal_upsample {temporal_method!r}")
   raise ValueError(f"unknown lowres_conditioning {mode!r}")
+
+
+# Masked frame interpolation (Make-A-Video): training mask patterns, by name.
+#   stride:k  keep frames 0, k, 2k, ... (interpolation; a temporal SR stage with factor k)
+#   prefix:m  keep the first m frames (extrapolation: continue a clip)
+#   none      keep nothing (plain generation)
+FRAME_MASK_KINDS = ("stride", "prefix", "none")
+
+
+def frame_mask_pattern(pattern: str, frames: int) -> np.ndarray:
+  """The bool mask [frames] (True = known frame) of one pattern name (FRAME_MASK_KINDS)."""
+  name, _, arg = str(pattern).partition(":")
+  if name == "none" and not arg:
+    return np.zeros((frames,), bool)
+  if name in ("stride", "prefix") and arg.isdigit():
+    n = int(arg)
+    if name == "stride" and 2 <= n < frames:
+      return np.arange(frames) % n == 0
+    if name == "prefix" and 1 <= n < frames:
+      return np.arange(frames) < n
+    bound = "2 <= k" if name == "stride" else "1 <= m"
+    raise ValueError(f"frame mask pattern {pattern!r} needs {bound} < {frames} (the frames of "
+                     "a training row, the crop window if data.crop_frames is set)")
+  raise ValueError(f"unknown frame mask pattern {pattern!r}; use 'stride:<k>' (keep frames 0, "
+                   "k, 2k, ...), 'prefix:<m>' (keep the first m frames) or 'none'")
+
+
+def frame_mask_table(patterns: Sequence[str], frames: int) -> np.ndarray:
+  """The masks of `patterns` stacked: bool [len(patterns), frames]; ValueError if one is bad."""
+  if isinstance(patterns, str) or not len(patterns):
+    raise ValueError(f"frame mask patterns must be a non-empty tuple of names, got {patterns!r}")
+  return np.stack([frame_mask_pattern(p, frames) for p in patterns])
+
+
+def place_known_frames(lowres, *, frames: int):
+  """Puts the previous stage's T' frames [B, T', H, W, C] at frames 0, s, 2s, ... of a
+  [B, frames, H, W, C] video (s = frames / T'; zeros elsewhere).
+
+  Returns (frame_cond [B, frames, H, W, C], frame_mask bool [B, frames]).
+  """
+  b, t = lowres.shape[:2]
+  if t < 1 or frames % t:
+    raise ValueError(f"cannot place {t} known frames at a regular stride in {frames} frames: "
+                     f"{frames} is not a multiple of {t}")
+  stride = frames // t
+  cond = jnp.zeros((b, frames) + tuple(lowres.shape[2:]), lowres.dtype)
+  cond = cond.at[:, ::stride].set(lowres)
+  mask = jnp.broadcast_to(jnp.arange(frames) % stride == 0, (b, frames))
+  return cond, mask
+
+
+def frame_mask_channels(frame_cond, frame_mask):
+  """The extra U-Net input of masked frame interpolation: the known frames (zeroed where
+  unknown) and the mask broadcast over space, [B, T, H, W, C] + [B, T] -> [B, T, H, W, C + 1]."""
+  mask = frame_mask.astype(jnp.float32)[:, :, None, None, None]        # [B, T, 1, 1, 1]
+  known = frame_cond.astype(jnp.float32) * mask
+  mask = jnp.broadcast_to(mask, frame_cond.shape[:4] + (1,))
+  return jnp.concatenate([known, mask], axis=-1)

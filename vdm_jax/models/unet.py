@@ -24,7 +24,9 @@ Layout (levels l = 0..L-1 with channels base_channels * channel_mult[l]):
 Conditioning: FiLM embedding = MLP(sin(logsnr)) + optional fps, conditioning-augmentation
 logSNR and guidance-weight embeddings + Dense(masked mean of text) (see conditioning.py); the
 low-resolution video of an SR stage is resized to the input geometry and concatenated on
-channels. Inputs are validated before tracing any layer: a missing input that the config
+channels. With `frame_mask_conditioning` (masked frame interpolation, Make-A-Video) the known
+frames `frame_cond` (zeroed where unknown) and the per-frame mask `frame_mask` broadcast over
+space are concatenated on channels (C + 1 extra input channels). Inputs are validated before tracing any layer: a missing input that the config
 requires, or an input given that the config does not use, raises ValueError naming it.
 
 Rematerialization: `model.remat` none | block | full (policies in unet_spec.py), applied to
@@ -49,7 +51,7 @@ class SpaceTimeUNet(nn.Module):
   @nn.compact
   def __call__(self, x, logsnr, *, text_emb=None, text_mask=None, fps=None,
                cond_aug_logsnr=None, lowres_video=None, is_image=None, guidance_weight=None,
-               train=False):
+               frame_cond=None, frame_mask=None, train=False):
     """Predicts the diffusion target for a noisy video.
 
     Args:
@@ -63,6 +65,10 @@ class SpaceTimeUNet(nn.Module):
       lowres_video: [B, T', H', W', C'] previous-stage video (lowres_conditioning != 'none').
       is_image: [B] bool, examples that are independent images, not videos; default False.
       guidance_weight: [B] guidance weight (guidance_weight_conditioning).
+      frame_cond: [B, T, H, W, C] known frames, any values where unknown
+        (frame_mask_conditioning).
+      frame_mask: [B, T] bool or 0/1 float, 1 = frame t of frame_cond is known
+        (frame_mask_conditioning).
       train: enables dropout (rng stream 'dropout').
 
     Returns:
@@ -71,7 +77,8 @@ class SpaceTimeUNet(nn.Module):
     spec = unet_spec.UNetSpec.from_config(self.config)
     _check_inputs(spec, x, logsnr, text_emb=text_emb, text_mask=text_mask, fps=fps,
                   cond_aug_logsnr=cond_aug_logsnr, lowres_video=lowres_video,
-                  is_image=is_image, guidance_weight=guidance_weight)
+                  is_image=is_image, guidance_weight=guidance_weight,
+                  frame_cond=frame_cond, frame_mask=frame_mask)
     b, t, h, w, _ = x.shape
     dt, pdt = spec.compute_dtype, spec.params_dtype
     kw = dict(dtype=dt, param_dtype=pdt)
@@ -96,6 +103,9 @@ class SpaceTimeUNet(nn.Module):
           lowres_video, mode=spec.lowres_conditioning, frames=t, height=h, width=w,
           temporal_method=spec.lowres_temporal_upsample)
       x = jnp.concatenate([x, low.astype(x.dtype)], axis=-1)
+    if spec.frame_mask_conditioning:
+      known = conditioning.frame_mask_channels(frame_cond, frame_mask)   # [B, T, H, W, C + 1]
+      x = jnp.concatenate([x, known.astype(x.dtype)], axis=-1)
     x = layers.constrain_video(x.astype(dt))
 
     blocks = _Blocks(spec, train)
@@ -196,6 +206,8 @@ def _check_inputs(spec, x, logsnr, **inputs):
       "cond_aug_logsnr": (spec.cond_aug_conditioning, "cond_aug_conditioning"),
       "lowres_video": (spec.lowres_conditioning != "none", "lowres_conditioning"),
       "guidance_weight": (spec.guidance_weight_conditioning, "guidance_weight_conditioning"),
+      "frame_cond": (spec.frame_mask_conditioning, "frame_mask_conditioning"),
+      "frame_mask": (spec.frame_mask_conditioning, "frame_mask_conditioning"),
       "is_image": (None, ""),
   }
   for name, (needed, flag) in required.items():
@@ -225,3 +237,11 @@ def _check_inputs(spec, x, logsnr, **inputs):
   low = inputs["lowres_video"]
   if low is not None and (low.ndim != 5 or low.shape[0] != b):
     raise ValueError(f"lowres_video must be [B={b}, T', H', W', C], got {low.shape}")
+  cond, mask = inputs["frame_cond"], inputs["frame_mask"]
+  if cond is not None and cond.shape != x.shape:
+    raise ValueError(f"frame_cond must have the shape of x [B, T, H, W, C] = {x.shape} (the "
+                     f"known frames at their positions, zeros elsewhere), got {cond.shape}")
+  if mask is not None and (mask.shape != x.shape[:2] or not (
+      mask.dtype == jnp.bool_ or jnp.issubdtype(mask.dtype, jnp.floating))):
+    raise ValueError(f"frame_mask must be bool or float [B, T] = {x.shape[:2]} (1 = known "
+                     f"frame), got {mask.dtype} {mask.shape}")

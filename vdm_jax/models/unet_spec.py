@@ -58,12 +58,18 @@ class UNetSpec:
   param_dtype: str
   remat: str
   out_channels: int
+  # Optional keys (a config without them gets the default; older configs stay valid).
+  frame_mask_conditioning: bool = False
+
+  OPTIONAL = ("frame_mask_conditioning",)
 
   @classmethod
   def from_config(cls, config):
     """Reads a `model` ConfigDict (or mapping); raises ValueError on a bad or missing key."""
     values = {}
     for field in dataclasses.fields(cls):
+      if field.name not in config and field.name in cls.OPTIONAL:
+        continue
       if field.name not in config:
         raise ValueError(f"model config lacks key {field.name!r}; see configs/default.py")
       value = config[field.name]
@@ -161,3 +167,10 @@ class UNetSpec:
     for key, allowed in choices:
       if getattr(self, key) not in allowed:
         fail(f"{key} = {getattr(self, key)!r}; use one of {allowed}")
+    if not isinstance(self.frame_mask_conditioning, bool):
+      fail(f"frame_mask_conditioning must be True or False, got "
+           f"{self.frame_mask_conditioning!r}")
+    if self.frame_mask_conditioning and self.lowres_conditioning != "none":
+      fail(f"frame_mask_conditioning=True and lowres_conditioning={self.lowres_conditioning!r} "
+           "are two ways to give the model known frames; use one (a masked-interpolation "
+           "temporal SR stage sets lowres_conditioning='none')")

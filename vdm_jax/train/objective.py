@@ -3,13 +3,24 @@
 `model_inputs` maps a pipeline batch onto exactly the keyword inputs the model config uses
 (the U-Net rejects inputs it would ignore); `make_loss_fn` closes over the model and the
 diffusion settings and returns a `LossFn` for `vdm_jax.train.step.train_step`.
+
+Masked frame interpolation (Make-A-Video; `model.frame_mask_conditioning`): the loss draws a
+frame mask per example from `train.frame_mask_patterns` (stride:k = keep frames 0, k, 2k, ...;
+prefix:m = keep the first m frames; none = keep nothing) with relative probabilities
+`train.frame_mask_weights`; the model sees the clean known frames (noise-augmented like a
+low-resolution input when `model.cond_aug_conditioning` is set) and the mask. The loss covers
+ALL frames: at known positions the model learns to reproduce the given frames, so its output
+agrees with the frames that sampling writes back, and the generation-only ('none') examples
+keep it a plain generator. Image examples of joint training get no known frames.
 """
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vdm_jax import diffusion
+from vdm_jax.models import conditioning
 
 
 def _flag(model_cfg, key: str) -> bool:
@@ -21,9 +32,16 @@ def needs_text(model_cfg) -> bool:
   return _flag(model_cfg, "text_cross_attention") or _flag(model_cfg, "text_pooled_conditioning")
 
 
+def uses_frame_masks(model_cfg) -> bool:
+  """Whether the model takes known frames and a frame mask (masked frame interpolation)."""
+  return _flag(model_cfg, "frame_mask_conditioning")
+
+
 def model_inputs(model_cfg, batch: dict) -> dict:
   """The U-Net keyword inputs from a batch: text_emb/text_mask [B, L(, D)], fps [B],
-  is_image [B], lowres_video [B, T', H', W', C] as the model config asks for them."""
+  is_image [B], lowres_video [B, T', H', W', C], and for masked frame interpolation
+  frame_mask [B, T] (from the batch) with frame_cond = the batch video at its known frames
+  [B, T, H, W, C], as the model config asks for them."""
   kw = {}
   if needs_text(model_cfg):
     kw["text_emb"] = batch["text_emb"]
@@ -37,7 +55,41 @@ def model_inputs(model_cfg, batch: dict) -> dict:
       raise ValueError("model.lowres_conditioning is set but the batch has no 'lowres' video; "
                        "train an SR stage on a pipeline that yields it (data section).")
     kw["lowres_video"] = batch["lowres"]
+  if uses_frame_masks(model_cfg):
+    if "frame_mask" not in batch:
+      raise ValueError("model.frame_mask_conditioning is set but the batch has no 'frame_mask' "
+                       "[B, T]; draw one with draw_frame_masks (the training loss does).")
+    mask = batch["frame_mask"].astype(jnp.bool_)
+    kw["frame_mask"] = mask
+    kw["frame_cond"] = jnp.where(mask[:, :, None, None, None],
+                                 batch["video"].astype(jnp.float32), 0.0)
   return kw
+
+
+def frame_mask_settings(train_cfg) -> tuple[tuple[str, ...], np.ndarray]:
+  """(patterns, probabilities) of `train.frame_mask_patterns` / `train.frame_mask_weights`;
+  raises ValueError naming the key when they do not fit together."""
+  patterns = tuple(train_cfg.get("frame_mask_patterns", ()))
+  weights = np.asarray(tuple(train_cfg.get("frame_mask_weights", ())), np.float64)
+  if not patterns:
+    raise ValueError("model.frame_mask_conditioning needs train.frame_mask_patterns, e.g. "
+                     "('stride:2', 'stride:4', 'prefix:4', 'none')")
+  if weights.shape != (len(patterns),) or not np.all(np.isfinite(weights)) or np.any(
+      weights < 0) or weights.sum() <= 0:
+    raise ValueError(f"train.frame_mask_weights={tuple(weights.tolist())} must give one "
+                     f"non-negative weight per pattern of train.frame_mask_patterns={patterns} "
+                     "(not all zero)")
+  return patterns, weights / weights.sum()
+
+
+def draw_frame_masks(key: jax.Array, *, patterns: Sequence[str], probs, batch_size: int,
+                     frames: int) -> jax.Array:
+  """One frame mask per example, bool [batch_size, frames] (True = known): pattern i of
+  `patterns` (conditioning.frame_mask_pattern) with probability probs[i]."""
+  table = jnp.asarray(conditioning.frame_mask_table(patterns, frames))       # [P, T]
+  logits = jnp.log(jnp.asarray(probs, jnp.float32))
+  index = jax.random.categorical(key, logits, shape=(batch_size,))           # [B]
+  return table[index]
 
 
 def augment_lowres(lowres: jax.Array, key: jax.Array, *, schedule, max_t: float):
@@ -51,6 +103,9 @@ def augment_lowres(lowres: jax.Array, key: jax.Array, *, schedule, max_t: float)
   return noisy, logsnr
 
 
+_MASK_SALT = 0x6d61736b   # fold_in salt of the frame-mask draw (keeps the other draws as they are)
+
+
 def make_loss_fn(config, model) -> Callable[[Any, dict, jax.Array], tuple]:
   """LossFn(params, batch, key) -> (loss, aux) of `model` (a SpaceTimeUNet) on a batch with
   'video' [B, T, H, W, C] in [-1, 1] and the conditioning the model config asks for."""
@@ -58,13 +113,25 @@ def make_loss_fn(config, model) -> Callable[[Any, dict, jax.Array], tuple]:
   schedule = diffusion.schedule_from_config(d, resolution=config.height)
   cond_aug = _flag(m, "cond_aug_conditioning")
   max_aug_t = float(config.train.get("cond_aug_max_t", 1.0))
+  masks = frame_mask_settings(config.train) if uses_frame_masks(m) else None
 
   def loss_fn(params, batch, key):
     loss_key, dropout_key, aug_key = jax.random.split(key, 3)
+    if masks is not None:
+      b, t = batch["video"].shape[:2]
+      mask = draw_frame_masks(jax.random.fold_in(key, _MASK_SALT), patterns=masks[0],
+                              probs=masks[1], batch_size=b, frames=t)
+      if "is_image" in batch:   # independent images: nothing to interpolate from
+        mask = mask & ~batch["is_image"].astype(jnp.bool_)[:, None]
+      batch = dict(batch, frame_mask=mask)
     cond = model_inputs(m, batch)
     if cond_aug and "lowres_video" in cond:
       cond["lowres_video"], cond["cond_aug_logsnr"] = augment_lowres(
           cond["lowres_video"], aug_key, schedule=schedule, max_t=max_aug_t)
+    elif cond_aug and "frame_cond" in cond:
+      noisy, cond["cond_aug_logsnr"] = augment_lowres(
+          cond["frame_cond"], aug_key, schedule=schedule, max_t=max_aug_t)
+      cond["frame_cond"] = jnp.where(cond["frame_mask"][:, :, None, None, None], noisy, 0.0)
 
     def model_fn(z, logsnr, c):
       return model.apply({"params": params}, z, logsnr, **c, train=True,
@@ -85,8 +152,11 @@ def init_params_fn(config, model, *, batch_like: dict, batch_size: int = 1):
 
   def init(key):
     small = {k: sds(v) for k, v in batch_like.items()}
+    if uses_frame_masks(config.model):
+      small["frame_mask"] = jnp.zeros(small["video"].shape[:2], jnp.bool_)
     kw = model_inputs(config.model, small)
-    if _flag(config.model, "cond_aug_conditioning") and "lowres_video" in kw:
+    if _flag(config.model, "cond_aug_conditioning") and (
+        "lowres_video" in kw or "frame_cond" in kw):
       kw["cond_aug_logsnr"] = jnp.zeros((batch_size,), jnp.float32)
     x = small["video"].astype(jnp.float32)
     return model.init({"params": key}, x, jnp.zeros((batch_size,), jnp.float32), **kw)["params"]
