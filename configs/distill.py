@@ -4,7 +4,8 @@
         --workdir=/tmp/tiny_distill --teacher_workdir=/tmp/tiny
 
 Variant keys (comma separated):
-  base   tiny | default: the config the teacher was trained with (its model section is reused)
+  base   tiny | default | demo: the config the teacher was trained with (its model section is
+         reused); demo = the base stage of configs/demo.py (the `make demo` cascade)
   mode   progressive | guided
   start  the teacher's sampling steps (the first round's teacher grid), e.g. 1024 or 256
   end    the last student's sampling steps, e.g. 8, 4 or 1
@@ -15,6 +16,7 @@ the round's steps); checkpoints, logging and sharding are the training ones.
 import ml_collections
 
 from configs import default
+from configs import demo
 from configs import tiny
 from vdm_jax import config_utils
 
@@ -48,9 +50,12 @@ def get_config(arg=None):
     raise ValueError(f"configs/distill.py: unknown variant keys {sorted(unknown)}; use base=, "
                      "mode=, start=, end=")
   base = args.get("base", "tiny")
-  if base not in ("tiny", "default"):
-    raise ValueError(f"configs/distill.py: base={base!r} is not tiny or default")
-  c = (tiny if base == "tiny" else default).get_config()
+  if base not in ("tiny", "default", "demo"):
+    raise ValueError(f"configs/distill.py: base={base!r} is not tiny, default or demo")
+  if base == "demo":
+    c = demo.get_config().cascade.stages.base
+  else:
+    c = (tiny if base == "tiny" else default).get_config()
   mode = args.get("mode", "progressive")
   add_distill_section(c, mode=mode, start=int(args.get("start", 256)),
                       end=int(args.get("end", 8)))
@@ -62,7 +67,7 @@ def get_config(arg=None):
   t.lr = 1e-4 if base == "default" else 3e-4
   t.ema_decay = 0.999 if base == "default" else 0.99
   t.sample_every = 0
-  if base == "tiny":
+  if base in ("tiny", "demo"):
     c.distill.steps_per_round = 300
     c.distill.guided_steps = 300
     t.checkpoint_every = 100

@@ -28,15 +28,13 @@ from vdm_jax.distill import objective as dobjective
 from vdm_jax.distill import run as drun
 from vdm_jax.distill import state as dstate
 
-GUIDANCE = 2.0  # classifier-free guidance weight of every guided row (student: w as input)
-
-
 def make_config(exp: str, *, steps_per_round: int, guided_steps: int, start: int, end: int,
-                threshold_students: bool = False):
-  """configs/distill.py:base=tiny,mode=guided with the experiment's data and text store."""
-  c = distill_config.get_config(f"base=tiny,mode=guided,start={start},end={end}")
+                threshold_students: bool = False, base: str = "tiny"):
+  """configs/distill.py:base=<base>,mode=guided with the experiment's data and text store."""
+  c = distill_config.get_config(f"base={base},mode=guided,start={start},end={end}")
   c.data.data_dir = os.path.join(exp, "data")
-  c.data.num_eval_examples = 128
+  if base == "tiny":
+    c.data.num_eval_examples = 128
   c.text.store_path = os.path.join(exp, "text_store.safetensors")
   c.sharding.mesh_shape = (1, 1, 1)
   c.distill.steps_per_round = steps_per_round
@@ -55,7 +53,7 @@ def distill_dir(exp: str, threshold_students: bool) -> str:
 def cmd_distill(args):
   config = make_config(args.exp, steps_per_round=args.steps_per_round,
                        guided_steps=args.guided_steps, start=args.start, end=args.end,
-                       threshold_students=args.threshold_students)
+                       threshold_students=args.threshold_students, base=args.base)
   t0 = time.time()
   if args.threshold_students:  # reuse guided stage one: only the progressive rounds differ
     src = os.path.join(distill_dir(args.exp, False), "rounds", f"00_guided_{args.start:04d}")
@@ -70,14 +68,13 @@ def cmd_distill(args):
 
 
 def _real_clips(config, n):
-  """The first n test clips at the stage geometry (first `frames` frames at the stored fps,
-  block-mean downsampled to height x width) with their captions."""
+  """The first n test clips at the stage geometry (its first `frames` frames at its fps,
+  resized to height x width, as the cascade evaluation reads them) with their captions."""
+  from vdm_jax import cascade_eval  # pylint: disable=g-import-not-at-top
   from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
   ex = build.load_split_examples(config, "test", n)
-  v = ex["video"][:, :config.frames].astype(np.float32)  # source fps == stage fps (8)
-  f = v.shape[2] // config.height
-  v = v.reshape(v.shape[0], v.shape[1], config.height, f, config.width, f, 3).mean((3, 5))
-  return np.clip(np.round(v), 0, 255).astype(np.uint8), ex["caption"]
+  return (cascade_eval.real_at_geometry(ex["video"], float(ex["fps"][0]), config),
+          ex["caption"])
 
 
 def _load(config, workdir, model, batch_like, mesh, rules):
@@ -102,32 +99,12 @@ def _timed_sample(model_fn, *, num_steps, cond, uncond, weight, noise, schedule,
   return np.asarray(videos), time.time() - t0
 
 
-def _safe_detect(video, fps):
-  """detectors.detect, except that a clip in which no object colour is found (the committed
-  detector raises on it; see the README) is read as background only: no objects."""
-  from vdm_jax.data import procedural  # pylint: disable=g-import-not-at-top
-  from vdm_jax.eval import detectors  # pylint: disable=g-import-not-at-top
-  try:
-    return detectors.detect(video, fps)
-  except ValueError as e:
-    if "empty sequence" not in str(e):
-      raise
-    v = np.asarray(video, np.float32)
-    bg = np.median(v.reshape(v.shape[0], -1, 3), axis=1)
-    names = list(procedural.BACKGROUND_NAMES)
-    rgb = np.stack([np.asarray(procedural.BACKGROUNDS[n], np.float32) for n in names])
-    if rgb.max() <= 1.0:
-      rgb = rgb * 255.0
-    name = names[int(np.argmin(((rgb - np.median(bg, 0)) ** 2).sum(-1)))]
-    return detectors.Detection(background=name, background_rgb=bg, objects=[],
-                               coverage=np.zeros(v.shape[:3]))
-
-
 def _score(videos_u8, captions, real_features, extractor, fps):
   """(FVD against the real clips' I3D features, caption accuracy dict, #clips read empty)."""
   from vdm_jax.eval import accuracy  # pylint: disable=g-import-not-at-top
+  from vdm_jax.eval import detectors  # pylint: disable=g-import-not-at-top
   from vdm_jax.eval import fvd as fvd_lib  # pylint: disable=g-import-not-at-top
-  dets = [_safe_detect(v, fps) for v in videos_u8]
+  dets = [detectors.detect(v, fps) for v in videos_u8]
   acc = accuracy.caption_accuracy(dets, list(captions), with_motion=videos_u8.shape[1] > 1)
   fvd = None
   if real_features is not None:
@@ -143,14 +120,17 @@ def cmd_evaluate(args):
   from vdm_jax.eval import gallery  # pylint: disable=g-import-not-at-top
   from vdm_jax.models.unet import SpaceTimeUNet  # pylint: disable=g-import-not-at-top
   config = make_config(args.exp, steps_per_round=args.steps_per_round,
-                       guided_steps=args.guided_steps, start=args.start, end=args.end)
+                       guided_steps=args.guided_steps, start=args.start, end=args.end,
+                       base=args.base)
+  guidance = args.guidance
   mesh = sharding_lib.create_mesh(config.sharding)
   rules = sharding_lib.logical_rules(config.sharding)
   n = args.num_videos
   real, captions = _real_clips(config, n)
   emb, mask = text_lib.load_text_encoder(config.text).encode(list(captions))
-  cond = {"text_emb": jnp.asarray(emb), "text_mask": jnp.asarray(mask),
-          "fps": jnp.full((n,), float(config.fps), jnp.float32)}
+  cond = {"text_emb": jnp.asarray(emb), "text_mask": jnp.asarray(mask)}
+  if config.model.get("fps_conditioning", False):
+    cond["fps"] = jnp.full((n,), float(config.fps), jnp.float32)
   uncond = dict(cond, text_emb=jnp.zeros_like(cond["text_emb"]),
                 text_mask=jnp.zeros_like(cond["text_mask"]))
   batch_like = {"video": np.zeros((1, config.frames, config.height, config.width, 3),
@@ -191,11 +171,11 @@ def cmd_evaluate(args):
     if source == "teacher":
       model_fn = dobjective.make_student_model_fn(teacher, t_params)
       videos, secs = _timed_sample(model_fn, num_steps=steps, cond=cond, uncond=uncond,
-                                   weight=GUIDANCE, noise=noise, schedule=schedule,
+                                   weight=guidance, noise=noise, schedule=schedule,
                                    config=config, clip=config.sample.clip)
     else:
       params, _ = _load(config, by_steps[source], student, batch_like, mesh, rules)
-      model_fn = dobjective.make_student_model_fn(student, params, guidance_weight=GUIDANCE)
+      model_fn = dobjective.make_student_model_fn(student, params, guidance_weight=guidance)
       # The round's own config says how to sample it (clip 'none' after thresholded teachers).
       clip = json.load(open(os.path.join(by_steps[source], "config.json")))["sample"]["clip"]
       videos, secs = _timed_sample(model_fn, num_steps=steps, cond=cond, uncond=None,
@@ -221,7 +201,7 @@ def cmd_evaluate(args):
     for i in range(2):
       gallery.write_gif(os.path.join(video_dir, f"{_tag(source, steps)}_{i}.gif"), videos[i],
                         fps=config.fps)
-  out = dict(num_videos=n, guidance_weight=GUIDANCE, teacher_step=t_step,
+  out = dict(num_videos=n, guidance_weight=guidance, teacher_step=t_step,
              real_caption_accuracy=real_acc, real_clips_without_objects=real_empty,
              rows=results, machine=_machine(), rounds=manifest,
              rounds_thresholded=thr_manifest)
@@ -272,6 +252,11 @@ def main():
   p.add_argument("--teacher_steps", type=int, default=256)
   p.add_argument("--num_videos", type=int, default=64)
   p.add_argument("--seed", type=int, default=1)
+  p.add_argument("--base", choices=("tiny", "demo"), default="tiny",
+                 help="the teacher's config: configs/tiny.py, or the base stage of "
+                      "configs/demo.py (DIR/teacher = <demo --out>/cascade/base)")
+  p.add_argument("--guidance", type=float, default=2.0,
+                 help="classifier-free guidance weight of every guided row (students: w input)")
   p.add_argument("--threshold_students", action="store_true",
                  help="distill: threshold every teacher step and sample students with it "
                       "(into DIR/distill_thresholded, reusing DIR/distill's guided stage one)")
