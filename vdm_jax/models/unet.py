@@ -26,8 +26,9 @@ logSNR and guidance-weight embeddings + Dense(masked mean of text) (see conditio
 low-resolution video of an SR stage is resized to the input geometry and concatenated on
 channels. With `frame_mask_conditioning` (masked frame interpolation, Make-A-Video) the known
 frames `frame_cond` (zeroed where unknown) and the per-frame mask `frame_mask` broadcast over
-space are concatenated on channels (C + 1 extra input channels). Inputs are validated before tracing any layer: a missing input that the config
-requires, or an input given that the config does not use, raises ValueError naming it.
+space are concatenated on channels (C + 1 extra input channels). Inputs are validated before
+tracing any layer: a missing input that the config requires, or an input given that the config
+does not use, raises ValueError naming it.
 
 Rematerialization: `model.remat` none | block | full (policies in unet_spec.py), applied to
 every residual, attention and temporal block.
