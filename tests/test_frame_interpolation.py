@@ -186,6 +186,17 @@ def test_config_checks():
   config_utils.validate_config(c)
   assert c.model.lowres_conditioning == "none" and c.model.frame_mask_conditioning
   assert "stride:2" in c.train.frame_mask_patterns
+  # The CPU-scale stage traces (eval_shape: nothing compiled) to its output shape.
+  shape = (1, c.frames, c.height, c.width, c.channels)
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  vec = jax.ShapeDtypeStruct((1,), jnp.float32)
+  kw = dict(text_emb=jax.ShapeDtypeStruct((1, 4, c.model.text_embed_dim), jnp.float32),
+            fps=vec, cond_aug_logsnr=vec, frame_cond=x,
+            frame_mask=jax.ShapeDtypeStruct(shape[:2], jnp.bool_))
+  model = SpaceTimeUNet(config=c.model)
+  out = jax.eval_shape(lambda x, l, kw: model.init_with_output(jax.random.key(0), x, l, **kw)[0],
+                       x, vec, kw)
+  assert out.shape == shape
   c.train.frame_mask_patterns = ("stride:4", "none")
   c.train.frame_mask_weights = (1.0, 1.0)
   with pytest.raises(config_utils.ConfigError, match="must include 'stride:2'"):
