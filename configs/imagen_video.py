@@ -242,6 +242,9 @@ def cascade_config(scale: str = "cpu", stages=STAGE_ORDER, tsr: str = "lowres"):
   c.cascade.order = stages
   c.cascade.scale = scale
   c.cascade.seed = 0              # stage i samples with seed + i unless its sample.seed >= 0
+  # Distilled stages replacing trained ones at sampling: "name=<distillation round dir>,..."
+  # (e.g. "base=out/base_distill/rounds/03_progressive_0008"); "" = none.
+  c.cascade.distilled = ""
   c.cascade.stages = ml_collections.ConfigDict(
       {n: stage_config(n, scale, stages[-1], tsr) for n in stages})
   return c

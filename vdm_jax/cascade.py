@@ -114,6 +114,19 @@ def stage_workdir(root: str, name: str) -> str:
   return os.path.join(root, name)
 
 
+def parse_distilled(spec: str) -> dict[str, str]:
+  """"base=dir1,ssr1=dir2" -> {"base": "dir1", "ssr1": "dir2"} ("" -> {})."""
+  out = {}
+  for item in (p.strip() for p in spec.split(",")):
+    if not item:
+      continue
+    name, sep, path = item.partition("=")
+    if not sep or not name.strip() or not path.strip():
+      raise ValueError(f"cascade.distilled item {item!r} is not name=<round directory>.")
+    out[name.strip()] = path.strip()
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class StageSampling:
   """How one stage of the cascade samples (from its config's `sample` section)."""
@@ -146,6 +159,29 @@ class StageSampling:
                    {"cond_aug_logsnr": self.cond_aug_logsnr}))
 
 
+def distilled_stage(stage_config, round_dir: str, *, index: int, cascade_seed: int,
+                    text_encoder: Optional[Any] = None,
+                    devices: Optional[Sequence[Any]] = None
+                    ) -> tuple[sampling.Stage, StageSampling]:
+  """A distillation round's student (`<distill workdir>/rounds/<round>`, see vdm_jax/distill)
+  in place of the stage `stage_config`: its own config (geometry checked against the stage's),
+  its student step count, and the stage's guidance weight, given to a guided student as an
+  input (one network evaluation per step, a constant weight)."""
+  stage = sampling.load_stage_from_workdir(round_dir, text_encoder=text_encoder,
+                                           devices=devices)
+  c = stage.config
+  mine = (int(c.frames), int(c.height), int(c.width), float(c.fps))
+  want = (int(stage_config.frames), int(stage_config.height), int(stage_config.width),
+          float(stage_config.fps))
+  if mine != want:
+    raise ValueError(f"The distilled student in {round_dir} samples (frames, height, width, fps)"
+                     f" = {mine}, but the cascade stage it replaces has {want}.")
+  base = StageSampling.from_config(stage_config, index=index, cascade_seed=cascade_seed)
+  schedule = "constant" if stage.takes_guidance_weight else base.guidance_schedule
+  return stage, dataclasses.replace(base, num_steps=int(c.sample.num_steps),
+                                    guidance_schedule=schedule)
+
+
 class Cascade:
   """Loaded stages run in order: base from text, every later stage from its predecessor."""
 
@@ -159,26 +195,47 @@ class Cascade:
   @classmethod
   def from_config(cls, config, root: str, *, text_encoder: Optional[Any] = None,
                   steps: Optional[Mapping[str, int]] = None,
-                  devices: Optional[Sequence[Any]] = None) -> "Cascade":
+                  devices: Optional[Sequence[Any]] = None,
+                  distilled: Optional[Mapping[str, str]] = None) -> "Cascade":
     """Loads every stage of a cascade config from `<root>/<name>` (EMA parameters of the
     latest checkpoint, or of `steps[name]`) onto its mesh over `devices` (default: all).
     Stages with equal `text` sections share one text encoder (`text_encoder`, or the first
-    one loaded)."""
+    one loaded). `distilled` {name: round directory} (default: `cascade.distilled`) replaces
+    stages by distilled students (see `distilled_stage`)."""
     named = stage_configs(config)
     check_chain(named)
+    if distilled is None:
+      distilled = parse_distilled(str(config.cascade.get("distilled", "")))
+    unknown = set(distilled) - {n for n, _ in named}
+    if unknown:
+      raise ValueError(f"cascade.distilled names {sorted(unknown)}, which are not stages of "
+                       f"this cascade {[n for n, _ in named]}.")
     seed = int(config.cascade.get("seed", 0))
     stages, settings, encoders = [], [], {}
     for i, (name, c) in enumerate(named):
       text_key = json.dumps(c.text.to_dict(), sort_keys=True, default=str)
       enc = text_encoder if text_encoder is not None else encoders.get(text_key)
-      stage = sampling.load_stage(c, stage_workdir(root, name),
-                                  step=(steps or {}).get(name), text_encoder=enc,
-                                  devices=devices)
+      if name in distilled:
+        stage, stage_settings = distilled_stage(c, distilled[name], index=i, cascade_seed=seed,
+                                                text_encoder=enc, devices=devices)
+      else:
+        stage = sampling.load_stage(c, stage_workdir(root, name),
+                                    step=(steps or {}).get(name), text_encoder=enc,
+                                    devices=devices)
+        stage_settings = StageSampling.from_config(c, index=i, cascade_seed=seed)
       if stage.text_encoder is not None:
         encoders.setdefault(text_key, stage.text_encoder)
       stages.append(stage)
-      settings.append(StageSampling.from_config(c, index=i, cascade_seed=seed))
+      settings.append(stage_settings)
     return cls([n for n, _ in named], stages, settings)
+
+  def with_stage(self, name: str, stage: sampling.Stage, settings: StageSampling) -> "Cascade":
+    """This cascade with stage `name` replaced (e.g. by its distilled student)."""
+    if name not in self.names:
+      raise ValueError(f"{name!r} is not a stage of this cascade {self.names}.")
+    i = self.names.index(name)
+    return Cascade(self.names, self.stages[:i] + [stage] + self.stages[i + 1:],
+                   self.settings[:i] + [settings] + self.settings[i + 1:])
 
   def sample(self, prompts: Sequence[str], *, seed: Optional[int] = None, batch_size: int = 0,
              until: Optional[str] = None) -> dict[str, np.ndarray]:

@@ -93,6 +93,12 @@ class Stage:
   def uses_frame_masks(self) -> bool:
     return bool(self.config.model.get("frame_mask_conditioning", False))
 
+  @property
+  def takes_guidance_weight(self) -> bool:
+    """A guided-distillation student: w is a model input and one evaluation per step replaces
+    classifier-free guidance's two."""
+    return bool(self.config.model.get("guidance_weight_conditioning", False))
+
 
 def load_stage(config, workdir: str, *, step: Optional[int] = None,
                text_encoder: Optional[Any] = None,
@@ -109,7 +115,7 @@ def load_stage(config, workdir: str, *, step: Optional[int] = None,
   from vdm_jax.train import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
   from vdm_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
-  directory = os.path.join(workdir, "checkpoints")
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")   # orbax: absolute
   if not os.path.isdir(directory):
     raise FileNotFoundError(
         f"No checkpoints under {directory}: train this stage first "
@@ -135,6 +141,23 @@ def load_stage(config, workdir: str, *, step: Optional[int] = None,
   logging.info("Loaded %s stage from %s (step %d).", config.stage, workdir, step)
   return Stage(config=config, model=model, params=state.ema_params, step=step, mesh=mesh,
                param_shardings=shardings.ema_params, text_encoder=text_encoder)
+
+
+def load_stage_from_workdir(workdir: str, *, step: Optional[int] = None,
+                            text_encoder: Optional[Any] = None,
+                            devices: Optional[Sequence[Any]] = None) -> Stage:
+  """`load_stage` with the config that `workdir` saved (its config.json): for a training
+  workdir or a distillation round directory (`<distill workdir>/rounds/<round>`, whose config
+  says how its student samples: model.guidance_weight_conditioning, sample.num_steps)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir} has no config.json: pass a training workdir or a "
+                            "distillation round directory.")
+  with open(path, encoding="utf-8") as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  return load_stage(config, workdir, step=step, text_encoder=text_encoder, devices=devices)
 
 
 def _sample_settings(config, overrides: dict) -> dict:
@@ -250,10 +273,15 @@ def stage_conditioning(stage: Stage, *, prompts: Optional[Sequence[str]] = None,
                        cond_aug_logsnr: Optional[float] = None,
                        aug_key: Optional[jax.Array] = None,
                        frame_cond: Optional[np.ndarray] = None,
-                       frame_mask: Optional[np.ndarray] = None) -> tuple[dict, Optional[dict]]:
+                       frame_mask: Optional[np.ndarray] = None,
+                       guidance_weight: Optional[float] = None) -> tuple[dict, Optional[dict]]:
   """(cond, uncond) model inputs for `n` videos: text from `prompts` (the null condition for
   uncond), fps, the low-resolution video for SR stages and, with conditioning augmentation,
   that video noised with `aug_key` to `cond_aug_level(...)` together with the level.
+
+  A guidance-weight-conditioned stage (a guided-distillation student) gets w =
+  `guidance_weight` (default `sample.guidance_weight`) as an input and no uncond: it samples
+  with one network evaluation per step.
 
   A frame-mask stage gets frame_cond/frame_mask from `known_frames(lowres=..., frame_cond=...,
   frame_mask=...)` instead, its known frames augmented the same way (zeros stay zeros)."""
@@ -289,6 +317,10 @@ def stage_conditioning(stage: Stage, *, prompts: Optional[Sequence[str]] = None,
       lowres = _augment(stage, lowres, cond, n=n, cond_aug_logsnr=cond_aug_logsnr,
                         aug_key=aug_key)
     cond["lowres_video"] = lowres
+  if stage.takes_guidance_weight:
+    w = float(stage.config.sample.guidance_weight if guidance_weight is None else guidance_weight)
+    cond["guidance_weight"] = np.full((n,), w, np.float32)
+    return cond, None
   if stage.uses_text:
     uncond = dict(cond)
     uncond["text_emb"] = np.zeros_like(cond["text_emb"])
@@ -314,7 +346,8 @@ def sample_stage(stage: Stage, *, key: jax.Array, prompts: Optional[Sequence[str
   """Samples videos float32 [N, T, H, W, C] in [-1, 1] from a loaded stage.
 
   `overrides` replace `config.sample` settings (num_steps, guidance_weight, sampler, eta, clip,
-  ...). Guidance needs text: for a stage without text the weight is ignored. SR stages need
+  ...). Guidance needs text: for a stage without text the weight is ignored; a guided-distilled
+  stage (model.guidance_weight_conditioning) takes the weight as an input. SR stages need
   `lowres` [N, T', H', W', C] (the previous stage's output); its augmentation noise is drawn
   from fold_in(key, 1). The initial noise z_1 is `init_noise` or drawn from fold_in(key, 2):
   i.i.d., or with `shared_init_noise` (default `sample.shared_init_noise`) one noise frame
@@ -341,7 +374,8 @@ def sample_stage(stage: Stage, *, key: jax.Array, prompts: Optional[Sequence[str
   cond, uncond = stage_conditioning(stage, prompts=prompts, n=n, fps=fps, lowres=lowres,
                                     cond_aug_logsnr=cond_aug_logsnr,
                                     aug_key=jax.random.fold_in(key, 1), frame_cond=frame_cond,
-                                    frame_mask=frame_mask)
+                                    frame_mask=frame_mask,
+                                    guidance_weight=settings["guidance_weight"])
   has_uncond = uncond is not None and settings["guidance_weight"] != 0.0
   if shared_init_noise is None:
     shared_init_noise = bool(c.sample.get("shared_init_noise", False))

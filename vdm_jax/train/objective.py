@@ -158,6 +158,8 @@ def init_params_fn(config, model, *, batch_like: dict, batch_size: int = 1):
     if _flag(config.model, "cond_aug_conditioning") and (
         "lowres_video" in kw or "frame_cond" in kw):
       kw["cond_aug_logsnr"] = jnp.zeros((batch_size,), jnp.float32)
+    if _flag(config.model, "guidance_weight_conditioning"):   # a guided-distillation student
+      kw["guidance_weight"] = jnp.zeros((batch_size,), jnp.float32)
     x = small["video"].astype(jnp.float32)
     return model.init({"params": key}, x, jnp.zeros((batch_size,), jnp.float32), **kw)["params"]
 
