@@ -56,10 +56,9 @@ def get_config(arg=None):
   m.param_dtype = "float32"
   m.remat = "none"                        # none | block | full (vdm_jax/models/unet_spec.py)
   m.out_channels = 3                      # channels the U-Net predicts
-  # Optional key (absent here; vdm_jax/models/unet_spec.py defaults it to False):
-  #   m.frame_mask_conditioning = True  masked frame interpolation (Make-A-Video): C + 1 extra
-  #   input channels (known frames, frame mask); with stage='tsr' and lowres_conditioning='none'
-  #   an interpolation TSR stage (configs/imagen_video.py:...,tsr=interp).
+  m.frame_mask_conditioning = False       # masked frame interpolation (Make-A-Video): C + 1
+  #   extra input channels (known frames, frame mask); with stage='tsr' and
+  #   lowres_conditioning='none' an interpolation TSR stage (imagen_video.py:...,tsr=interp)
 
   # --- diffusion ---
   d = c.diffusion = ml_collections.ConfigDict()

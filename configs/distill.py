@@ -56,18 +56,23 @@ def get_config(arg=None):
     c = demo.get_config().cascade.stages.base
   else:
     c = (tiny if base == "tiny" else default).get_config()
-  mode = args.get("mode", "progressive")
-  add_distill_section(c, mode=mode, start=int(args.get("start", 256)),
-                      end=int(args.get("end", 8)))
+  return distill_config(c, mode=args.get("mode", "progressive"),
+                        start=int(args.get("start", 256)), end=int(args.get("end", 8)),
+                        small=base != "default")
 
+
+def distill_config(c, *, mode: str, start: int, end: int, small: bool):
+  """Stage config `c` (modified in place) made into a distillation config: the `distill`
+  section, and a `train` section for the rounds; `small` = a CPU-scale model."""
+  add_distill_section(c, mode=mode, start=start, end=end)
   # Salimans & Ho use a constant learning rate per round; the EMA must follow a short round.
   t = c.train
   t.lr_schedule = "constant"
   t.warmup_steps = 0
-  t.lr = 1e-4 if base == "default" else 3e-4
-  t.ema_decay = 0.999 if base == "default" else 0.99
+  t.lr = 3e-4 if small else 1e-4
+  t.ema_decay = 0.99 if small else 0.999
   t.sample_every = 0
-  if base in ("tiny", "demo"):
+  if small:
     c.distill.steps_per_round = 300
     c.distill.guided_steps = 300
     t.checkpoint_every = 100

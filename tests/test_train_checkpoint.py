@@ -127,3 +127,19 @@ def test_keeps_the_last_n_and_every_kth(tmp_path):
     ckpt.save(step, state, None, config)
   assert ckpt.all_steps() == [4, 8, 9]
   ckpt.close()
+
+
+def test_config_diff_tolerates_keys_added_later_switched_off():
+  """A model key that an older checkpoint lacks is compatible while it is off (False / None /
+  'none'); switched on, or changed, it is a difference that names the key."""
+  saved = {"model": {"base_channels": 8, "nested": {"a": 1}}}
+  off = {"model": {"base_channels": 8, "nested": {"a": 1}, "frame_mask_conditioning": False,
+                   "lowres_conditioning": "none"}}
+  assert ckpt_lib._dict_diff(saved, off) == []  # pylint: disable=protected-access
+  on = {"model": {"base_channels": 8, "nested": {"a": 2}, "frame_mask_conditioning": True}}
+  diffs = ckpt_lib._dict_diff(saved, on)  # pylint: disable=protected-access
+  assert diffs == ["model.frame_mask_conditioning: absent in the checkpoint, True now",
+                   "model.nested.a: 1 in the checkpoint, 2 now"]
+  assert ckpt_lib._dict_diff(on, saved) == [  # pylint: disable=protected-access
+      "model.frame_mask_conditioning: True in the checkpoint, absent now",
+      "model.nested.a: 2 in the checkpoint, 1 now"]

@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import time
+from typing import Optional
 
 from absl import app
 from absl import flags
@@ -29,6 +30,9 @@ _OUT = flags.DEFINE_string("out", "demo_out", "Output directory.")
 _BUDGET = flags.DEFINE_float("budget", 1.0, "Multiplies every stage's train.num_steps.")
 _CONFIG = flags.DEFINE_string("config", "configs/demo.py", "Cascade config (a get_config module).")
 _NUM_VIDEOS = flags.DEFINE_integer("num_videos", None, "Held-out prompts to evaluate.")
+_DISTILL = flags.DEFINE_bool(
+    "distill", True, "Also distill one stage (config `demo` section: guided + progressive "
+    "distillation) and show the cascade with the distilled stage beside the trained one.")
 SAMPLE_BATCH = 8   # prompts per sampler call: the demo and held-out prompts share one compile
 
 
@@ -61,6 +65,55 @@ def demo_config(path: str, out: str, budget: float):
     c.train.warmup_steps = min(int(c.train.warmup_steps), max(1, steps // 10))
   cascade.check_chain(named)
   return config
+
+
+def distill_config(config, budget: float):
+  """The distillation config of the demo's `demo.distill_stage`: that stage's config with the
+  `distill` section of configs/distill.py (guided mode), round lengths times `budget`."""
+  from configs import distill as distill_lib  # pylint: disable=g-import-not-at-top
+  d = config.demo
+  c = config.cascade.stages[d.distill_stage].copy_and_resolve_references()
+  distill_lib.distill_config(c, mode="guided", start=int(d.distill_start),
+                             end=int(d.distill_end), small=True)
+  c.distill.guided_steps = max(1, int(round(int(d.distill_guided_steps) * budget)))
+  c.distill.steps_per_round = max(1, int(round(int(d.distill_steps_per_round) * budget)))
+  c.train.checkpoint_every = max(c.distill.guided_steps, c.distill.steps_per_round)
+  c.train.log_every = 20
+  return c
+
+
+def last_round(workdir: str) -> Optional[str]:
+  """The last finished round directory of a distillation workdir (None before it ends)."""
+  path = os.path.join(workdir, "rounds.json")
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    manifest = json.load(f)
+  rounds, plan = manifest.get("rounds", []), manifest.get("plan", [])
+  if not rounds or len(rounds) < len(plan):
+    return None
+  return rounds[-1]["directory"]
+
+
+def _score_held_out(config, casc) -> dict:
+  """Held-out test prompts through `casc`: every stage's detector scores, the final FVD and
+  the sampling time per video (what `cascade_eval.evaluate_cascade` measures, no page)."""
+  from vdm_jax import cascade_eval  # pylint: disable=g-import-not-at-top
+  from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  final = casc.final.config
+  real = build.load_split_examples(final, "test", int(_NUM_VIDEOS.value or
+                                                     config.eval.num_videos))
+  prompts = real["caption"]
+  held = np.asarray(real["labels"].get("held_out", np.zeros(len(prompts))), bool)
+  start = time.perf_counter()
+  videos = casc.sample(prompts, batch_size=SAMPLE_BATCH)
+  seconds = time.perf_counter() - start
+  scores = cascade_eval.score_stages(
+      casc, videos, prompts, held_out=held, compute_fvd=bool(config.eval.get("fvd", True)),
+      real_final=cascade_eval.real_at_geometry(real["video"], float(real["fps"][0]), final))
+  scores["seconds_per_video"] = seconds / len(prompts)
+  return scores
 
 
 def _latest_step(workdir: str) -> int:
@@ -101,29 +154,64 @@ def main(argv):
       continue
     run(f"train {name} ({c.train.num_steps} steps)",
         lambda c=c, w=workdir: loop.train_and_evaluate(c, w))
+  round_dir = None
+  if _DISTILL.value and config.get("demo") is not None:
+    from vdm_jax.distill import run as distill_run  # pylint: disable=g-import-not-at-top
+    dcfg = distill_config(config, _BUDGET.value)
+    name = str(config.demo.distill_stage)
+    dwork = os.path.join(root, f"{name}_distilled")
+    round_dir = last_round(dwork)
+    if round_dir is None:
+      run(f"distill {name} ({dcfg.distill.start_steps} -> {dcfg.distill.end_steps} steps)",
+          lambda: distill_run.run_distillation(dcfg, dwork,
+                                               cascade_lib.stage_workdir(root, name)))
+      round_dir = last_round(dwork)
+    else:
+      print(f"{name}: already distilled ({round_dir}); not redistilling.")
   cascade = run("load cascade", lambda: cascade_lib.Cascade.from_config(config, root))
+  cascades = {"trained": cascade}
+  if round_dir is not None:
+    name = str(config.demo.distill_stage)
+    i = cascade.names.index(name)
+    student, settings = cascade_lib.distilled_stage(
+        config.cascade.stages[name], round_dir, index=i,
+        cascade_seed=int(config.cascade.get("seed", 0)),
+        text_encoder=cascade.stages[i].text_encoder)
+    cascades[f"{name} distilled"] = cascade.with_stage(name, student, settings)
   prompts = list(config.sample.prompts)
-  demo = run("sample demo prompts", lambda: cascade_lib.sample_cascade(
-      config, root, prompts, out_dir=os.path.join(out, "samples"), cascade=cascade,
-      batch_size=SAMPLE_BATCH))
   final = cascade.final.config
   real = [cascade_eval.real_clip_for_prompt(p, frames=final.frames, height=final.height,
                                             width=final.width, fps=final.fps, seed=i)
           for i, p in enumerate(prompts)]
-  entries = cascade_eval.gallery_entries(out, cascade, demo["videos"], prompts, real,
-                                         prefix="demo_")
-  demo_scores = {name: cascade_eval.read_videos(v, prompts, float(s.config.fps))
-                 for (name, v), s in zip(demo["videos"].items(), cascade.stages)}
-  demo_table = {name: {k: v for k, v in r["caption_accuracy"].items() if k != "num_clips"}
-                for name, r in demo_scores.items()}
+  entries, demo_table = [], {}
+  for label, casc in cascades.items():
+    tag = "" if label == "trained" else "_" + label.replace(" ", "_")
+    demo = run(f"sample demo prompts ({label})", lambda casc=casc, tag=tag:
+               cascade_lib.sample_cascade(config, root, prompts,
+                                          out_dir=os.path.join(out, "samples" + tag),
+                                          cascade=casc, batch_size=SAMPLE_BATCH))
+    entries += cascade_eval.gallery_entries(out, casc, demo["videos"], prompts, real,
+                                            prefix=f"demo{tag}_")
+    for (stage_name, v), s in zip(demo["videos"].items(), casc.stages):
+      r = cascade_eval.read_videos(v, prompts, float(s.config.fps))["caption_accuracy"]
+      demo_table[stage_name + tag.replace("_", " ")] = {
+          k: v for k, v in r.items() if k != "num_clips"}
   run_figures = {"budget": _BUDGET.value, "cpu cores": os.cpu_count(),
                  **{f"{k}: wall s / CPU s / load average": f"{timings[k]:.0f} / {cpu[k]:.0f} / "
                     f"{loads[k]}" for k in timings}}
+  extra_figures = {"caption accuracy on the demo prompts": demo_table}
+  distilled_scores = {}
+  for label, casc in list(cascades.items())[1:]:
+    distilled_scores[label] = run(f"evaluate held-out prompts ({label})",
+                                  lambda casc=casc: _score_held_out(config, casc))
+    extra_figures[f"held-out prompts, cascade with the {label}"] = {
+        **cascade_eval.accuracy_table(distilled_scores[label]),
+        "final stage": {k: distilled_scores[label].get(k)
+                        for k in ("fvd", "seconds_per_video")}}
+  extra_figures["demo run"] = run_figures
   scores = run("evaluate held-out prompts", lambda: cascade_eval.evaluate_cascade(
       config, root, out_dir=out, cascade=cascade, num_videos=_NUM_VIDEOS.value,
-      batch_size=SAMPLE_BATCH, extra_entries=entries,
-      extra_figures={"caption accuracy on the demo prompts": demo_table,
-                     "demo run": run_figures},
+      batch_size=SAMPLE_BATCH, extra_entries=entries, extra_figures=extra_figures,
       title=f"vdm_jax demo: {' -> '.join(cascade.names)} cascade on moving shapes"))
   summary = {"budget": _BUDGET.value, "timings_s": timings, "cpu_s": cpu, "load_average": loads,
              "steps": {n: s.step for n, s in zip(cascade.names, cascade.stages)},
@@ -131,7 +219,14 @@ def main(argv):
              "held_out_caption_accuracy": {n: r["caption_accuracy"]
                                            for n, r in scores["stages"].items()},
              "real_caption_accuracy": scores["real"]["caption_accuracy"],
-             "fvd": scores.get("fvd")}
+             "fvd": scores.get("fvd"), "seconds_per_video": scores.get("seconds_per_video"),
+             "distilled": {label: {"round": os.path.basename(round_dir or ""),
+                                   "held_out_caption_accuracy": {
+                                       n: r["caption_accuracy"]
+                                       for n, r in sc["stages"].items()},
+                                   "fvd": sc.get("fvd"),
+                                   "seconds_per_video": sc.get("seconds_per_video")}
+                           for label, sc in distilled_scores.items()}}
   with open(os.path.join(out, "demo.json"), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=2)
   last = cascade.names[-1]

@@ -62,7 +62,8 @@ def _model_section():
       rel_pos_buckets=32, rel_pos_max_distance=128, cond_embed_dim=128, text_embed_dim=384,
       text_cross_attention=True, text_pooled_conditioning=True, fps_conditioning=True,
       lowres_conditioning="none", lowres_temporal_upsample="repeat",
-      cond_aug_conditioning=False, guidance_weight_conditioning=False, attention_impl="xla",
+      cond_aug_conditioning=False, guidance_weight_conditioning=False,
+      frame_mask_conditioning=False, attention_impl="xla",
       dtype="float32", param_dtype="float32", remat="none", out_channels=3))
 
 

@@ -37,15 +37,24 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, tuple]:
   return out
 
 
+def _is_off(value) -> bool:
+  """An optional feature switched off: what a key that an older config lacks means."""
+  return value is False or value is None or value == "none"
+
+
 def _dict_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
-  """Human-readable differences between two nested config dicts."""
+  """Human-readable differences between two nested config dicts. A key present on one side
+  only counts when it switches something on there (keys added to the schema later default to
+  off, so older checkpoints stay loadable)."""
   diffs = []
   for k in sorted(set(saved) | set(current)):
     name = f"{prefix}{k}"
     if k not in saved:
-      diffs.append(f"{name}: absent in the checkpoint, {current[k]!r} now")
+      if not _is_off(current[k]):
+        diffs.append(f"{name}: absent in the checkpoint, {current[k]!r} now")
     elif k not in current:
-      diffs.append(f"{name}: {saved[k]!r} in the checkpoint, absent now")
+      if not _is_off(saved[k]):
+        diffs.append(f"{name}: {saved[k]!r} in the checkpoint, absent now")
     elif isinstance(saved[k], dict) and isinstance(current[k], dict):
       diffs.extend(_dict_diff(saved[k], current[k], name + "."))
     elif saved[k] != current[k]:
