@@ -58,7 +58,7 @@ def main(argv):
     print(f"base step {step}: final-stage accuracy " + ", ".join(
         f"{k} {v:.2f}" for k, v in acc.items() if isinstance(v, float))
           + f"; FVD {scores.get('fvd')}", flush=True)
-    if _JSON.value:
+    if _JSON.value:   # after every step: an interrupted run keeps what it measured
       with open(_JSON.value, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
 
