@@ -297,3 +297,29 @@ def test_interp_tsr_stage_in_a_cascade(interp_cascade):
   named[1][1].train.frame_mask_patterns = ("stride:4", "none")
   with pytest.raises(ValueError, match=r"tsr1 \(tsr, interpolation\).*'stride:2'"):
     cascade.check_chain(named)
+
+
+def test_periodic_training_samples_of_an_interp_stage(interp_cascade, tmp_path):
+  """train.sample_every on a frame-mask stage: the training rows' frames at the first kept
+  pattern (stride:2) are the known frames, and the videos are written."""
+  from vdm_jax.train import samples  # pylint: disable=g-import-not-at-top
+  config, casc = interp_cascade
+  stage = casc.stages[1]
+  c = stage.config
+  sampler = samples.PeriodicSampler(c, stage.model, workdir=str(tmp_path), mesh=stage.mesh,
+                                    param_shardings=stage.param_shardings, text_encoder=None)
+  n = len(c.sample.prompts)
+  rng = np.random.default_rng(3)
+  video = rng.uniform(-1, 1, (n, c.frames, c.height, c.width, 3)).astype(np.float32)
+  emb, mask = tcs.FakeTextEncoder().encode(["a red circle"] * n)
+  batch = {"video": video, "text_emb": emb, "text_mask": mask,
+           "fps": np.full((n,), c.fps, np.float32), "is_image": np.zeros((n,), bool),
+           "lowres": video[:, ::2]}
+  cond, lines = sampler._conditioning(batch)  # pylint: disable=protected-access
+  known = np.arange(c.frames) % 2 == 0
+  np.testing.assert_array_equal(np.asarray(cond["frame_mask"]), np.broadcast_to(known, (n, 8)))
+  np.testing.assert_array_equal(np.asarray(cond["frame_cond"])[:, known], video[:, known])
+  assert not np.asarray(cond["frame_cond"])[:, ~known].any()
+  assert lines[0].startswith("frames stride:2 known")
+  paths = sampler(1, stage.params, batch=batch)
+  assert paths and all(os.path.getsize(p) > 0 for p in paths)

@@ -12,6 +12,7 @@ import numpy as np
 
 from vdm_jax import diffusion
 from vdm_jax import sharding as sharding_lib
+from vdm_jax.models import conditioning
 from vdm_jax.train import objective
 from vdm_jax.train import video_writer
 
@@ -37,6 +38,9 @@ class PeriodicSampler:
     if not self.prompts:
       raise ValueError("train.sample_every > 0 needs at least one sample.prompts entry.")
     self.is_sr = config.model.get("lowres_conditioning", "none") != "none"
+    # Frame-mask (interpolation) stages sample from training rows too: their known frames.
+    self.uses_frame_masks = objective.uses_frame_masks(config.model)
+    self.is_sr = self.is_sr or self.uses_frame_masks
     self.uses_text = objective.needs_text(config.model)
     if self.uses_text and text_encoder is None and not self.is_sr:
       raise ValueError("Sampling a text-conditioned model needs a text encoder (text.encoder).")
@@ -72,16 +76,23 @@ class PeriodicSampler:
     """(cond dict of host arrays with leading dim n, the prompt lines for prompts.txt)."""
     n = len(self.prompts)
     if self.is_sr:
-      if batch is None or "lowres" not in batch:
+      if batch is None or ("lowres" not in batch and not self.uses_frame_masks):
         raise ValueError("Sampling an SR stage needs a batch with 'lowres' videos.")
       rows = {k: np.asarray(v)[:n] for k, v in batch.items()}
+      if self.uses_frame_masks:   # the first pattern that keeps frames, e.g. stride:2
+        patterns, _ = objective.frame_mask_settings(self.config.train)
+        pattern = next((p for p in patterns if p != "none"), "none")
+        known = conditioning.frame_mask_pattern(pattern, int(self.config.frames))
+        rows["frame_mask"] = np.broadcast_to(known, (len(rows["video"]), known.shape[0]))
       cond = objective.model_inputs(self.config.model, rows)
       cond = {k: np.asarray(v) for k, v in cond.items()}
       if self.config.model.get("cond_aug_conditioning", False):
         cond["cond_aug_logsnr"] = np.full((len(rows["video"]),), self.schedule(0.0), np.float32)
       if jax.process_count() > 1:  # every process must sample the same (process 0's) rows
         cond = multihost_utils.broadcast_one_to_all(cond)
-      lines = [f"SR of training row {i} (its own caption)" for i in range(len(rows["video"]))]
+      what = f"frames {pattern} known" if self.uses_frame_masks else "SR"
+      lines = [f"{what} of training row {i} (its own caption)"
+               for i in range(len(rows["video"]))]
       return cond, lines
     cond = {}
     if self.uses_text:
