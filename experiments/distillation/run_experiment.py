@@ -123,6 +123,8 @@ def cmd_evaluate(args):
                        guided_steps=args.guided_steps, start=args.start, end=args.end,
                        base=args.base)
   guidance = args.guidance
+  teacher_clip = args.teacher_clip or config.sample.clip
+  suffix = f"_{args.teacher_clip}" if args.teacher_clip else ""   # another set of results
   mesh = sharding_lib.create_mesh(config.sharding)
   rules = sharding_lib.logical_rules(config.sharding)
   n = args.num_videos
@@ -165,14 +167,14 @@ def cmd_evaluate(args):
   os.makedirs(video_dir, exist_ok=True)
   # 1. Sample every row (saved as it goes: a rerun skips rows already sampled).
   for label, source, steps in rows:
-    path = os.path.join(video_dir, f"{_tag(source, steps)}.npz")
+    path = os.path.join(video_dir, f"{_tag(source, steps, suffix)}.npz")
     if os.path.exists(path):
       continue
     if source == "teacher":
       model_fn = dobjective.make_student_model_fn(teacher, t_params)
       videos, secs = _timed_sample(model_fn, num_steps=steps, cond=cond, uncond=uncond,
                                    weight=guidance, noise=noise, schedule=schedule,
-                                   config=config, clip=config.sample.clip)
+                                   config=config, clip=teacher_clip)
     else:
       params, _ = _load(config, by_steps[source], student, batch_like, mesh, rules)
       model_fn = dobjective.make_student_model_fn(student, params, guidance_weight=guidance)
@@ -189,7 +191,7 @@ def cmd_evaluate(args):
   _, real_acc, real_empty = _score(real, captions, None, extractor, config.fps)
   results = []
   for label, source, steps in rows:
-    saved = np.load(os.path.join(video_dir, f"{_tag(source, steps)}.npz"))
+    saved = np.load(os.path.join(video_dir, f"{_tag(source, steps, suffix)}.npz"))
     videos = saved["videos"]
     fvd, acc, empty = _score(videos, captions, real_features, extractor, config.fps)
     evals = steps * (2 if source == "teacher" else 1)
@@ -199,22 +201,27 @@ def cmd_evaluate(args):
     results.append(row)
     print(json.dumps(row), flush=True)
     for i in range(2):
-      gallery.write_gif(os.path.join(video_dir, f"{_tag(source, steps)}_{i}.gif"), videos[i],
+      gallery.write_gif(os.path.join(video_dir, f"{_tag(source, steps, suffix)}_{i}.gif"),
+                        videos[i],
                         fps=config.fps)
   out = dict(num_videos=n, guidance_weight=guidance, teacher_step=t_step,
+             teacher_clip=teacher_clip,
              real_caption_accuracy=real_acc, real_clips_without_objects=real_empty,
              rows=results, machine=_machine(), rounds=manifest,
              rounds_thresholded=thr_manifest)
-  with open(os.path.join(args.exp, "results.json"), "w", encoding="utf-8") as f:
+  with open(os.path.join(args.exp, f"results{suffix}.json"), "w", encoding="utf-8") as f:
     json.dump(out, f, indent=2)
   table = _table(out)
-  with open(os.path.join(args.exp, "results.md"), "w", encoding="utf-8") as f:
+  with open(os.path.join(args.exp, f"results{suffix}.md"), "w", encoding="utf-8") as f:
     f.write(table)
   print(table)
 
 
-def _tag(source, steps) -> str:
-  return f"teacher_{steps}" if source == "teacher" else f"student_{source[0]}_{steps}"
+def _tag(source, steps, suffix="") -> str:
+  """Saved-sample name of a row; `suffix` marks teacher rows sampled with another clip."""
+  if source == "teacher":
+    return f"teacher_{steps}{suffix}"
+  return f"student_{source[0]}_{steps}"
 
 
 def _machine() -> str:
@@ -255,6 +262,9 @@ def main():
   p.add_argument("--base", choices=("tiny", "demo"), default="tiny",
                  help="the teacher's config: configs/tiny.py, or the base stage of "
                       "configs/demo.py (DIR/teacher = <demo --out>/cascade/base)")
+  p.add_argument("--teacher_clip", choices=("none", "static", "dynamic"), default=None,
+                 help="evaluate: thresholding of the teacher rows (default: the config's "
+                      "sample.clip); writes results_<clip>.json/md")
   p.add_argument("--guidance", type=float, default=2.0,
                  help="classifier-free guidance weight of every guided row (students: w input)")
   p.add_argument("--threshold_students", action="store_true",
