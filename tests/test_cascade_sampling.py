@@ -35,11 +35,14 @@ class FakeTextEncoder:
     return emb, np.ones(emb.shape[:2], bool)
 
 
-def tiny_cascade_config(data_dir="data"):
-  c = imagen_video.cascade_config("cpu", tuple(GEOMETRY))
+def tiny_cascade_config(data_dir="data", stages=tuple(GEOMETRY), tsr="lowres"):
+  """The CPU cascade cut after `stages` (TSR stages as `tsr`), at GEOMETRY with tiny widths."""
+  c = imagen_video.cascade_config("cpu", tuple(stages), tsr=tsr)
+  final = GEOMETRY[stages[-1]]
   for s in [c] + [s for _, s in cascade.stage_configs(c)]:
     d = s.data
-    d.data_dir, d.source_frames, d.source_resolution, d.source_fps = data_dir, 8, 16, 8.0
+    d.data_dir, d.source_frames, d.source_resolution = data_dir, final[0], final[1]
+    d.source_fps = final[3]
     d.num_train_examples, d.num_eval_examples = 4, 4
     s.eval.fvd = False
   for name, s in cascade.stage_configs(c):
@@ -54,10 +57,9 @@ def tiny_cascade_config(data_dir="data"):
     s.sharding.mesh_shape = (1, 1, 1)
     s.sample.num_steps = 2
     s.data.crop_frames = s.data.crop_height = s.data.crop_width = 0
-  tsr = c.cascade.stages.tsr1.data
-  tsr.lowres_frames, tsr.lowres_height, tsr.lowres_width = 4, 8, 8
-  ssr = c.cascade.stages.ssr1.data
-  ssr.lowres_frames, ssr.lowres_height, ssr.lowres_width = 8, 8, 8
+  for prev, name in zip(stages, stages[1:]):   # each SR stage reads its predecessor's geometry
+    d = c.cascade.stages[name].data
+    d.lowres_frames, d.lowres_height, d.lowres_width = GEOMETRY[prev][:3]
   return c
 
 

@@ -217,26 +217,7 @@ def test_config_checks():
 
 
 def tiny_interp_cascade_config(data_dir):
-  c = imagen_video.cascade_config("cpu", ("base", "tsr1"), tsr="interp")
-  for s in [c] + [s for _, s in cascade.stage_configs(c)]:
-    d = s.data
-    d.data_dir, d.source_frames, d.source_resolution, d.source_fps = data_dir, 8, 8, 8.0
-    s.eval.fvd = False
-  for name, s in cascade.stage_configs(c):
-    s.frames, s.height, s.width, s.fps = tcs.GEOMETRY[name]
-    m = s.model
-    m.base_channels, m.channel_mult, m.spatial_attention = 8, (1, 2), tcs.SPATIAL[name]
-    m.temporal_mixing = (m.temporal_mixing[0],) * 2
-    m.text_cross_attention = any(tcs.SPATIAL[name])
-    m.num_heads, m.head_dim, m.num_groups, m.cond_embed_dim = 2, 8, 4, 32
-    m.text_embed_dim = tcs.TEXT_DIM
-    s.text.max_length = 4
-    s.sharding.mesh_shape = (1, 1, 1)
-    s.sample.num_steps = 2
-    s.data.crop_frames = s.data.crop_height = s.data.crop_width = 0
-  d = c.cascade.stages.tsr1.data
-  d.lowres_frames, d.lowres_height, d.lowres_width = 4, 8, 8
-  return c
+  return tcs.tiny_cascade_config(data_dir, stages=("base", "tsr1"), tsr="interp")
 
 
 @pytest.fixture(scope="module")

@@ -41,24 +41,12 @@ def _check_stage(stage: sampling.Stage) -> None:
 
 def _make_fn(stage: sampling.Stage, settings: dict, shape: tuple, has_uncond: bool,
              method: str, factor: int):
-  c = stage.config
-  schedule = diffusion.schedule_from_config(c.diffusion, resolution=c.height)
+  run = sampling.stage_sampler(stage, settings, shape, has_uncond)
 
   def fn(params, key, cond, uncond, init_noise, values, mask, weight):
-    def model_fn(z, logsnr, cd):
-      return stage.model.apply({"params": params}, z, logsnr, **cd, train=False)
-    return diffusion.sample(
-        model_fn=model_fn, shape=shape, key=key, num_steps=settings["num_steps"],
-        schedule=schedule, sampler=settings["sampler"], eta=settings["eta"],
-        prediction=c.diffusion.prediction, cond=cond, uncond=uncond if has_uncond else None,
-        guidance_weight=settings["guidance_weight"] if has_uncond else 0.0,
-        guidance_schedule=settings["guidance_schedule"], guidance_low=settings["guidance_low"],
-        guidance_const_steps=settings["guidance_const_steps"], clip=settings["clip"],
-        dynamic_percentile=settings["dynamic_percentile"],
-        ddpm_variance=settings["ddpm_variance"], ddpm_var_interp=settings["ddpm_var_interp"],
-        init_noise=init_noise,
-        observation=diffusion.Observation(values=values, mask=mask, factor=factor),
-        observation_method=method, reconstruction_weight=weight)
+    return run(params, key, cond, uncond, init_noise,
+               observation=diffusion.Observation(values=values, mask=mask, factor=factor),
+               observation_method=method, reconstruction_weight=weight)
   return fn
 
 
@@ -95,7 +83,7 @@ def sample_observed(stage: sampling.Stage, *, key: jax.Array, values: np.ndarray
   mask = None if mask is None else np.asarray(mask).astype(bool)
   diffusion.reconstruction.check_observation(
       diffusion.Observation(values=values, mask=mask, factor=int(factor)), shape)
-  settings = sampling._sample_settings(c, overrides)  # pylint: disable=protected-access
+  settings = sampling.sample_settings(c, overrides)
   cond, uncond = sampling.stage_conditioning(stage, prompts=prompts, n=n, fps=fps)
   has_uncond = uncond is not None and settings["guidance_weight"] != 0.0
   if shared_init_noise is None:

@@ -160,7 +160,9 @@ def load_stage_from_workdir(workdir: str, *, step: Optional[int] = None,
   return load_stage(config, workdir, step=step, text_encoder=text_encoder, devices=devices)
 
 
-def _sample_settings(config, overrides: dict) -> dict:
+def sample_settings(config, overrides: dict) -> dict:
+  """The sampler settings of `config.sample` (a flat dict, hashable values) with `overrides`
+  (unknown keys raise)."""
   s = config.sample
   out = {"sampler": s.sampler, "num_steps": int(s.num_steps), "eta": float(s.eta),
          "guidance_weight": float(s.guidance_weight), "guidance_schedule": s.guidance_schedule,
@@ -180,11 +182,14 @@ _STATIC = ("sampler", "num_steps", "guidance_schedule", "guidance_const_steps", 
            "ddpm_variance", "shape")
 
 
-def _make_sample_fn(stage: Stage, settings: dict, shape: tuple, has_uncond: bool):
+def stage_sampler(stage: Stage, settings: dict, shape: tuple, has_uncond: bool):
+  """`run(params, key, cond, uncond, init_noise, **extra)`: `diffusion.sample` of `shape` with
+  the stage's model, schedule and prediction and the sampler `settings`
+  (`sample_settings`); `extra` goes to `diffusion.sample` as is (e.g. an observation)."""
   c = stage.config
   schedule = diffusion.schedule_from_config(c.diffusion, resolution=c.height)
 
-  def fn(params, key, cond, uncond, init_noise):
+  def run(params, key, cond, uncond, init_noise, **extra):
     def model_fn(z, logsnr, cd):
       return stage.model.apply({"params": params}, z, logsnr, **cd, train=False)
     return diffusion.sample(
@@ -196,8 +201,8 @@ def _make_sample_fn(stage: Stage, settings: dict, shape: tuple, has_uncond: bool
         guidance_const_steps=settings["guidance_const_steps"], clip=settings["clip"],
         dynamic_percentile=settings["dynamic_percentile"],
         ddpm_variance=settings["ddpm_variance"], ddpm_var_interp=settings["ddpm_var_interp"],
-        init_noise=init_noise)
-  return fn
+        init_noise=init_noise, **extra)
+  return run
 
 
 def augment_lowres_at(lowres: np.ndarray, *, key: jax.Array, logsnr: float) -> np.ndarray:
@@ -361,7 +366,7 @@ def sample_stage(stage: Stage, *, key: jax.Array, prompts: Optional[Sequence[str
   n = len(prompts) if prompts is not None else num_videos
   if not n:
     raise ValueError("Give prompts or num_videos.")
-  settings = _sample_settings(stage.config, overrides)
+  settings = sample_settings(stage.config, overrides)
   c = stage.config
   shape = (n, c.frames, c.height, c.width, c.channels)
   if lowres is not None:
@@ -391,7 +396,7 @@ def sample_stage(stage: Stage, *, key: jax.Array, prompts: Optional[Sequence[str
   cache_key = (tuple(sorted(settings.items())), shape, has_uncond)
   jitted = stage.jit_cache.get(cache_key)
   if jitted is None:
-    fn = _make_sample_fn(stage, settings, shape, has_uncond)
+    fn = stage_sampler(stage, settings, shape, has_uncond)
     replicated = NamedSharding(stage.mesh, PartitionSpec())
     jitted = jax.jit(fn, in_shardings=(stage.param_shardings, replicated, replicated,
                                        replicated, replicated), out_shardings=replicated)
