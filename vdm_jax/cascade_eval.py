@@ -150,20 +150,16 @@ def accuracy_table(scores: dict) -> dict:
   return rows
 
 
-def evaluate_cascade(config, root: str, *, out_dir: Optional[str] = None,
-                     num_videos: Optional[int] = None,
-                     cascade: Optional[cascade_lib.Cascade] = None,
-                     batch_size: int = 0, extra_entries: Sequence[dict] = (),
-                     extra_figures: Optional[dict] = None, title: Optional[str] = None) -> dict:
-  """The `eval` mode of a cascade config (see the module docstring). `extra_entries` and
-  `extra_figures` are added to the gallery page (the demo's own prompts and timings)."""
+def score_held_out(config, cascade: cascade_lib.Cascade, *, num_videos: Optional[int] = None,
+                   batch_size: int = 0) -> tuple[dict, dict, list, np.ndarray]:
+  """Samples the first `num_videos` (default `eval.num_videos`) test prompts through `cascade`
+  and scores them (`score_stages`, plus counts, sampling time per video and checkpoint steps).
+  Returns (scores, {stage: videos}, prompts, the real clips at the final geometry)."""
   from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
-  from vdm_jax.eval import gallery  # pylint: disable=g-import-not-at-top
-  cascade = cascade or cascade_lib.Cascade.from_config(config, root)
   final = cascade.final.config
   n = int(num_videos or config.eval.num_videos)
   real = build.load_split_examples(final, "test", n)
-  prompts = real["caption"]
+  prompts = list(real["caption"])
   held = np.asarray(real["labels"].get("held_out", np.zeros(len(prompts))), bool)
   start = time.perf_counter()
   videos = cascade.sample(prompts, batch_size=batch_size)
@@ -174,6 +170,20 @@ def evaluate_cascade(config, root: str, *, out_dir: Optional[str] = None,
   scores.update(num_videos=len(prompts), num_held_out=int(held.sum()),
                 sample_seconds=seconds, seconds_per_video=seconds / len(prompts),
                 steps={n_: s.step for n_, s in zip(cascade.names, cascade.stages)})
+  return scores, videos, prompts, real_final
+
+
+def evaluate_cascade(config, root: str, *, out_dir: Optional[str] = None,
+                     num_videos: Optional[int] = None,
+                     cascade: Optional[cascade_lib.Cascade] = None,
+                     batch_size: int = 0, extra_entries: Sequence[dict] = (),
+                     extra_figures: Optional[dict] = None, title: Optional[str] = None) -> dict:
+  """The `eval` mode of a cascade config (see the module docstring). `extra_entries` and
+  `extra_figures` are added to the gallery page (the demo's own prompts and timings)."""
+  from vdm_jax.eval import gallery  # pylint: disable=g-import-not-at-top
+  cascade = cascade or cascade_lib.Cascade.from_config(config, root)
+  scores, videos, prompts, real_final = score_held_out(config, cascade, num_videos=num_videos,
+                                                       batch_size=batch_size)
   out_dir = out_dir or os.path.join(root, "eval")
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "eval.json"), "w", encoding="utf-8") as f:

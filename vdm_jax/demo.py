@@ -95,27 +95,6 @@ def last_round(workdir: str) -> Optional[str]:
   return rounds[-1]["directory"]
 
 
-def _score_held_out(config, casc) -> dict:
-  """Held-out test prompts through `casc`: every stage's detector scores, the final FVD and
-  the sampling time per video (what `cascade_eval.evaluate_cascade` measures, no page)."""
-  from vdm_jax import cascade_eval  # pylint: disable=g-import-not-at-top
-  from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  final = casc.final.config
-  real = build.load_split_examples(final, "test", int(_NUM_VIDEOS.value or
-                                                     config.eval.num_videos))
-  prompts = real["caption"]
-  held = np.asarray(real["labels"].get("held_out", np.zeros(len(prompts))), bool)
-  start = time.perf_counter()
-  videos = casc.sample(prompts, batch_size=SAMPLE_BATCH)
-  seconds = time.perf_counter() - start
-  scores = cascade_eval.score_stages(
-      casc, videos, prompts, held_out=held, compute_fvd=bool(config.eval.get("fvd", True)),
-      real_final=cascade_eval.real_at_geometry(real["video"], float(real["fps"][0]), final))
-  scores["seconds_per_video"] = seconds / len(prompts)
-  return scores
-
-
 def _latest_step(workdir: str) -> int:
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
@@ -202,8 +181,10 @@ def main(argv):
   extra_figures = {"caption accuracy on the demo prompts": demo_table}
   distilled_scores = {}
   for label, casc in list(cascades.items())[1:]:
-    distilled_scores[label] = run(f"evaluate held-out prompts ({label})",
-                                  lambda casc=casc: _score_held_out(config, casc))
+    distilled_scores[label] = run(
+        f"evaluate held-out prompts ({label})",
+        lambda casc=casc: cascade_eval.score_held_out(
+            config, casc, num_videos=_NUM_VIDEOS.value, batch_size=SAMPLE_BATCH)[0])
     extra_figures[f"held-out prompts, cascade with the {label}"] = {
         **cascade_eval.accuracy_table(distilled_scores[label]),
         "final stage": {k: distilled_scores[label].get(k)

@@ -26,21 +26,14 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   sys.path.insert(0, os.getcwd())
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from vdm_jax import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
   from vdm_jax import cascade_eval, sampling  # pylint: disable=g-import-not-at-top
-  from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
   config = demo.demo_config(FLAGS.config, FLAGS.out, 1.0)
   root = os.path.join(FLAGS.out, "cascade")
   ckpts = os.path.join(cascade_lib.stage_workdir(root, "base"), "checkpoints")
   steps = [int(s) for s in _STEPS.value] or sorted(
       int(n) for n in os.listdir(ckpts) if re.fullmatch(r"\d+", n))
-  final = cascade_lib.stage_configs(config)[-1][1]
-  real = build.load_split_examples(final, "test", (FLAGS.num_videos or 32))
-  prompts = real["caption"]
-  held = np.asarray(real["labels"]["held_out"], bool)
-  real_final = cascade_eval.real_at_geometry(real["video"], float(real["fps"][0]), final)
-  results = {"num_videos": len(prompts), "num_held_out": int(held.sum()), "by_base_step": {}}
+  results = {"by_base_step": {}}
   cascade = None
   for step in steps:
     if cascade is None:
@@ -48,11 +41,10 @@ def main(argv):
     else:  # a new base; the SR stages (and their compiled samplers) stay
       base = sampling.load_stage(cascade.stages[0].config, cascade_lib.stage_workdir(root, "base"),
                                  step=step, text_encoder=cascade.stages[0].text_encoder)
-      cascade = cascade_lib.Cascade(cascade.names, [base] + cascade.stages[1:],
-                                    cascade.settings)
-    videos = cascade.sample(prompts, batch_size=demo.SAMPLE_BATCH)
-    scores = cascade_eval.score_stages(cascade, videos, prompts, real_final=real_final,
-                                       held_out=held, compute_fvd=True)
+      cascade = cascade.with_stage("base", base, cascade.settings[0])
+    scores = cascade_eval.score_held_out(config, cascade, num_videos=FLAGS.num_videos or 32,
+                                         batch_size=demo.SAMPLE_BATCH)[0]
+    results.update(num_videos=scores["num_videos"], num_held_out=scores["num_held_out"])
     results["by_base_step"][step] = scores
     acc = scores["stages"][cascade.names[-1]]["caption_accuracy"]
     print(f"base step {step}: final-stage accuracy " + ", ".join(
