@@ -175,9 +175,6 @@ def main(argv):
       r = cascade_eval.read_videos(v, prompts, float(s.config.fps))["caption_accuracy"]
       demo_table[stage_name + tag.replace("_", " ")] = {
           k: v for k, v in r.items() if k != "num_clips"}
-  run_figures = {"budget": _BUDGET.value, "cpu cores": os.cpu_count(),
-                 **{f"{k}: wall s / CPU s / load average": f"{timings[k]:.0f} / {cpu[k]:.0f} / "
-                    f"{loads[k]}" for k in timings}}
   extra_figures = {"caption accuracy on the demo prompts": demo_table}
   distilled_scores = {}
   for label, casc in list(cascades.items())[1:]:
@@ -189,7 +186,10 @@ def main(argv):
         **cascade_eval.accuracy_table(distilled_scores[label]),
         "final stage": {k: distilled_scores[label].get(k)
                         for k in ("fvd", "seconds_per_video")}}
-  extra_figures["demo run"] = run_figures
+  extra_figures["demo run"] = {   # every step so far (the final evaluation is in demo.json)
+      "budget": _BUDGET.value, "cpu cores": os.cpu_count(),
+      **{f"{k}: wall s / CPU s / load average": f"{timings[k]:.0f} / {cpu[k]:.0f} / "
+         f"{loads[k]}" for k in timings}}
   scores = run("evaluate held-out prompts", lambda: cascade_eval.evaluate_cascade(
       config, root, out_dir=out, cascade=cascade, num_videos=_NUM_VIDEOS.value,
       batch_size=SAMPLE_BATCH, extra_entries=entries, extra_figures=extra_figures,
