@@ -102,32 +102,70 @@ def test_batches_are_temporal_crops_at_the_target_fps(data_dir):
     assert store.captions[float(batch["text_emb"][row, 0, 0])] == record["caption"].decode()
 
 
+def _frame_of(video_uint8, image):
+  """Whether `image` [H, W, 3] uint8 is one of the frames of `video_uint8` [T, H, W, 3]."""
+  return any(np.array_equal(frame, image) for frame in video_uint8)
+
+
 def test_joint_image_video_batches(data_dir):
-  c = _config(data_dir, **{"data.images_per_video": 1})
+  c = _config(data_dir, **{"data.images_per_video": 2})
   store = FakeTextStore()
   batch = next(pipeline.make_train_iterator(c, text_store=store, process_index=0,
                                             process_count=1))
-  np.testing.assert_array_equal(batch["is_image"], [False, True, False, True])
-  for row in (1, 3):
-    video = batch["video"][row]
-    np.testing.assert_array_equal(video, np.broadcast_to(video[:1], video.shape))
-    assert batch["fps"][row] == 0.0
-    caption = store.captions[float(batch["text_emb"][row, 0, 0])]
-    assert all(o["motion"] is None for o in P.parse_caption(caption)["objects"])
-  for row in (0, 2):  # video rows keep their clip captions, with motion
+  # the 4 video rows keep their clips and captions with motion
+  assert batch["video"].shape == (4, 4, 16, 16, 3)
+  np.testing.assert_array_equal(batch["is_image"], False)
+  np.testing.assert_array_equal(batch["fps"], 4.0)
+  for row in range(4):
     caption = store.captions[float(batch["text_emb"][row, 0, 0])]
     assert all(o["motion"] is not None for o in P.parse_caption(caption)["objects"])
-    assert batch["fps"][row] == 4.0
+  # 2 images per video, packed as single frames: [8, 1, H, W, 3]
+  img = {k.removeprefix("images/"): v for k, v in batch.items() if k.startswith("images/")}
+  assert set(img) == {"video", "fps", "is_image", "index", "text_emb", "text_mask"}
+  assert img["video"].shape == (8, 1, 16, 16, 3) and img["text_emb"].shape == (8, 4, 3)
+  np.testing.assert_array_equal(img["is_image"], True)
+  np.testing.assert_array_equal(img["fps"], 0.0)
+  source = _source(c)
+  for row in range(8):
+    record = source[int(img["index"][row])]
+    frame = np.round((img["video"][row, 0] + 1) * 127.5).astype(np.uint8)
+    assert _frame_of(record["video"], frame), "an image is a frame of the clip it names"
+    caption = store.captions[float(img["text_emb"][row, 0, 0])]
+    assert caption == pipeline.image_caption(record)
+    assert all(o["motion"] is None for o in P.parse_caption(caption)["objects"])
   # Images from the image variant dataset.
   c2 = _config(data_dir, **{"data.images_per_video": 1,
                             "data.image_source": "moving_shapes_images"})
   b2 = next(pipeline.make_train_iterator(c2, process_index=0, process_count=1))
   images = build.make_builder(c2, name="moving_shapes_images").as_data_source()["train"]
-  img = images[int(b2["index"][1])]["image"]
-  np.testing.assert_array_equal(np.round((b2["video"][1, 2] + 1) * 127.5).astype(np.uint8), img)
-  with pytest.raises(ValueError, match="images_per_video"):
-    pipeline.make_train_iterator(_config(data_dir, **{"data.images_per_video": 2}),
-                                 process_index=0, process_count=1)
+  assert b2["images/video"].shape == (4, 1, 16, 16, 3)
+  for row in range(4):
+    want = images[int(b2["images/index"][row])]["image"]
+    np.testing.assert_array_equal(
+        np.round((b2["images/video"][row, 0] + 1) * 127.5).astype(np.uint8), want)
+  # An image-only dataset as the main source: image rows tiled over the T frames.
+  b3 = next(pipeline.make_train_iterator(_config(data_dir, **{"data.name":
+                                                              "moving_shapes_images"}),
+                                         process_index=0, process_count=1))
+  np.testing.assert_array_equal(b3["is_image"], True)
+  np.testing.assert_array_equal(b3["video"], np.broadcast_to(b3["video"][:, :1],
+                                                             b3["video"].shape))
+  with pytest.raises(ValueError, match="temporal SR"):
+    pipeline.stage_geometry(_config(data_dir, **{"stage": "tsr", "data.lowres_frames": 2,
+                                                 "data.images_per_video": 1}))
+
+
+def test_joint_images_of_a_cropped_ssr_stage(data_dir):
+  c = _config(data_dir, **{"stage": "ssr", "data.lowres_height": 8, "data.lowres_width": 8,
+                           "data.images_per_video": 1, "data.crop_frames": 2,
+                           "data.crop_height": 8, "data.crop_width": 8})
+  batch = next(pipeline.make_train_iterator(c, process_index=0, process_count=1))
+  assert batch["video"].shape == (4, 2, 8, 8, 3) and batch["lowres"].shape == (4, 2, 4, 4, 3)
+  assert batch["images/video"].shape == (4, 1, 8, 8, 3)
+  assert batch["images/lowres"].shape == (4, 1, 4, 4, 3)
+  pixels = (batch["images/video"] + 1.0) * 127.5
+  block_mean = pixels.reshape(4, 1, 4, 2, 4, 2, 3).mean(axis=(3, 5))
+  np.testing.assert_allclose((batch["images/lowres"] + 1.0) * 127.5, block_mean, atol=0.51)
 
 
 def test_super_resolution_lowres(data_dir):

@@ -8,3 +8,7 @@ video_io      video decoding, frame picking by timestamp, resizing and cropping
 build         build_dataset / make_builder / load_split_examples for an experiment config
 pipeline      grain pipelines: make_train_iterator, to_global_batch
 """
+
+# Batch keys of the extra images of joint image-video training ("images/video", ...): see
+# `pipeline` (how they are made) and `vdm_jax.train.objective.split_joint_batch` (how they train).
+IMAGE_PREFIX = "images/"

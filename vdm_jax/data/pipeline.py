@@ -18,13 +18,18 @@ Per record: the host's shard of the split is shuffled globally with `data.shuffl
 centre-cropped. Randomness comes from grain's per-record rng, so a restored iterator repeats
 exactly what the uninterrupted one would have produced.
 
-Joint image-video batches (`data.images_per_video` = K > 0): every video row is followed by K
-image rows, so row r is an image iff r % (K + 1) != 0 and b must be divisible by K + 1. An
-image row is one frame (a random frame of a random clip of this host's shard, or a
-random image of `moving_shapes_images` when `data.image_source` says so) TILED over all T
-frames (`video[r, t] == video[r, 0]` for every t), with is_image = True and fps = 0. Images
-from moving-shapes clips get the motion-free caption of their labels. A `moving_shapes_images`
-dataset gives image rows only.
+Joint image-video batches (`data.images_per_video` = K > 0, VDM section 4.2): the b rows
+above are videos, and each video brings K independent images, packed VDM's way as single
+frames: the batch also holds `images/video` [b * K, 1, H, W, 3], `images/fps` (0),
+`images/is_image` (True), `images/index`, `images/text_emb`, `images/text_mask` (and
+`images/lowres` [b * K, 1, h, w, 3] for an ssr stage), in the video rows' order (the images of
+video row r are rows r * K ... r * K + K - 1). An image is a random frame of a random clip of
+this host's shard, with the motion-free caption of its clip's labels, or a random image of
+`moving_shapes_images` when `data.image_source` says so. The model runs them as one-frame
+videos with its temporal layers masked (`is_image`), so an image costs one frame of compute,
+not a clip's (`vdm_jax.train.objective.split_joint_batch`). A `moving_shapes_images` dataset
+as the main source gives image rows tiled over all T frames (`video[r, t] == video[r, 0]`,
+is_image True, fps 0). Temporal SR stages do not take extra images (they learn frame rates).
 
 Super-resolution conditioning, made on the fly from the same clip (same uint8 pixels):
   "ssr": lowres = `video_io.resize_frames(clip, data.lowres_height, data.lowres_width)`
@@ -45,6 +50,7 @@ from typing import Optional
 import grain
 import numpy as np
 
+from vdm_jax.data import IMAGE_PREFIX
 from vdm_jax.data import build
 from vdm_jax.data import procedural
 from vdm_jax.data import video_io
@@ -118,6 +124,10 @@ def stage_geometry(config) -> Geometry:
                      "all must be positive.")
   if g.images_per_video < 0:
     raise ValueError(f"data.images_per_video={g.images_per_video} must be >= 0.")
+  if g.images_per_video and g.stage == "tsr":
+    raise ValueError(f"data.images_per_video={g.images_per_video} on a temporal SR stage: it "
+                     "learns to raise the frame rate, which single images do not show; set "
+                     "data.images_per_video=0 for stage='tsr'.")
   if d.name != "moving_shapes_images" and g.frames > int(d.source_frames):
     raise ValueError(f"frames={g.frames} exceeds the stored clips' data.source_frames="
                      f"{d.source_frames}; store longer clips or train on fewer frames.")
@@ -199,7 +209,8 @@ def temporal_crop(video, *, source_fps: float, fps: float, frames: int, rng):
 
 
 class MakeRows(grain.transforms.RandomMap):
-  """record -> dict of [K + 1, ...] rows: the record's clip (or image) then K images."""
+  """record -> the record's clip (or tiled image) row, plus its K single-frame image rows
+  [K, 1, ...] under IMAGE_PREFIX keys."""
 
   def __init__(self, geometry: Geometry, *, text_store=None, image_source=None,
                image_range=(0, 0)):
@@ -207,10 +218,11 @@ class MakeRows(grain.transforms.RandomMap):
     self.image_source, self.image_range = image_source, image_range
 
   def random_map(self, record, rng: np.random.Generator):
-    rows = [self._record_row(record, rng)]
-    for _ in range(self.g.images_per_video):
-      rows.append(self._extra_image_row(rng))
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    row = self._record_row(record, rng)
+    if self.g.images_per_video:
+      images = [self._extra_image_row(rng) for _ in range(self.g.images_per_video)]
+      row.update({IMAGE_PREFIX + k: np.stack([r[k] for r in images]) for k in images[0]})
+    return row
 
   def _record_row(self, record, rng):
     if "image" in record:
@@ -223,16 +235,19 @@ class MakeRows(grain.transforms.RandomMap):
     lo, hi = self.image_range
     record = self.image_source[int(rng.integers(lo, hi))]
     if "image" in record:
-      return self._image_row(record["image"], _text(record["caption"]), record["_index"], rng)
-    frame = record["video"][int(rng.integers(record["video"].shape[0]))]
-    return self._image_row(frame, image_caption(record), record["_index"], rng)
+      image, caption = record["image"], _text(record["caption"])
+    else:   # a random frame of a clip, with the motion-free caption of its labels
+      image = record["video"][int(rng.integers(record["video"].shape[0]))]
+      caption = image_caption(record)
+    return self._row(image[None], 0.0, True, caption, record["_index"], rng, crop_time=False)
 
   def _image_row(self, image, caption, index, rng):
+    """An image as a whole row: tiled over all T frames (image-only datasets)."""
     image = video_io.resize_and_crop(image[None], self.g.height, self.g.width)[0]
     tiled = np.broadcast_to(image[None], (self.g.frames,) + image.shape)
     return self._row(tiled, 0.0, True, caption, index, rng)
 
-  def _row(self, clip, fps, is_image, caption, index, rng):
+  def _row(self, clip, fps, is_image, caption, index, rng, crop_time=True):
     g = self.g
     clip = video_io.resize_and_crop(np.ascontiguousarray(clip), g.height, g.width)
     row = {"video": _to_unit(clip), "fps": np.float32(fps), "is_image": np.bool_(is_image),
@@ -242,7 +257,8 @@ class MakeRows(grain.transforms.RandomMap):
     elif g.stage == "tsr":
       row["lowres"] = _to_unit(clip[::g.frames // g.lowres_frames])
     if g.cropped:
-      row = crop_row(row, g, rng)
+      row = crop_row(row, g if crop_time else dataclasses.replace(
+          g, frames=1, lowres_frames=1, crop_frames=1), rng)
     if self.text_store is not None:
       emb, mask = self.text_store.lookup(caption)
       row["text_emb"] = np.asarray(emb, np.float32)
@@ -255,10 +271,11 @@ def _to_unit(frames_uint8):
 
 
 class FlattenGroups(grain.transforms.Map):
-  """[n, K + 1, ...] -> [n * (K + 1), ...] (each video followed by its K images)."""
+  """Image rows [n, K, ...] -> [n * K, ...] (the K images of each video, video by video)."""
 
   def map(self, element):
-    return {k: v.reshape((-1,) + v.shape[2:]) for k, v in element.items()}
+    return {k: v.reshape((-1,) + v.shape[2:]) if k.startswith(IMAGE_PREFIX) else v
+            for k, v in element.items()}
 
 
 def shard_range(num_records: int, index: int, count: int):
@@ -275,12 +292,9 @@ def make_data_loader(config, *, split: str = "train", text_store=None,
     import jax  # pylint: disable=g-import-not-at-top
     process_index, process_count = jax.process_index(), jax.process_count()
   g = stage_geometry(config)
-  group = g.images_per_video + 1
   batch = int(config.train.batch_size)
-  if batch % process_count or (batch // process_count) % group:
-    raise ValueError(
-        f"train.batch_size={batch} must split into {process_count} hosts x a multiple of "
-        f"data.images_per_video + 1 = {group} rows.")
+  if batch % process_count:
+    raise ValueError(f"train.batch_size={batch} must split evenly over {process_count} hosts.")
   sources = build.make_builder(config).as_data_source()
   if split not in sources:
     raise ValueError(f"Split {split!r} not built for {config.data.name}; has {sorted(sources)}.")
@@ -299,9 +313,8 @@ def make_data_loader(config, *, split: str = "train", text_store=None,
       seed=int(config.data.shuffle_seed))
   operations = [
       MakeRows(g, text_store=text_store, image_source=image_source, image_range=image_range),
-      grain.transforms.Batch(batch_size=batch // process_count // group, drop_remainder=True),
-      FlattenGroups(),
-  ]
+      grain.transforms.Batch(batch_size=batch // process_count, drop_remainder=True),
+  ] + ([FlattenGroups()] if g.images_per_video else [])
   return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
                           worker_count=int(config.data.worker_count), shard_options=shard)
 

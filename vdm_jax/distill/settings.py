@@ -104,6 +104,9 @@ def check_distill_config(config) -> None:
     errors.append(f"distill.cond_drop_prob={d.cond_drop_prob} must lie in [0, 1)")
   if int(d.get("teacher_step", 0)) < 0:
     errors.append(f"distill.teacher_step={d.teacher_step} must be >= 0 (0 = latest)")
+  if int(config.data.get("images_per_video", 0)):
+    errors.append(f"data.images_per_video={config.data.images_per_video}: distillation matches "
+                  "the teacher on videos only; set data.images_per_video=0")
   if errors:
     raise ValueError("Invalid distill config:\n  - " + "\n  - ".join(errors))
 

@@ -70,8 +70,12 @@ def make_data_iterator(config, text_store):
 
 
 def select(host_batch: dict) -> dict:
-  """The entries of a pipeline batch that the train step reads."""
-  return {k: v for k, v in host_batch.items() if k in TRAIN_KEYS}
+  """The entries of a pipeline batch that the train step reads (the extra images of joint
+  training, under IMAGE_PREFIX, included)."""
+  from vdm_jax.data import IMAGE_PREFIX  # pylint: disable=g-import-not-at-top
+  def wanted(k):
+    return k.removeprefix(IMAGE_PREFIX) in TRAIN_KEYS
+  return {k: v for k, v in host_batch.items() if wanted(k)}
 
 
 def global_batch_spec(host_batch: dict, mesh, rules) -> dict:

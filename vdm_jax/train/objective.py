@@ -12,6 +12,15 @@ low-resolution input when `model.cond_aug_conditioning` is set) and the mask. Th
 ALL frames: at known positions the model learns to reproduce the given frames, so its output
 agrees with the frames that sampling writes back, and the generation-only ('none') examples
 keep it a plain generator. Image examples of joint training get no known frames.
+
+Joint image-video training (VDM section 4.2; `data.images_per_video` = K > 0): the batch's
+extra images (keys under `vdm_jax.data.IMAGE_PREFIX`, [B * K, 1, H, W, C]) go through the
+same network as one-frame videos flagged `is_image`, so the temporal layers never mix them;
+the network computes for each exactly what it computes for a frame of an image tiled over T
+frames, at 1/T of the cost. VDM appends the images to each video's frames with temporal
+attention masked; running them as their own one-frame group is the same computation without
+the frame concatenation, and lets every image keep its own caption and noise level. The loss
+is the mean over all rows, videos and images alike.
 """
 from typing import Any, Callable, Sequence
 
@@ -20,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm_jax import diffusion
+from vdm_jax.data import IMAGE_PREFIX
 from vdm_jax.models import conditioning
 
 
@@ -35,6 +45,14 @@ def needs_text(model_cfg) -> bool:
 def uses_frame_masks(model_cfg) -> bool:
   """Whether the model takes known frames and a frame mask (masked frame interpolation)."""
   return _flag(model_cfg, "frame_mask_conditioning")
+
+
+def split_joint_batch(batch: dict) -> tuple[dict, dict]:
+  """(the video rows' entries, the extra images' entries without their IMAGE_PREFIX); the
+  second is empty for a batch without extra images."""
+  videos = {k: v for k, v in batch.items() if not k.startswith(IMAGE_PREFIX)}
+  images = {k[len(IMAGE_PREFIX):]: v for k, v in batch.items() if k.startswith(IMAGE_PREFIX)}
+  return videos, images
 
 
 def model_inputs(model_cfg, batch: dict) -> dict:
@@ -104,6 +122,7 @@ def augment_lowres(lowres: jax.Array, key: jax.Array, *, schedule, max_t: float)
 
 
 _MASK_SALT = 0x6d61736b   # fold_in salt of the frame-mask draw (keeps the other draws as they are)
+_IMAGE_SALT = 0x696d6773  # fold_in salt of the extra images' draws (the videos' stay as they are)
 
 
 def make_loss_fn(config, model) -> Callable[[Any, dict, jax.Array], tuple]:
@@ -115,7 +134,8 @@ def make_loss_fn(config, model) -> Callable[[Any, dict, jax.Array], tuple]:
   max_aug_t = float(config.train.get("cond_aug_max_t", 1.0))
   masks = frame_mask_settings(config.train) if uses_frame_masks(m) else None
 
-  def loss_fn(params, batch, key):
+  def group_loss(params, batch, key):
+    """The diffusion loss of one group of rows (the videos, or the extra images)."""
     loss_key, dropout_key, aug_key = jax.random.split(key, 3)
     if masks is not None:
       b, t = batch["video"].shape[:2]
@@ -142,6 +162,19 @@ def make_loss_fn(config, model) -> Callable[[Any, dict, jax.Array], tuple]:
         schedule=schedule, prediction=d.prediction, weighting=d.loss_weighting,
         num_discrete_steps=int(d.num_train_timesteps))
 
+  def loss_fn(params, batch, key):
+    videos, images = split_joint_batch(batch)
+    loss, aux = group_loss(params, videos, key)
+    if not images:
+      return loss, aux
+    img_loss, img_aux = group_loss(params, images, jax.random.fold_in(key, _IMAGE_SALT))
+    n_vid, n_img = videos["video"].shape[0], images["video"].shape[0]
+    aux = {k: jnp.concatenate([aux[k], img_aux[k]]) for k in aux}
+    aux["row_is_image"] = jnp.concatenate([
+        videos["is_image"].astype(jnp.bool_) if "is_image" in videos
+        else jnp.zeros((n_vid,), jnp.bool_), jnp.ones((n_img,), jnp.bool_)])
+    return (loss * n_vid + img_loss * n_img) / (n_vid + n_img), aux
+
   return loss_fn
 
 
@@ -151,7 +184,7 @@ def init_params_fn(config, model, *, batch_like: dict, batch_size: int = 1):
     return jnp.zeros((batch_size,) + tuple(x.shape[1:]), dtype or x.dtype)
 
   def init(key):
-    small = {k: sds(v) for k, v in batch_like.items()}
+    small = {k: sds(v) for k, v in split_joint_batch(batch_like)[0].items()}
     if uses_frame_masks(config.model):
       small["frame_mask"] = jnp.zeros(small["video"].shape[:2], jnp.bool_)
     kw = model_inputs(config.model, small)

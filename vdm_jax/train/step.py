@@ -16,10 +16,12 @@ import numpy as np
 import optax
 
 from vdm_jax import sharding as sharding_lib
+from vdm_jax.data import IMAGE_PREFIX
 from vdm_jax.models import axes
 from vdm_jax.train.state import TrainState, ema_decay_at, ema_update
 
-# loss_fn(params, batch, key) -> (scalar loss, aux with 'loss_per_example' [b]).
+# loss_fn(params, batch, key) -> (scalar loss, aux with 'loss_per_example' [rows] and, for a
+# batch with rows beyond 'video' (joint image-video training), 'row_is_image' [rows]).
 LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
 
 _COND_DROP_SALT = 0   # step key fold-ins: 0 for conditioning dropout, 1 + i for microbatch i
@@ -33,15 +35,21 @@ def step_key(seed: int, step: jax.Array) -> jax.Array:
 def apply_cond_dropout(batch: dict, key: jax.Array, prob: float) -> dict:
   """Replaces the text condition of a Bernoulli(prob) subset of examples by the null condition
   (zero embeddings `text_emb` [B, L, D], all-False `text_mask` [B, L]) for classifier-free
-  guidance. Batches without text are returned unchanged."""
+  guidance; the extra images of a joint batch (IMAGE_PREFIX keys) get their own draws.
+  Batches without text are returned unchanged."""
   if prob <= 0 or "text_emb" not in batch:
     return batch
-  emb = batch["text_emb"]
-  drop = jax.random.bernoulli(key, prob, (emb.shape[0],))  # [B]
   out = dict(batch)
-  out["text_emb"] = jnp.where(drop[:, None, None], jnp.zeros_like(emb), emb)
-  if "text_mask" in batch:
-    out["text_mask"] = jnp.where(drop[:, None], False, batch["text_mask"])
+  for i, prefix in enumerate(("", IMAGE_PREFIX)):
+    emb_key, mask_key = prefix + "text_emb", prefix + "text_mask"
+    if emb_key not in batch:
+      continue
+    emb = batch[emb_key]
+    drop = jax.random.bernoulli(jax.random.fold_in(key, i) if i else key, prob,
+                                (emb.shape[0],))  # [B]
+    out[emb_key] = jnp.where(drop[:, None, None], jnp.zeros_like(emb), emb)
+    if mask_key in batch:
+      out[mask_key] = jnp.where(drop[:, None], False, batch[mask_key])
   return out
 
 
@@ -62,12 +70,22 @@ def merge_microbatches(x: jax.Array) -> jax.Array:
   return y.reshape((y.shape[0] * y.shape[1],) + y.shape[2:])
 
 
+def _row_is_image(batch: dict, aux: dict) -> jax.Array:
+  """bool [rows] aligned with aux['loss_per_example']: which rows are images."""
+  if "row_is_image" in aux:
+    return aux["row_is_image"]
+  if "is_image" in batch:
+    return batch["is_image"].astype(jnp.bool_)
+  return jnp.zeros(aux["loss_per_example"].shape, jnp.bool_)
+
+
 def _grads(params, batch, key, loss_fn: LossFn, accum: int):
-  """(loss, per-example losses [B], mean gradient) over `accum` microbatches."""
+  """(loss, per-example losses [rows], which rows are images [rows], mean gradient) over
+  `accum` microbatches."""
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if accum == 1:
     (loss, aux), grads = grad_fn(params, batch, jax.random.fold_in(key, 1))
-    return loss, aux["loss_per_example"], grads
+    return loss, aux["loss_per_example"], _row_is_image(batch, aux), grads
 
   micro = split_microbatches(batch, accum)
 
@@ -75,13 +93,14 @@ def _grads(params, batch, key, loss_fn: LossFn, accum: int):
     i, mb = xs
     (loss, aux), g = grad_fn(params, mb, jax.random.fold_in(key, 1 + i))
     g_sum, l_sum = carry
-    return (jax.tree.map(jnp.add, g_sum, g), l_sum + loss), aux["loss_per_example"]
+    rows = (aux["loss_per_example"], _row_is_image(mb, aux))
+    return (jax.tree.map(jnp.add, g_sum, g), l_sum + loss), rows
 
   zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-  (g_sum, l_sum), per_ex = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32)),
-                                        (jnp.arange(accum), micro))
+  (g_sum, l_sum), (per_ex, is_img) = jax.lax.scan(
+      body, (zeros, jnp.zeros((), jnp.float32)), (jnp.arange(accum), micro))
   grads = jax.tree.map(lambda g, p: (g / accum).astype(p.dtype), g_sum, params)
-  return l_sum / accum, merge_microbatches(per_ex), grads
+  return l_sum / accum, merge_microbatches(per_ex), merge_microbatches(is_img), grads
 
 
 def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn,
@@ -98,7 +117,8 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn,
   """
   key = step_key(seed, state.step)
   batch = apply_cond_dropout(batch, jax.random.fold_in(key, _COND_DROP_SALT), cond_drop_prob)
-  loss, per_example, grads = _grads(state.params, batch, key, loss_fn, grad_accum_steps)
+  loss, per_example, row_is_image, grads = _grads(state.params, batch, key, loss_fn,
+                                                  grad_accum_steps)
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
@@ -125,8 +145,8 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn,
       "nonfinite_count": new_state.nonfinite_count,
       "consecutive_nonfinite": new_state.consecutive_nonfinite,
   }
-  if "is_image" in batch:
-    is_img = batch["is_image"].astype(jnp.float32)
+  if "is_image" in batch or IMAGE_PREFIX + "video" in batch:
+    is_img = row_is_image.astype(jnp.float32)
     n_img = jnp.sum(is_img)
     n_vid = is_img.shape[0] - n_img
     nan = jnp.float32(jnp.nan)  # NaN marks "no such rows in this batch"; logs skip it
@@ -174,12 +194,17 @@ def check_microbatches(batch_like: dict, train_cfg, mesh: Mesh, rules) -> int:
   """Returns train.grad_accum_steps after checking that the batch splits into microbatches
   that are whole multiples of the data-parallel size (a ValueError says what to change)."""
   accum = int(train_cfg.grad_accum_steps)
-  batch_size = int(next(iter(batch_like.values())).shape[0])
   dp = sharding_lib.data_parallel_size(mesh, rules)
-  if batch_size % accum or (batch_size // accum) % dp:
-    raise ValueError(f"train.batch_size={batch_size} with train.grad_accum_steps={accum} gives "
-                     f"microbatches of {batch_size / accum:g}, which must be a whole multiple "
-                     f"of the data-parallel size {dp}.")
+  for key in ("video", IMAGE_PREFIX + "video"):   # the video rows, then the extra images
+    if key not in batch_like:
+      continue
+    rows = int(batch_like[key].shape[0])
+    if rows % accum or (rows // accum) % dp:
+      what = ("train.batch_size" if key == "video" else
+              "the extra images (train.batch_size x data.images_per_video)")
+      raise ValueError(f"{what}={rows} with train.grad_accum_steps={accum} gives "
+                       f"microbatches of {rows / accum:g}, which must be a whole multiple "
+                       f"of the data-parallel size {dp}.")
   return accum
 
 
