@@ -119,6 +119,23 @@ def test_unreadable_checkpoint_names_the_step(tmp_path):
   assert (tmp_path / "3" / "state").is_dir(), "nothing is deleted"
 
 
+def test_a_relative_directory_saves_and_restores(tmp_path, monkeypatch):
+  """`--workdir=demo_out/...` is relative; orbax alone refuses relative paths."""
+  monkeypatch.chdir(tmp_path)
+  config, kw = _setup((8, 1, 1))
+  state, _ = st.init_train_state(**kw)
+  ckpt = ckpt_lib.Checkpointer(os.path.join("run", "checkpoints"))   # asynchronous saves
+  assert ckpt.save(2, state, None, config)
+  ckpt.wait()
+  ckpt.close()
+  assert (tmp_path / "run" / "checkpoints" / "2" / "state").is_dir()
+  target, _ = st.abstract_train_state(**kw)
+  ckpt = ckpt_lib.Checkpointer(os.path.join("run", "checkpoints"))
+  restored = ckpt.restore(2, target_state=target, data_iter=None, config=config)
+  ckpt.close()
+  chex.assert_trees_all_close(jax.device_get(restored.params), jax.device_get(state.params))
+
+
 def test_keeps_the_last_n_and_every_kth(tmp_path):
   config, kw = _setup((8, 1, 1))
   state, _ = st.init_train_state(**kw)

@@ -8,6 +8,7 @@ a checkpoint of another model fails with a message that names the differences, a
 written over it.
 """
 import json
+import os
 from typing import Any, Mapping, Optional
 
 from absl import logging
@@ -86,14 +87,14 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, keep_last: int = 3, keep_every: int = 0,
                async_save: bool = True):
-    self.directory = directory
+    self.directory = os.path.abspath(directory)   # orbax refuses relative paths
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep_last if keep_last > 0 else None,
         keep_period=keep_every if keep_every > 0 else None,
         enable_async_checkpointing=async_save,
         create=True)
     self._manager = ocp.CheckpointManager(
-        directory, options=options,
+        self.directory, options=options,
         item_handlers={STATE: ocp.StandardCheckpointHandler(),
                        DATA: grain.checkpoint.CheckpointHandler(),
                        CONFIG: ocp.JsonCheckpointHandler()})
