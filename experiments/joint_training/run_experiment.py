@@ -38,7 +38,14 @@ _STEPS = flags.DEFINE_integer("steps", 600, "Optimizer steps per run.")
 _EVAL_STEPS = flags.DEFINE_list("eval_steps", [], "Checkpoints to evaluate (default: "
                                 "steps / 2 and steps).")
 _NUM_VIDEOS = flags.DEFINE_integer("eval_videos", 64, "Held-out test prompts to sample.")
-_PHASE = flags.DEFINE_enum("phase", "all", ["train", "eval", "all"], "What to run.")
+_PHASE = flags.DEFINE_enum("phase", "all", ["train", "eval", "loss", "reference", "all"],
+                           "What to run (loss: only the held-out loss of evaluated steps; "
+                           "reference: only --reference).")
+
+_REFERENCE = flags.DEFINE_string(
+    "reference", "", "Also evaluate this base workdir (e.g. a `make demo` run's cascade/base, "
+    "trained without images for twice the steps: the same compute as 8 images per video) at "
+    "its latest checkpoint, as the row 'reference'.")
 
 ATTRIBUTES = ("color", "shape", "size", "motion", "speed", "background", "num_objects", "all")
 
@@ -84,32 +91,63 @@ def train(images: int, steps: int, out: str) -> dict:
           "load_average": os.getloadavg()[0]}
 
 
-def evaluate(images: int, steps: int, out: str, step: int) -> dict:
+def evaluate(images: int, steps: int, out: str, step: int, root: str = "") -> dict:
   from vdm_jax import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
   from vdm_jax import cascade_eval  # pylint: disable=g-import-not-at-top
   config, _ = run_config(images, steps, out)
-  root = os.path.join(out, f"k{images}")
+  root = root or os.path.join(out, f"k{images}")
   cascade = cascade_lib.Cascade.from_config(config, root, steps={"base": step})
   scores = cascade_eval.score_held_out(config, cascade, num_videos=_NUM_VIDEOS.value,
                                        batch_size=16)[0]
   acc = scores["stages"]["base"]["caption_accuracy"]
-  return {"caption_accuracy": acc, "fvd": scores.get("fvd"),
+  loss = held_out_loss(cascade.stages[0], config, num_clips=_NUM_VIDEOS.value)
+  return {"caption_accuracy": acc, "fvd": scores.get("fvd"), "held_out_loss": loss,
           "num_videos": scores["num_videos"], "num_held_out": scores["num_held_out"],
           "real_caption_accuracy": scores["real"]["caption_accuracy"],
           "seconds_per_video": scores["seconds_per_video"]}
 
 
+def held_out_loss(stage, config, *, num_clips: int, draws: int = 8) -> float:
+  """The mean diffusion loss (the training weighting) of the EMA model on the first
+  `num_clips` test clips at the base geometry, with their captions, averaged over `draws`
+  fixed (t, noise) draws: the same clips, times and noise for every run."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vdm_jax import cascade_eval, diffusion, sampling  # pylint: disable=g-import-not-at-top
+  from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
+  c = stage.config
+  real = build.load_split_examples(c, "test", num_clips)
+  clips = cascade_eval.real_at_geometry(real["video"], float(real["fps"][0]), c)
+  x = clips.astype(np.float32) / 127.5 - 1.0
+  cond, _ = sampling.stage_conditioning(stage, prompts=list(real["caption"]), n=len(x))
+  schedule = diffusion.schedule_from_config(c.diffusion, resolution=c.height)
+
+  @jax.jit
+  def loss(params, key):
+    def model_fn(z, logsnr, cd):
+      return stage.model.apply({"params": params}, z, logsnr, **cd, train=False)
+    return diffusion.diffusion_loss(model_fn=model_fn, x=x, key=key, cond=cond,
+                                    schedule=schedule, prediction=c.diffusion.prediction,
+                                    weighting=c.diffusion.loss_weighting)[0]
+
+  return float(np.mean([loss(stage.params, jax.random.key(1000 + i)) for i in range(draws)]))
+
+
 def _table(results: dict) -> str:
-  lines = ["| images / video | step | " + " | ".join(ATTRIBUTES) + " | FVD | train s/step |",
-           "|---" * (len(ATTRIBUTES) + 4) + "|"]
+  lines = ["| images / video | step | " + " | ".join(ATTRIBUTES)
+           + " | FVD | test loss | train s/step |", "|---" * (len(ATTRIBUTES) + 5) + "|"]
   for k, r in results["runs"].items():
     per_step = (r["train"]["train_seconds"] / results["steps"]
                 if r.get("train", {}).get("train_seconds") else float("nan"))
+    if k == "reference":
+      per_step = float("nan")
     for step, e in sorted(r.get("eval", {}).items(), key=lambda kv: int(kv[0])):
       acc = e["caption_accuracy"]
       cells = [f"{acc[a]:.2f}" if isinstance(acc.get(a), float) else "-" for a in ATTRIBUTES]
       fvd = f"{e['fvd']:.0f}" if e.get("fvd") is not None else "-"
-      lines.append(f"| {k} | {step} | " + " | ".join(cells) + f" | {fvd} | {per_step:.2f} |")
+      test = f"{e['held_out_loss']:.4f}" if e.get("held_out_loss") is not None else "-"
+      lines.append(f"| {k} | {step} | " + " | ".join(cells)
+                   + f" | {fvd} | {test} | {per_step:.2f} |")
   return "\n".join(lines)
 
 
@@ -133,12 +171,34 @@ def main(argv):
     with open(os.path.join(_OUT_DIR.value, "results.md"), "w", encoding="utf-8") as f:
       f.write(_table(results) + "\n")
 
-  for images in [int(k) for k in _IMAGES.value]:
+  if _REFERENCE.value:
+    ref = os.path.abspath(_REFERENCE.value)
+    step = _latest(ref)
+    print(f"== evaluate the reference {ref} at step {step} ==", flush=True)
+    # Cascade.from_config reads <root>/base: a temporary root holding a link to it
+    root = os.path.join(out, "reference")
+    os.makedirs(root, exist_ok=True)
+    if not os.path.lexists(os.path.join(root, "base")):
+      os.symlink(ref, os.path.join(root, "base"))
+    results["runs"].setdefault("reference", {"workdir": os.path.basename(ref)}).setdefault(
+        "eval", {})[str(step)] = evaluate(0, steps, out, step, root=root)
+    save()
+    print(_table(results), flush=True)
+  for images in [int(k) for k in _IMAGES.value if _PHASE.value != "reference"]:
     run = results["runs"].setdefault(str(images), {})
     if _PHASE.value in ("train", "all"):
       timing = train(images, steps, out)
       if timing:
         run["train"] = timing
+        save()
+    if _PHASE.value == "loss":
+      from vdm_jax import sampling  # pylint: disable=g-import-not-at-top
+      for step in eval_steps:
+        config, base = run_config(images, steps, out)
+        stage = sampling.load_stage(base, os.path.join(out, f"k{images}", "base"), step=step)
+        loss = held_out_loss(stage, config, num_clips=_NUM_VIDEOS.value)
+        run.setdefault("eval", {}).setdefault(str(step), {})["held_out_loss"] = loss
+        print(f"K={images} step {step}: held-out loss {loss:.4f}", flush=True)
         save()
     if _PHASE.value in ("eval", "all"):
       for step in eval_steps:
