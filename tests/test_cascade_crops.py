@@ -20,8 +20,7 @@ def _record(seed=0, frames=8, size=16):
 
 
 def _rows(g, record, seeds):
-  return [{k: v[0] for k, v in pipeline.MakeRows(g).random_map(
-      record, np.random.default_rng(s)).items()} for s in seeds]
+  return [pipeline.MakeRows(g).random_map(record, np.random.default_rng(s)) for s in seeds]
 
 
 def test_ssr_crop_keeps_lowres_the_block_mean_of_the_cropped_clip():
