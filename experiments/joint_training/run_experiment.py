@@ -38,9 +38,9 @@ _STEPS = flags.DEFINE_integer("steps", 600, "Optimizer steps per run.")
 _EVAL_STEPS = flags.DEFINE_list("eval_steps", [], "Checkpoints to evaluate (default: "
                                 "steps / 2 and steps).")
 _NUM_VIDEOS = flags.DEFINE_integer("eval_videos", 64, "Held-out test prompts to sample.")
-_PHASE = flags.DEFINE_enum("phase", "all", ["train", "eval", "loss", "reference", "all"],
+_PHASE = flags.DEFINE_enum("phase", "all", ["train", "eval", "loss", "reference", "table", "all"],
                            "What to run (loss: only the held-out loss of evaluated steps; "
-                           "reference: only --reference).")
+                           "reference: only --reference; table: rewrite results.md).")
 
 _REFERENCE = flags.DEFINE_string(
     "reference", "", "Also evaluate this base workdir (e.g. a `make demo` run's cascade/base, "
@@ -133,21 +133,37 @@ def held_out_loss(stage, config, *, num_clips: int, draws: int = 8) -> float:
   return float(np.mean([loss(stage.params, jax.random.key(1000 + i)) for i in range(draws)]))
 
 
+def step_gflop(workdir: str) -> float:
+  """GFLOP per optimizer step from the run's log (XLA's cost analysis of the compiled step:
+  TFLOP/s per device / steps/s), the load-independent cost of a step."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return float("nan")
+  with open(path, encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f]
+  ratios = [r["tflops_per_device"] / r["steps_per_sec"] * 1e3 for r in rows
+            if r.get("steps_per_sec") and r.get("tflops_per_device")]
+  return float(np.median(ratios)) if ratios else float("nan")
+
+
 def _table(results: dict) -> str:
   lines = ["| images / video | step | " + " | ".join(ATTRIBUTES)
-           + " | FVD | test loss | train s/step |", "|---" * (len(ATTRIBUTES) + 5) + "|"]
+           + " | FVD | test loss | GFLOP/step | train s/step |",
+           "|---" * (len(ATTRIBUTES) + 6) + "|"]
   for k, r in results["runs"].items():
     per_step = (r["train"]["train_seconds"] / results["steps"]
                 if r.get("train", {}).get("train_seconds") else float("nan"))
     if k == "reference":
       per_step = float("nan")
+    gflop = r.get("gflop_per_step", float("nan"))
     for step, e in sorted(r.get("eval", {}).items(), key=lambda kv: int(kv[0])):
       acc = e["caption_accuracy"]
       cells = [f"{acc[a]:.2f}" if isinstance(acc.get(a), float) else "-" for a in ATTRIBUTES]
       fvd = f"{e['fvd']:.0f}" if e.get("fvd") is not None else "-"
       test = f"{e['held_out_loss']:.4f}" if e.get("held_out_loss") is not None else "-"
       lines.append(f"| {k} | {step} | " + " | ".join(cells)
-                   + f" | {fvd} | {test} | {per_step:.2f} |")
+                   + f" | {fvd} | {test} | {gflop:.1f} | {per_step:.2f} |")
   return "\n".join(lines)
 
 
@@ -166,11 +182,18 @@ def main(argv):
   eval_steps = [int(s) for s in _EVAL_STEPS.value] or [steps // 2, steps]
 
   def save():
+    for k, r in results["runs"].items():
+      base = (os.path.join(out, "reference", "base") if k == "reference"
+              else os.path.join(out, f"k{k}", "base"))
+      r["gflop_per_step"] = step_gflop(base)
     with open(path, "w", encoding="utf-8") as f:
       json.dump(results, f, indent=2)
     with open(os.path.join(_OUT_DIR.value, "results.md"), "w", encoding="utf-8") as f:
       f.write(_table(results) + "\n")
 
+  if _PHASE.value == "table":
+    save()
+    print(_table(results), flush=True)
   if _REFERENCE.value:
     ref = os.path.abspath(_REFERENCE.value)
     step = _latest(ref)
@@ -184,7 +207,7 @@ def main(argv):
         "eval", {})[str(step)] = evaluate(0, steps, out, step, root=root)
     save()
     print(_table(results), flush=True)
-  for images in [int(k) for k in _IMAGES.value if _PHASE.value != "reference"]:
+  for images in [int(k) for k in _IMAGES.value if _PHASE.value not in ("reference", "table")]:
     run = results["runs"].setdefault(str(images), {})
     if _PHASE.value in ("train", "all"):
       timing = train(images, steps, out)
