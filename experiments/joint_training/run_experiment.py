@@ -18,6 +18,7 @@ the moving-shapes detectors read colour, shape, size, motion, background and obj
 FVD (I3D) against the real test clips at the base geometry. Writes results.json and
 results.md next to this file (or --out_dir) after every evaluation and prints the table.
 """
+import ast
 import json
 import os
 import sys
@@ -47,6 +48,10 @@ _REFERENCE = flags.DEFINE_string(
     "trained without images for twice the steps: the same compute as 8 images per video) at "
     "its latest checkpoint, as the row 'reference'.")
 
+_SET = flags.DEFINE_multi_string(
+    "set", [], "Base-config overrides key=value (e.g. model.temporal_conv_in_resblock=True) "
+    "for an ablation; use with a new --run_dir and --out_dir.")
+
 ATTRIBUTES = ("color", "shape", "size", "motion", "speed", "background", "num_objects", "all")
 
 
@@ -65,6 +70,16 @@ def run_config(images: int, steps: int, out: str):
   t.keep_every = max(1, steps // 2)
   t.warmup_steps = min(int(t.warmup_steps), max(1, steps // 10))
   config.eval.num_videos = _NUM_VIDEOS.value
+  for item in _SET.value:
+    key, _, value = item.partition("=")
+    *path, last = key.split(".")
+    node = base
+    for part in path:
+      node = node[part]
+    try:
+      node[last] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      node[last] = value
   return config, base
 
 
