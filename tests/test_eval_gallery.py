@@ -54,17 +54,20 @@ def test_write_video_rejects_bad_input(tmp_path):
     gallery.write_video(str(tmp_path / "a.gif"), np.zeros((4, 4, 3), np.uint8), fps=8)
 
 
-def test_write_gallery_links_relative_gifs(tmp_path):
+def test_write_gallery_links_relative_gifs(tmp_path, monkeypatch):
   out = tmp_path / "gallery"
   base = gallery.write_gif(str(out / "p0_base.gif"), _video(), fps=8)
-  ssr = gallery.write_gif(str(out / "gifs" / "p0_ssr.gif"), _video(h=16, w=20), fps=8)
   real = gallery.write_gif(str(out / "p0_real.gif"), _video(), fps=8)
+  # A relative out dir, as `--out=demo_out` gives: paths relative to the current directory.
+  monkeypatch.chdir(tmp_path)
+  ssr = gallery.write_gif(os.path.join("gallery", "gifs", "p0_ssr.gif"), _video(h=16, w=20),
+                          fps=8)
   entries = [{"prompt": "a small red circle <moving> left slowly on a black background",
-              "stages": [("base", base), ("ssr1", "gifs/p0_ssr.gif")], "real": real}]
+              "stages": [("base", base), ("ssr1", ssr)], "real": real}]
   figures = {"caption accuracy": {"base": {"shape": 0.5, "all": 0.25}, "ssr1": {"all": 0.5}},
              "fvd": {"base": 123.456789}}
-  page = gallery.write_gallery(str(out), entries, figures, title="demo")
-  assert page == str(out / "index.html")
+  page = gallery.write_gallery("gallery", entries, figures, title="demo")
+  assert page == os.path.join("gallery", "index.html")
   text = open(page, encoding="utf-8").read()
   srcs = re.findall(r'<img src="([^"]+)"', text)
   assert srcs == ["p0_base.gif", "gifs/p0_ssr.gif", "p0_real.gif"]

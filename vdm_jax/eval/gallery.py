@@ -93,9 +93,9 @@ def figure_table(title: str, figure: Mapping[str, Any]) -> str:
 
 
 def _relative(out_dir: str, path: str) -> str:
-  if not os.path.isabs(path):
-    return path.replace(os.sep, "/")
-  return os.path.relpath(path, out_dir).replace(os.sep, "/")
+  """`path` (absolute, or relative to the current directory, as `write_gif` takes it) as the
+  page in `out_dir` must link it."""
+  return os.path.relpath(os.path.abspath(path), os.path.abspath(out_dir)).replace(os.sep, "/")
 
 
 def _video_cell(out_dir: str, label: str, path: Optional[str]) -> str:
@@ -119,7 +119,8 @@ def write_gallery(out_dir: str, entries: Sequence[Mapping[str, Any]],
   Args:
     out_dir: the folder of the page; GIF paths are written relative to it.
     entries: per prompt, {"prompt": str, "stages": [(stage name, gif path), ...],
-      "real": gif path or None (optional)}; paths relative to out_dir or absolute.
+      "real": gif path or None (optional)}; paths absolute or relative to the current
+      directory (what `write_gif` returns).
     figures: {figure title: table dict} (see `figure_table`).
     title: the page title.
   """
