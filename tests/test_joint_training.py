@@ -110,7 +110,6 @@ def test_an_image_costs_one_frame_not_a_clip(setup):
     return float(cost["flops"])
 
   clips, packed, whole_rows = flops(videos), flops(batch), flops(inputs.select(tiled))
-  print(f"FLOPs: clips {clips:.3g}, packed {packed / clips:.2f}x, tiled {whole_rows / clips:.2f}x")
   # K images per clip of T frames: about K / T = 0.5 of the clips' compute, not K = 2 clips
   assert 1.3 * clips < packed < 1.7 * clips
   assert whole_rows > 2.7 * clips

@@ -115,7 +115,7 @@ def load_stage(config, workdir: str, *, step: Optional[int] = None,
   from vdm_jax.train import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
   from vdm_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")   # orbax: absolute
+  directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
     raise FileNotFoundError(
         f"No checkpoints under {directory}: train this stage first "

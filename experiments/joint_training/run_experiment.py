@@ -83,21 +83,16 @@ def run_config(images: int, steps: int, out: str):
   return config, base
 
 
-def _latest(workdir: str) -> int:
-  path = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(path):
-    return 0
-  return max([int(n) for n in os.listdir(path) if n.isdigit()], default=0)
-
-
 def train(images: int, steps: int, out: str) -> dict:
+  from vdm_jax import demo  # pylint: disable=g-import-not-at-top
   from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
   from vdm_jax.train import loop  # pylint: disable=g-import-not-at-top
   config, base = run_config(images, steps, out)
   build.build_dataset(base)
   workdir = os.path.join(out, f"k{images}", "base")
-  if _latest(workdir) >= steps:
-    print(f"K={images}: already trained to step {_latest(workdir)}.", flush=True)
+  done = demo._latest_step(workdir)  # pylint: disable=protected-access
+  if done >= steps:
+    print(f"K={images}: already trained to step {done}.", flush=True)
     return {}
   start, cpu = time.perf_counter(), time.process_time()
   loop.train_and_evaluate(base, workdir)
@@ -211,7 +206,8 @@ def main(argv):
     print(_table(results), flush=True)
   if _REFERENCE.value:
     ref = os.path.abspath(_REFERENCE.value)
-    step = _latest(ref)
+    from vdm_jax import demo  # pylint: disable=g-import-not-at-top
+    step = demo._latest_step(ref)  # pylint: disable=protected-access
     print(f"== evaluate the reference {ref} at step {step} ==", flush=True)
     # Cascade.from_config reads <root>/base: a temporary root holding a link to it
     root = os.path.join(out, "reference")

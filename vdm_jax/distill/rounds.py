@@ -87,7 +87,7 @@ class DistillationRun:
                mesh, rules):
     settings.check_distill_config(config)
     loop.check_loop_config(config)
-    self.config, self.workdir = config, os.path.abspath(workdir)  # orbax needs absolute paths
+    self.config, self.workdir = config, workdir
     self.student_model, self.teacher_model = student_model, teacher_model
     self.teacher_params, self.teacher_param_shardings = teacher_params, teacher_param_shardings
     self.make_batches, self.mesh, self.rules = make_batches, mesh, rules

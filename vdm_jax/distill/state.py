@@ -101,7 +101,6 @@ def restore_params(*, workdir: str, config, init_params_fn: Callable[[jax.Array]
   Returns:
     (params on their shardings, the shardings, the restored step).
   """
-  workdir = os.path.abspath(workdir)  # orbax needs absolute paths
   saved = saved_train_config(workdir)
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
