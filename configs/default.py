@@ -89,6 +89,9 @@ def get_config(arg=None):
   dd.held_out = ("red triangle", "blue left")  # combos never in train (compositional test)
   dd.test_held_out_fraction = 0.5         # share of the test split that carries held-out combos
   dd.two_object_prob = 0.3                # chance that a clip has two objects
+  # words clips may use, per kind (empty = every word), e.g. motion=("left", "right", "still")
+  dd.vocabulary = ml_collections.ConfigDict({k: () for k in (
+      "color", "shape", "size", "motion", "speed", "background")})
   # video_folder (vdm_jax/data/video_folder.py):
   dd.video_default_fps = 8.0              # fps of frame folders without fps.txt
   dd.video_clips_per_video = 1            # clips cut from each video (0 = all that fit)

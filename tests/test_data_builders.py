@@ -187,3 +187,23 @@ def test_cut_clips_resamples_pads_and_skips(tmp_path):
   assert VF.cut_clips(*short, skip) == []
   with pytest.raises(ValueError, match="video_dir"):
     VF.make_config(video_dir=str(tmp_path / "missing"))
+
+
+def test_vocabulary_config_names_and_checks():
+  kw = dict(frames=16, height=32, width=32, fps=8.0, num_train=4096, num_test=64, held_out=HELD,
+            two_object_prob=0.0)
+  # An unrestricted vocabulary leaves the name (the directory of existing builds) unchanged.
+  assert MS.make_config(**kw).name == "f16_r32x32_n4096_seed0_baa58289d1"
+  assert MS.make_config(**kw, vocabulary={"speed": ()}).name == MS.make_config(**kw).name
+  small = MS.make_config(**kw, vocabulary={"speed": ("fast",), "motion": ("left", "still")})
+  assert small.name != MS.make_config(**kw).name
+  for split in ("train", "test"):
+    for i in range(40):
+      for o in MS.sample_example_spec(small, split, i).objects:
+        assert o.motion in ("left", "still") and o.speed in (None, "fast")
+  with pytest.raises(ValueError, match="outside the vocabulary"):
+    MS.make_config(**kw, vocabulary={"motion": ("right", "still")})   # "blue left" held out
+  # The experiment config's data.vocabulary reaches the builder config.
+  c = default.get_config()
+  c.data.vocabulary.speed = ("fast",)
+  assert dict(build.builder_config(c).vocabulary) == {"speed": ("fast",)}

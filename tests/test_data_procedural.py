@@ -139,6 +139,33 @@ def test_sampling_is_deterministic_and_respects_held_out():
     P.validate_geometry(frames=64, fps=4.0, height=32, width=32)
 
 
+def test_vocabulary_restricts_the_words_clips_use():
+  vocab = {"speed": ("fast",), "size": ("large", "medium"), "motion": ("left", "still")}
+  full = P.check_vocabulary(vocab)
+  assert full["size"] == ("medium", "large")          # vocabulary order
+  assert full["shape"] == tuple(P.SHAPES)             # unrestricted kinds keep every word
+  rng = np.random.default_rng(3)
+  seen = set()
+  for _ in range(200):
+    spec = P.sample_spec(rng, frames=8, height=32, width=32, fps=8.0, vocabulary=vocab)
+    for o in spec.objects:
+      assert o.motion in ("left", "still") and o.size in ("medium", "large")
+      assert o.speed == (None if o.motion == "still" else "fast")
+      seen.add(o.motion)
+  assert seen == {"left", "still"}
+  # a held-out combo still fixes its own words
+  spec = P.sample_spec(rng, frames=8, height=32, width=32, fps=8.0, vocabulary=vocab,
+                       held_out=[("blue", "left")], include_held_out=True)
+  assert (spec.objects[0].color, spec.objects[0].motion) == ("blue", "left")
+  with pytest.raises(ValueError, match="not motion words"):
+    P.check_vocabulary({"motion": ("fast",)})
+  with pytest.raises(ValueError, match="Unknown vocabulary kind"):
+    P.check_vocabulary({"colour": ("red",)})
+  with pytest.raises(ValueError, match="two colours"):
+    P.sample_spec(rng, frames=8, height=32, width=32, fps=8.0, num_objects=2,
+                  vocabulary={"color": ("red",)})
+
+
 def test_captions_parse_back_to_the_labels():
   rng = np.random.default_rng(11)
   seen_two = seen_image = False

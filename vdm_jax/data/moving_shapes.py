@@ -44,6 +44,14 @@ class MovingShapesConfig(tfds.core.BuilderConfig):
   held_out: tuple = ()             # combos of vocabulary words, e.g. (("red", "triangle"),)
   test_held_out_fraction: float = 0.5
   two_object_prob: float = 0.3
+  vocabulary: tuple = ()           # ((kind, (words...)), ...) restricted kinds; () = every word
+
+
+def parse_vocabulary(vocabulary) -> tuple:
+  """A vocabulary mapping (kind -> allowed words; empty = all) as the sorted, hashable tuple of
+  its restricted kinds, ((kind, words), ...); () when nothing is restricted."""
+  full = procedural.check_vocabulary(vocabulary)
+  return tuple((k, w) for k, w in sorted(full.items()) if w != procedural.VOCABULARY[k])
 
 
 def parse_combos(held_out) -> tuple:
@@ -54,9 +62,23 @@ def parse_combos(held_out) -> tuple:
 
 def make_config(*, frames=16, height=32, width=32, fps=8.0, num_train=2048, num_test=256,
                 seed=0, held_out=(), test_held_out_fraction=0.5,
-                two_object_prob=0.3) -> MovingShapesConfig:
-  """A validated config whose name encodes its parameters (a new directory per change)."""
+                two_object_prob=0.3, vocabulary=None) -> MovingShapesConfig:
+  """A validated config whose name encodes its parameters (a new directory per change).
+
+  `vocabulary` ({kind: words}, see `procedural.check_vocabulary`) restricts the words clips
+  use, e.g. {"speed": ("fast",)}; held-out combos must use allowed words.
+  """
   held_out = parse_combos(held_out)
+  vocab = parse_vocabulary(vocabulary)
+  allowed = procedural.check_vocabulary(dict(vocab))
+  for combo in held_out:
+    outside = [w for w in combo if w not in allowed[procedural.ATTRIBUTE_OF[w]]]
+    if outside:
+      raise ValueError(f"Held-out combo {combo} uses {outside}, outside the vocabulary "
+                       f"{dict(vocab)}: it could never appear in the test split.")
+  if two_object_prob > 0 and len(allowed["color"]) < 2:
+    raise ValueError(f"two_object_prob={two_object_prob} needs at least two colours in the "
+                     f"vocabulary, got {allowed['color']}.")
   procedural.validate_geometry(frames=frames, fps=fps, height=height, width=width)
   if num_train < 1 or num_test < 1:
     raise ValueError(f"num_train={num_train} and num_test={num_test} must be positive.")
@@ -66,8 +88,11 @@ def make_config(*, frames=16, height=32, width=32, fps=8.0, num_train=2048, num_
                 num_train=int(num_train), num_test=int(num_test), seed=int(seed),
                 held_out=held_out, test_held_out_fraction=float(test_held_out_fraction),
                 two_object_prob=float(two_object_prob))
+  if vocab:  # only a restricted vocabulary enters the name: unrestricted names stay as they were
+    params["vocabulary"] = [[k, list(w)] for k, w in vocab]
   digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
   name = f"f{frames}_r{height}x{width}_n{num_train}_seed{seed}_{digest}"
+  params["vocabulary"] = vocab
   return MovingShapesConfig(name=name, description=json.dumps(params), **params)
 
 
@@ -87,7 +112,7 @@ def sample_example_spec(cfg: MovingShapesConfig, split: str, index: int,
   return procedural.sample_spec(
       rng, frames=cfg.frames, height=cfg.height, width=cfg.width, fps=cfg.fps,
       two_object_prob=cfg.two_object_prob, held_out=combos, include_held_out=include,
-      image=image)
+      image=image, vocabulary=dict(cfg.vocabulary))
 
 
 def _label_features() -> dict:

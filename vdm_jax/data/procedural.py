@@ -192,14 +192,43 @@ def check_combos(held_out: Iterable[Sequence[str]]) -> tuple:
   return tuple(out)
 
 
-def _sample_attributes(rng, fixed: dict) -> dict:
-  motions = MOTION_NAMES if "speed" not in fixed else MOTION_NAMES[:-1]  # not "still"
+# The attribute kinds a vocabulary restricts, and every word of each (in vocabulary order).
+VOCABULARY = {"color": COLOR_NAMES, "shape": tuple(SHAPES), "size": SIZE_NAMES,
+              "motion": MOTION_NAMES, "speed": SPEED_NAMES, "background": BACKGROUND_NAMES}
+
+
+def check_vocabulary(vocabulary=None) -> dict:
+  """The words clips may use: {kind: tuple of words} for every kind of `VOCABULARY`.
+
+  `vocabulary` maps kinds to allowed words (a missing kind or an empty tuple allows every word
+  of that kind); None allows everything. Raises ValueError for an unknown kind, a word of
+  another kind, or a restriction that leaves a moving motion without a speed.
+  """
+  out = dict(VOCABULARY)
+  for kind, words in dict(vocabulary or {}).items():
+    if kind not in VOCABULARY:
+      raise ValueError(f"Unknown vocabulary kind {kind!r}; one of {tuple(VOCABULARY)}.")
+    words = (words,) if isinstance(words, str) else tuple(words)
+    bad = [w for w in words if w not in VOCABULARY[kind]]
+    if bad:
+      raise ValueError(f"vocabulary {kind}: {bad} are not {kind} words; choose from "
+                       f"{VOCABULARY[kind]}.")
+    if words:   # kept in vocabulary order, duplicates dropped
+      out[kind] = tuple(w for w in VOCABULARY[kind] if w in words)
+  return out
+
+
+def _sample_attributes(rng, fixed: dict, vocab: dict) -> dict:
+  motions = vocab["motion"]
+  if "speed" in fixed:  # a speed word needs a moving object
+    motions = tuple(m for m in motions if m != "still") or MOTION_NAMES[:1]
   motion = fixed.get("motion", motions[rng.integers(len(motions))])
-  speed = None if motion == "still" else fixed.get(
-      "speed", SPEED_NAMES[rng.integers(len(SPEED_NAMES))])
-  return dict(shape=fixed.get("shape", SHAPES[rng.integers(len(SHAPES))]),
-              color=fixed.get("color", COLOR_NAMES[rng.integers(len(COLOR_NAMES))]),
-              size=fixed.get("size", SIZE_NAMES[rng.integers(len(SIZE_NAMES))]),
+  speeds = vocab["speed"]
+  speed = None if motion == "still" else fixed.get("speed", speeds[rng.integers(len(speeds))])
+  shapes, colors, sizes = vocab["shape"], vocab["color"], vocab["size"]
+  return dict(shape=fixed.get("shape", shapes[rng.integers(len(shapes))]),
+              color=fixed.get("color", colors[rng.integers(len(colors))]),
+              size=fixed.get("size", sizes[rng.integers(len(sizes))]),
               motion=motion, speed=speed)
 
 
@@ -240,7 +269,7 @@ def _overlaps(spec: ClipSpec) -> bool:
 def sample_spec(rng: np.random.Generator, *, frames: int, height: int, width: int, fps: float,
                 num_objects: Optional[int] = None, two_object_prob: float = 0.3,
                 held_out: Iterable[Sequence[str]] = (), include_held_out: bool = False,
-                image: bool = False, max_tries: int = 100) -> ClipSpec:
+                image: bool = False, max_tries: int = 100, vocabulary=None) -> ClipSpec:
   """Samples a clip spec, deterministically from `rng`.
 
   Args:
@@ -252,8 +281,11 @@ def sample_spec(rng: np.random.Generator, *, frames: int, height: int, width: in
     include_held_out: False = never produce a held-out combo (rejection sampling); True = object
       0 carries one held-out combo chosen uniformly (for the compositional test split). For
       images, combos with a motion or speed word are ignored.
+    vocabulary: {kind: allowed words} (see `check_vocabulary`); None = every word. Words a
+      held-out combo fixes are used even outside it.
   """
   held_out = check_combos(held_out)
+  vocab = check_vocabulary(vocabulary)
   if image:  # motion words cannot apply to an image
     frames = 1
     held_out = tuple(c for c in held_out
@@ -265,9 +297,12 @@ def sample_spec(rng: np.random.Generator, *, frames: int, height: int, width: in
   n = num_objects or (2 if rng.random() < two_object_prob else 1)
   if n not in (1, 2):
     raise ValueError(f"num_objects must be 1 or 2, got {n}.")
+  if n == 2 and len(vocab["color"]) < 2:
+    raise ValueError("Two objects need two colours; the vocabulary allows only "
+                     f"{vocab['color']} (or set two_object_prob = 0).")
   spec = None
   for _ in range(max_tries):
-    background = BACKGROUND_NAMES[rng.integers(len(BACKGROUND_NAMES))]
+    background = vocab["background"][rng.integers(len(vocab["background"]))]
     fixed = [{} for _ in range(n)]
     if include_held_out:
       combo = held_out[rng.integers(len(held_out))]
@@ -276,7 +311,7 @@ def sample_spec(rng: np.random.Generator, *, frames: int, height: int, width: in
     if image:
       for f in fixed:
         f["motion"] = "still"
-    attrs = [_sample_attributes(rng, f) for f in fixed]
+    attrs = [_sample_attributes(rng, f, vocab) for f in fixed]
     if n == 2 and attrs[0]["color"] == attrs[1]["color"]:
       continue
     objects = tuple(_place(rng, a, duration=duration, height=height, width=width)
