@@ -116,3 +116,12 @@ def test_demo_config_is_a_valid_three_stage_cascade():
     config_utils.validate_config(s)
     pipeline.stage_geometry(s)  # crops and lowres sizes are consistent
     assert s.text.store_path == named[0][1].text.store_path  # embeddings encoded once
+  # The demo prompts stay inside the demo's vocabulary (what its data teach).
+  from vdm_jax.data import procedural  # pylint: disable=g-import-not-at-top
+  vocab = procedural.check_vocabulary({k: tuple(v) for k, v in c.data.vocabulary.items()})
+  for prompt in c.sample.prompts:
+    parsed = procedural.parse_caption(prompt)
+    assert parsed["background"] in vocab["background"]
+    for obj in parsed["objects"]:
+      for kind in ("shape", "color", "size", "motion", "speed"):
+        assert obj[kind] is None or obj[kind] in vocab[kind], (prompt, kind)
