@@ -24,6 +24,7 @@ def test_shipped_configs_validate(get_config):
     ("train.grad_accum_steps", 3, "train.grad_accum_steps=3"),
     ("diffusion.cond_drop_prob", 1.0, "diffusion.cond_drop_prob=1.0"),
     ("height", 15, "height x width = 15x16"),
+    ("data.vocabulary.motion", ("left", "fast"), "data.vocabulary: vocabulary motion"),
 ])
 def test_bad_values_name_the_key(key, value, fragment):
   c = tiny.get_config()

@@ -123,6 +123,14 @@ def validate_config(config) -> None:
   if m.base_channels % m.num_groups:
     errors.append(f"model.base_channels={m.base_channels} must be divisible by "
                   f"model.num_groups={m.num_groups}")
+  vocabulary = config.data.get("vocabulary", None)
+  if vocabulary is not None and str(config.data.get("name", "")).startswith("moving_shapes"):
+    from vdm_jax.data import procedural  # pylint: disable=g-import-not-at-top
+    try:
+      procedural.check_vocabulary({k: (v if isinstance(v, str) else tuple(v))
+                                   for k, v in vocabulary.items()})
+    except ValueError as e:
+      errors.append(f"data.vocabulary: {e}")
   d = config.diffusion
   if not d.logsnr_min < d.logsnr_max:
     errors.append(f"diffusion.logsnr_min={d.logsnr_min} must be below "
