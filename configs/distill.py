@@ -78,4 +78,8 @@ def distill_config(c, *, mode: str, start: int, end: int, small: bool):
     t.checkpoint_every = 100
     t.log_every = 25
   c.sample.num_steps = c.distill.end_steps
+  # The student learns the teacher's deterministic DDIM steps: it samples that way, whatever
+  # sampler the teacher's config samples with.
+  c.sample.sampler = "ddim"
+  c.sample.eta = 0.0
   return c

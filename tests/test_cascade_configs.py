@@ -116,6 +116,11 @@ def test_demo_config_is_a_valid_three_stage_cascade():
     config_utils.validate_config(s)
     pipeline.stage_geometry(s)  # crops and lowres sizes are consistent
     assert s.text.store_path == named[0][1].text.store_path  # embeddings encoded once
+  # The base samples stochastically; its distilled student replays DDIM steps, so it does not.
+  from vdm_jax import demo as demo_lib  # pylint: disable=g-import-not-at-top
+  assert c.cascade.stages["base"].sample.eta == 1.0
+  student = demo_lib.distill_config(c, 1.0)
+  assert (student.sample.sampler, student.sample.eta) == ("ddim", 0.0)
   # The demo prompts stay inside the demo's vocabulary (what its data teach).
   from vdm_jax.data import procedural  # pylint: disable=g-import-not-at-top
   vocab = procedural.check_vocabulary({k: tuple(v) for k, v in c.data.vocabulary.items()})
