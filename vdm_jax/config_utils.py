@@ -127,8 +127,7 @@ def validate_config(config) -> None:
   if vocabulary is not None and str(config.data.get("name", "")).startswith("moving_shapes"):
     from vdm_jax.data import procedural  # pylint: disable=g-import-not-at-top
     try:
-      procedural.check_vocabulary({k: (v if isinstance(v, str) else tuple(v))
-                                   for k, v in vocabulary.items()})
+      procedural.check_vocabulary(dict(vocabulary.items()))
     except ValueError as e:
       errors.append(f"data.vocabulary: {e}")
   d = config.diffusion

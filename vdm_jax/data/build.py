@@ -36,8 +36,7 @@ def builder_config(config, *, check_video_dir: bool = True):
       num_train=d.num_train_examples, num_test=d.num_eval_examples, seed=d.build_seed,
       held_out=tuple(d.held_out), test_held_out_fraction=d.test_held_out_fraction,
       two_object_prob=d.two_object_prob,
-      vocabulary={k: (v if isinstance(v, str) else tuple(v))
-                  for k, v in d.get("vocabulary", {}).items()})
+      vocabulary=dict(d.get("vocabulary", {}).items()))
 
 
 def builder_class(name: str):

@@ -201,8 +201,8 @@ def check_vocabulary(vocabulary=None) -> dict:
   """The words clips may use: {kind: tuple of words} for every kind of `VOCABULARY`.
 
   `vocabulary` maps kinds to allowed words (a missing kind or an empty tuple allows every word
-  of that kind); None allows everything. Raises ValueError for an unknown kind, a word of
-  another kind, or a restriction that leaves a moving motion without a speed.
+  of that kind; a single word may be a string); None allows everything. Raises ValueError for
+  an unknown kind or a word of another kind.
   """
   out = dict(VOCABULARY)
   for kind, words in dict(vocabulary or {}).items():
