@@ -42,6 +42,8 @@ def get_config(arg=None):
   m.num_groups = 8
   m.rel_pos_buckets = 32
   m.rel_pos_max_distance = 128
+  m.temporal_position = "bias"            # temporal attention's frame order: bias (T5-style
+  #   scalar per offset bucket) | shaw (+ Shaw et al. relative key/value vectors, as VDM cites)
   m.cond_embed_dim = 128
   m.text_embed_dim = 384
   m.text_cross_attention = True           # beside spatial attention, on its levels

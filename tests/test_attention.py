@@ -176,3 +176,52 @@ def test_temporal_attention_is_identity_at_init_and_masks_images():
   y2 = block.apply(params, x2, is_image)
   assert float(jnp.max(jnp.abs(y2[0, 1:] - y[0, 1:]))) > 1e-3
   np.testing.assert_allclose(y2[1, 1:], y[1, 1:], atol=1e-6)
+
+
+def test_relative_attention_matches_loop_reference_and_reduces_to_plain():
+  q, k, v = _qkv(lq=5, lk=5)
+  rng = np.random.default_rng(3)
+  rel_k, rel_v = (jnp.asarray(rng.standard_normal((5, 5, 3, 8)), jnp.float32) for _ in "kv")
+  bias, mask = _bias_and_mask(lq=5, lk=5)
+  out = attention.relative_dot_product_attention(q, k, v, rel_k, rel_v, bias=bias, mask=mask)
+  # Shaw et al. (2018), eq. 3-5, written out per (example, head, query).
+  qn, kn, vn, bn, mn = (np.asarray(a, np.float64) for a in (q, k, v, bias, mask))
+  rk, rv = np.asarray(rel_k, np.float64), np.asarray(rel_v, np.float64)
+  want = np.zeros(q.shape)
+  for b, n, i in np.ndindex(2, 3, 5):
+    keep = mn[b, 0, i].astype(bool)
+    if not keep.any():
+      continue
+    logits = np.array([qn[b, i, n] @ (kn[b, j, n] + rk[i, j, n]) for j in range(5)])
+    logits = logits / math.sqrt(8) + bn[0, n, i]
+    p = np.where(keep, np.exp(logits - logits[keep].max()), 0.0)
+    want[b, i, n] = sum(p[j] / p.sum() * (vn[b, j, n] + rv[i, j, n]) for j in range(5))
+  np.testing.assert_allclose(out, want, atol=1e-5, rtol=1e-5)
+  zeros = jnp.zeros_like(rel_k)
+  np.testing.assert_allclose(
+      attention.relative_dot_product_attention(q, k, v, zeros, zeros, bias=bias, mask=mask),
+      attention.dot_product_attention(q, k, v, bias=bias, mask=mask), atol=1e-6)
+  with pytest.raises(ValueError, match="rel_k"):
+    attention.relative_dot_product_attention(q, k, v, rel_k[:4], rel_v)
+
+
+@pytest.mark.parametrize("position", ["bias", "shaw"])
+def test_temporal_position_and_identical_frames(position):
+  """With only a bias, frames of identical content get identical outputs (a weighted mean of
+  equal values); Shaw's value vectors tell each frame its offsets, so they differ."""
+  block = attention_blocks.TemporalSelfAttention(num_heads=2, head_dim=4, num_groups=2,
+                                                 num_buckets=8, max_distance=16,
+                                                 position=position)
+  frame = np.random.default_rng(0).standard_normal((1, 1, 2, 3, 8))
+  x = jnp.asarray(np.repeat(frame, 5, axis=1), jnp.float32)             # 5 identical frames
+  is_image = jnp.array([False])
+  params = block.init(jax.random.key(0, impl="unsafe_rbg"), x, is_image)
+  np.testing.assert_allclose(block.apply(params, x, is_image), x, atol=1e-6)  # identity at init
+  assert ("rel_kv" in params["params"]) == (position == "shaw")
+  params = jax.tree.map(lambda p: p + 0.3 * jnp.ones_like(p), params)
+  y = block.apply(params, x, is_image)
+  spread = float(jnp.max(jnp.abs(y - y[:, :1])))
+  if position == "shaw":
+    assert spread > 1e-3
+  else:
+    assert spread < 1e-5

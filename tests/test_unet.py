@@ -281,6 +281,7 @@ def test_missing_or_unexpected_inputs_raise(base):
     (dict(temporal_mixing=("attention", "transformer")), "temporal_mixing\\[1\\]"),
     (dict(remat="sometimes"), "remat"),
     (dict(attention_impl="flash"), "attention_impl"),
+    (dict(temporal_position="absolute"), "temporal_position"),
     (dict(num_groups=3), "num_groups"),
     (dict(spatial_attention=(False, False)), "text_cross_attention"),
 ])

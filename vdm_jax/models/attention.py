@@ -83,6 +83,47 @@ def dot_product_attention(q, k, v, *, bias=None, mask=None, implementation="xla"
   return out
 
 
+def relative_dot_product_attention(q, k, v, rel_k, rel_v, *, bias=None, mask=None):
+  """Attention with relative position representations on keys and values (Shaw et al. 2018).
+
+  logits[q, k] = q . (k + rel_k[q, k]) / sqrt(D) + bias;  out[q] = sum_k p[q, k] (v[k] +
+  rel_v[q, k]). The value term tells each query which offset its content came from (a bias
+  alone only weighs the frames). Plain XLA einsums: meant for short sequences (frames).
+
+  Args:
+    q, k, v: [B, Lq|Lk, N, D] as for `dot_product_attention`.
+    rel_k, rel_v: [Lq, Lk, N, D] the learned vector of each (query, key) offset.
+    bias, mask: as for `dot_product_attention`.
+  Returns:
+    [B, Lq, N, D] in the dtype of `v`.
+  """
+  if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+    raise ValueError(f"incompatible q {q.shape}, k {k.shape}, v {v.shape}")
+  want = (q.shape[1], k.shape[1]) + q.shape[2:]
+  if rel_k.shape != want or rel_v.shape != want:
+    raise ValueError(f"rel_k {rel_k.shape} and rel_v {rel_v.shape} must be [Lq, Lk, N, D] = "
+                     f"{want}")
+  if mask is not None and mask.dtype != jnp.bool_:
+    raise ValueError(f"mask must be bool (True = attend); got {mask.dtype}")
+  scale = 1.0 / np.sqrt(q.shape[-1])
+  logits = (jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
+            + jnp.einsum("bqnd,qknd->bnqk", q, rel_k.astype(q.dtype),
+                         preferred_element_type=jnp.float32)) * scale
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  row_valid = None
+  if mask is not None:
+    row_valid = jnp.any(mask, axis=-1, keepdims=True)
+    logits = jnp.where(mask | ~row_valid, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = (jnp.einsum("bnqk,bknd->bqnd", probs, v)
+         + jnp.einsum("bnqk,qknd->bqnd", probs, rel_v.astype(v.dtype)))
+  if row_valid is not None:
+    keep = jnp.transpose(row_valid, (0, 2, 1, 3))
+    out = jnp.where(keep, out, jnp.zeros((), out.dtype))
+  return out
+
+
 def _xla_attention(q, k, v, bias, mask):
   """Reference attention: float32 logits and softmax, einsum contractions."""
   scale = 1.0 / np.sqrt(q.shape[-1])

@@ -2,7 +2,8 @@
 
   SpatialSelfAttention   each frame's H*W positions attend to each other.
   TemporalSelfAttention  each spatial position's T frames attend to each other, with a learned
-                         T5-style relative position bias and a frame mask (self-only for the
+                         T5-style relative position bias (optionally Shaw et al.'s relative
+                         key/value vectors too) and a frame mask (self-only for the
                          examples flagged `is_image`). Zero-initialized output: identity at init.
   TextCrossAttention     every position attends to the text tokens, padding masked out.
 
@@ -84,12 +85,17 @@ class MultiHeadAttention(nn.Module):
                           name=name)
 
   @nn.compact
-  def __call__(self, x, context, *, bias=None, mask=None):
+  def __call__(self, x, context, *, bias=None, mask=None, rel_kv=None):
+    """rel_kv: optional (rel_k, rel_v), each [Lq, Lk, N, D]: relative position vectors added
+    to keys and values (`attention.relative_dot_product_attention`, XLA)."""
     q = nn.with_logical_constraint(self._proj("query")(x), _QKV_AXES)
     k = nn.with_logical_constraint(self._proj("key")(context), _QKV_AXES)
     v = nn.with_logical_constraint(self._proj("value")(context), _QKV_AXES)
-    out = attention.dot_product_attention(q, k, v, bias=bias, mask=mask,
-                                          implementation=self.implementation)
+    if rel_kv is not None:
+      out = attention.relative_dot_product_attention(q, k, v, *rel_kv, bias=bias, mask=mask)
+    else:
+      out = attention.dot_product_attention(q, k, v, bias=bias, mask=mask,
+                                            implementation=self.implementation)
     out = nn.with_logical_constraint(out, _QKV_AXES)
     return OutProjection(self.out_features, self.zero_init_out, self.dtype, self.param_dtype,
                          name="out")(out)
@@ -114,6 +120,29 @@ class RelativePositionBias(nn.Module):
         max_distance=self.max_distance)                             # [Tq, Tk]
     bias = jnp.take(table, buckets, axis=0)                         # [Tq, Tk, N]
     return jnp.transpose(bias, (2, 0, 1))[None].astype(jnp.float32)
+
+
+class RelativePositionVectors(nn.Module):
+  """Shaw et al. (2018) relative position representations: a learned key vector and value
+  vector per (head, T5 log bucket of key frame - query frame) -> ([T, T, N, D], [T, T, N, D])."""
+  num_heads: int
+  head_dim: int
+  num_buckets: int
+  max_distance: int
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, num_frames):
+    shape = (self.num_buckets, self.num_heads, self.head_dim)
+    names = (axes.REL_BUCKETS, axes.HEADS, axes.KV)
+    init = layers.partitioned(nn.initializers.normal(0.02), names)
+    key_table = self.param("key", init, shape, self.param_dtype)
+    value_table = self.param("value", init, shape, self.param_dtype)
+    pos = jnp.arange(num_frames)
+    buckets = attention.relative_position_buckets(
+        pos[None, :] - pos[:, None], num_buckets=self.num_buckets,
+        max_distance=self.max_distance)                             # [Tq, Tk]
+    return jnp.take(key_table, buckets, axis=0), jnp.take(value_table, buckets, axis=0)
 
 
 class _AttentionSettings(nn.Module):
@@ -152,9 +181,15 @@ class TemporalSelfAttention(_AttentionSettings):
   Call: (x [B, T, H, W, C], is_image [B] bool) -> [B, T, H, W, C]. Examples with is_image
   attend only to their own frame. 'splash' takes no bias, so this block uses 'xla' then
   (T is short: the cost is T^2 per position).
+
+  position: how frame order enters. 'bias': a learned scalar per head and T5 bucket of the
+  frame offset, added to the logits (what lucidrains' video-diffusion-pytorch does). 'shaw':
+  that bias plus Shaw et al.'s relative vectors on keys and values (the relative position
+  embeddings VDM cites), so each frame's output also says from which offset its content came.
   """
   num_buckets: int = 32
   max_distance: int = 128
+  position: str = "bias"
 
   @nn.compact
   def __call__(self, x, is_image):
@@ -166,8 +201,14 @@ class TemporalSelfAttention(_AttentionSettings):
     mask = jnp.where(is_image[:, None, None, None], eye, jnp.ones_like(eye))  # [B, 1, T, T]
     mask = jnp.repeat(mask, h * w, axis=0)                                     # [B*H*W, 1, T, T]
     impl = "xla" if self.implementation == "splash" else self.implementation
+    rel_kv = None
+    if self.position == "shaw":
+      rel_kv = RelativePositionVectors(self.num_heads, self.head_dim, self.num_buckets,
+                                       self.max_distance, self.param_dtype, name="rel_kv")(t)
+    elif self.position != "bias":
+      raise ValueError(f"unknown temporal position {self.position!r}; use 'bias' or 'shaw'")
     out = self._mha(c, implementation=impl, zero_init_out=True)(
-        tokens, tokens, bias=bias, mask=mask)                                  # [B*H*W, T, C]
+        tokens, tokens, bias=bias, mask=mask, rel_kv=rel_kv)                   # [B*H*W, T, C]
     out = jnp.transpose(out.reshape(b, h, w, t, c), (0, 3, 1, 2, 4))
     return layers.constrain_video(x + out.astype(x.dtype))
 

@@ -183,6 +183,7 @@ class _Blocks:
     if mode == "attention":
       x = self.temporal_attn_cls(num_buckets=s.rel_pos_buckets,
                                  max_distance=s.rel_pos_max_distance,
+                                 position=s.temporal_position,
                                  name=f"{prefix}_temporal_attn", **self._attn_kw(c))(x, is_image)
     elif mode == "conv":
       x = self.temporal_conv_cls(s.num_groups, name=f"{prefix}_temporal_conv", **self.kw)(

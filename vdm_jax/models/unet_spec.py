@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 TEMPORAL_MIXING = ("attention", "conv", "none")
+TEMPORAL_POSITIONS = ("bias", "shaw")
 LOWRES_CONDITIONING = ("none", "spatial", "temporal")
 LOWRES_TEMPORAL_UPSAMPLE = ("repeat", "linear")
 ATTENTION_IMPLS = ("xla", "cudnn", "splash")
@@ -60,8 +61,9 @@ class UNetSpec:
   out_channels: int
   # Optional keys (a config without them gets the default; older configs stay valid).
   frame_mask_conditioning: bool = False
+  temporal_position: str = "bias"
 
-  OPTIONAL = ("frame_mask_conditioning",)
+  OPTIONAL = ("frame_mask_conditioning", "temporal_position")
 
   @classmethod
   def from_config(cls, config):
@@ -163,7 +165,8 @@ class UNetSpec:
     choices = (("lowres_conditioning", LOWRES_CONDITIONING),
                ("lowres_temporal_upsample", LOWRES_TEMPORAL_UPSAMPLE),
                ("attention_impl", ATTENTION_IMPLS), ("dtype", tuple(DTYPES)),
-               ("param_dtype", tuple(DTYPES)), ("remat", REMAT))
+               ("param_dtype", tuple(DTYPES)), ("remat", REMAT),
+               ("temporal_position", TEMPORAL_POSITIONS))
     for key, allowed in choices:
       if getattr(self, key) not in allowed:
         fail(f"{key} = {getattr(self, key)!r}; use one of {allowed}")
