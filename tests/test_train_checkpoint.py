@@ -104,6 +104,29 @@ def test_checkpoint_of_another_model_config_fails_and_stays(saved):
   ckpt.close()
 
 
+def test_checkpoint_before_an_optional_model_key_reads_it_as_its_default(tmp_path):
+  """A checkpoint written before an optional model key existed (`UNetSpec.OPTIONAL`) was
+  trained with that key's default: it restores under the default and fails under another."""
+  directory = str(tmp_path)
+  config, kw = _setup((8, 1, 1))
+  del config.model["temporal_position"]          # as configs were before the key existed
+  state, _ = st.init_train_state(**kw)
+  ckpt = ckpt_lib.Checkpointer(directory, async_save=False)
+  assert ckpt.save(1, state, None, config)
+  ckpt.close()
+  config, kw = _setup((8, 1, 1))
+  assert config.model.temporal_position == "bias"
+  target, _ = st.abstract_train_state(**kw)
+  ckpt = ckpt_lib.Checkpointer(directory)
+  restored = ckpt.restore(1, target_state=target, data_iter=None, config=config)
+  chex.assert_trees_all_equal(jax.device_get(restored.params), jax.device_get(state.params))
+  config.model.temporal_position = "shaw"
+  with pytest.raises(ckpt_lib.CheckpointError,
+                     match=r"model.temporal_position: 'bias' in the checkpoint, 'shaw' now"):
+    ckpt.restore(1, target_state=target, data_iter=None, config=config)
+  ckpt.close()
+
+
 def test_unreadable_checkpoint_names_the_step(tmp_path):
   config, kw = _setup((8, 1, 1))
   state, _ = st.init_train_state(**kw)

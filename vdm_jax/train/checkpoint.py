@@ -7,6 +7,7 @@ the saved config's `model` section and parameter shapes are compared with the cu
 a checkpoint of another model fails with a message that names the differences, and nothing is
 written over it.
 """
+import dataclasses
 import json
 import os
 from typing import Any, Mapping, Optional
@@ -14,6 +15,8 @@ from typing import Any, Mapping, Optional
 from absl import logging
 import grain
 import orbax.checkpoint as ocp
+
+from vdm_jax.models import unet_spec
 
 STATE, DATA, CONFIG = "state", "data", "config"
 
@@ -41,6 +44,16 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, tuple]:
 def _is_off(value) -> bool:
   """An optional feature switched off: what a key that an older config lacks means."""
   return value is False or value is None or value == "none"
+
+
+def _with_optional_model_keys(model: Mapping[str, Any]) -> dict:
+  """A saved `model` section with the optional keys added since it was written
+  (`UNetSpec.OPTIONAL`) at their defaults, which is what such a checkpoint was trained with."""
+  model = dict(model)
+  defaults = {f.name: f.default for f in dataclasses.fields(unet_spec.UNetSpec)}
+  for key in unet_spec.UNetSpec.OPTIONAL:
+    model.setdefault(key, defaults[key])
+  return model
 
 
 def _dict_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -138,7 +151,8 @@ class Checkpointer:
           "Nothing was overwritten. Move that step directory aside to resume from an earlier "
           "checkpoint, or use a fresh --workdir.") from e
     current_model = config_to_dict(config).get("model", {})
-    diffs = _dict_diff(saved_config.get("model", {}), current_model, "model.")
+    diffs = _dict_diff(_with_optional_model_keys(saved_config.get("model", {})),
+                       _with_optional_model_keys(current_model), "model.")
     current_params = _flat(target_state.params)
     diffs += param_shape_diff(saved_params, current_params)
     if diffs:
