@@ -34,7 +34,8 @@ def get_config(arg=None):
   m.channel_mult = (1, 2)
   m.num_res_blocks = 1
   m.spatial_attention = (False, True)     # per level
-  m.temporal_mixing = ("attention", "attention")  # per level: attention | conv | none
+  m.temporal_mixing = ("attention", "attention")  # per level: attention | conv | none |
+  #   spacetime (full attention over the level's T*H*W tokens; only for a small coarse level)
   m.temporal_conv_in_resblock = False     # 3x1x1 conv inside every ResBlock (SR stages)
   m.num_heads = 4                         # 0: channels // head_dim heads per level
   m.head_dim = 32                         # 0: channels // num_heads features per head

@@ -225,3 +225,46 @@ def test_temporal_position_and_identical_frames(position):
     assert spread > 1e-3
   else:
     assert spread < 1e-5
+
+
+def test_spacetime_relative_position_indexes_frame_row_and_column_offsets():
+  rel = attention_blocks.SpaceTimeRelativePosition(num_heads=2, head_dim=3, num_buckets=8,
+                                                   max_distance=16, max_offset=2)
+  params = rel.init(jax.random.key(0), 3, 4, 5)
+  bias, (rel_k, rel_v), frame = rel.apply(params, 3, 4, 5)
+  chex.assert_shape(bias, (1, 2, 60, 60))
+  chex.assert_shape([rel_k, rel_v], (60, 60, 2, 3))
+  p = jax.tree.map(np.asarray, nn_unbox(params["params"]))
+  token = lambda t, y, x: (t * 4 + y) * 5 + x                       # order (frame, row, col)
+  np.testing.assert_array_equal(frame, np.repeat(np.arange(3), 20))
+  for (t1, y1, x1), (t2, y2, x2) in [((0, 0, 0), (2, 3, 4)), ((1, 2, 1), (0, 0, 4)),
+                                     ((2, 1, 1), (2, 1, 1))]:
+    i, j = token(t1, y1, x1), token(t2, y2, x2)
+    bt = int(attention.relative_position_buckets(jnp.asarray(t2 - t1), num_buckets=8,
+                                                 max_distance=16))
+    by, bx = np.clip(y2 - y1, -2, 2) + 2, np.clip(x2 - x1, -2, 2) + 2   # clipped at +-2
+    np.testing.assert_array_equal(bias[0, :, i, j], p["bias"][bt, by, bx])
+    np.testing.assert_array_equal(rel_k[i, j], p["key"][bt, by, bx])
+    np.testing.assert_array_equal(rel_v[i, j], p["value"][bt, by, bx])
+
+
+def nn_unbox(tree):
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  return nn.meta.unbox(tree)
+
+
+def test_spacetime_attention_is_identity_at_init_and_keeps_images_to_their_frame():
+  block = attention_blocks.SpaceTimeSelfAttention(num_heads=2, head_dim=4, num_groups=2,
+                                                  num_buckets=8, max_distance=16, max_offset=2)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4, 3, 3, 8)), jnp.float32)
+  is_image = jnp.array([False, True])
+  params = block.init(jax.random.key(0, impl="unsafe_rbg"), x, is_image)
+  np.testing.assert_allclose(block.apply(params, x, is_image), x, atol=1e-6)
+  params = jax.tree.map(lambda p: p + 0.3 * jnp.ones_like(p), params)
+  y = block.apply(params, x, is_image)
+  # change one pixel of frame 0: a video's other frames see it, an image example's do not
+  x2 = x.at[:, 0, 1, 1].add(3.0)
+  y2 = block.apply(params, x2, is_image)
+  assert float(jnp.max(jnp.abs(y2[0, 1:] - y[0, 1:]))) > 1e-3
+  np.testing.assert_allclose(y2[1, 1:], y[1, 1:], atol=1e-6)
+  assert float(jnp.max(jnp.abs(y2[1, 0] - y[1, 0]))) > 1e-3        # its own frame does

@@ -172,6 +172,24 @@ def test_temporal_mixing_none_has_no_temporal_layers_and_no_mixing():
   assert _frame0_effect(runner) < 1e-5
 
 
+def test_spacetime_mixing_level_mixes_videos_and_keeps_images_per_frame():
+  """temporal_mixing 'spacetime' on the coarse level: frames mix only through it, and
+  is_image examples are still exactly the per-frame model."""
+  runner = Runner(base_cfg(temporal_mixing=("none", "spacetime"),
+                           temporal_conv_in_resblock=False))
+  names = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(runner.params)]
+  assert [n for n in names if "spacetime_attn/rel_pos/key" in n]
+  assert not [n for n in names if "temporal" in n]
+  assert _frame0_effect(runner) > 1e-3
+  is_st = lambda p: "spacetime_attn" in p and "/attention/out/" in p
+  assert _frame0_effect(runner, zero_where(runner.params, is_st)) < 1e-5
+  is_image = jnp.array([True, False])
+  out = runner(is_image=is_image)
+  for t in range(T):
+    single = runner(x=runner.x[:, t:t + 1], is_image=jnp.array([True, True]))
+    np.testing.assert_allclose(out[0, t], single[0, 0], atol=2e-5, rtol=2e-5)
+
+
 def test_text_matters_and_padding_does_not(base):
   out = base()
   other = base(text_emb=base.kw["text_emb"][::-1])
@@ -282,6 +300,7 @@ def test_missing_or_unexpected_inputs_raise(base):
     (dict(remat="sometimes"), "remat"),
     (dict(attention_impl="flash"), "attention_impl"),
     (dict(temporal_position="absolute"), "temporal_position"),
+    (dict(temporal_mixing=("attention", "space-time")), "temporal_mixing\\[1\\]"),
     (dict(num_groups=3), "num_groups"),
     (dict(spatial_attention=(False, False)), "text_cross_attention"),
 ])

@@ -109,9 +109,15 @@ def validate_config(config) -> None:
       errors.append(
           f"model.{key} has {len(m[key])} entries but model.channel_mult has {levels} levels; "
           "give one entry per level")
+  from vdm_jax.models import unet_spec  # pylint: disable=g-import-not-at-top
   for mode in m.temporal_mixing:
-    if mode not in ("attention", "conv", "none"):
-      errors.append(f"model.temporal_mixing entry {mode!r} is not one of attention|conv|none")
+    if mode not in unet_spec.TEMPORAL_MIXING:
+      errors.append(f"model.temporal_mixing entry {mode!r} is not one of "
+                    + "|".join(unet_spec.TEMPORAL_MIXING))
+  position = m.get("temporal_position", "bias")
+  if position not in unet_spec.TEMPORAL_POSITIONS:
+    errors.append(f"model.temporal_position={position!r} is not one of "
+                  f"{unet_spec.TEMPORAL_POSITIONS}")
   down = 2 ** (levels - 1)
   if config.height % down or config.width % down:
     errors.append(

@@ -5,6 +5,8 @@
                          T5-style relative position bias (optionally Shaw et al.'s relative
                          key/value vectors too) and a frame mask (self-only for the
                          examples flagged `is_image`). Zero-initialized output: identity at init.
+  SpaceTimeSelfAttention all T*H*W positions attend to each other (relative space-time
+                         positions); for the coarsest level of a small model.
   TextCrossAttention     every position attends to the text tokens, padding masked out.
 
 All are residual (x + attention(GroupNorm(x))) over [B, T, H, W, C] and use the one
@@ -211,6 +213,68 @@ class TemporalSelfAttention(_AttentionSettings):
         tokens, tokens, bias=bias, mask=mask, rel_kv=rel_kv)                   # [B*H*W, T, C]
     out = jnp.transpose(out.reshape(b, h, w, t, c), (0, 3, 1, 2, 4))
     return layers.constrain_video(x + out.astype(x.dtype))
+
+
+class SpaceTimeRelativePosition(nn.Module):
+  """Relative position of two space-time tokens (frame offset in T5 buckets, row and column
+  offsets clipped to +-max_offset): a learned bias per head [1, N, L, L] and Shaw et al. key
+  and value vectors [L, L, N, D] for tokens ordered (frame, row, column), L = T * H * W."""
+  num_heads: int
+  head_dim: int
+  num_buckets: int
+  max_distance: int
+  max_offset: int
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, frames, height, width):
+    s = 2 * self.max_offset + 1
+    names = (axes.REL_BUCKETS, axes.CONV_SPACE, axes.CONV_SPACE, axes.HEADS)
+    init = nn.initializers.normal(0.02)
+    bias_table = self.param("bias", layers.partitioned(init, names),
+                            (self.num_buckets, s, s, self.num_heads), self.param_dtype)
+    vec_shape = (self.num_buckets, s, s, self.num_heads, self.head_dim)
+    key_table = self.param("key", layers.partitioned(init, names + (axes.KV,)), vec_shape,
+                           self.param_dtype)
+    value_table = self.param("value", layers.partitioned(init, names + (axes.KV,)), vec_shape,
+                             self.param_dtype)
+    ft, fy, fx = (a.reshape(-1) for a in jnp.meshgrid(
+        jnp.arange(frames), jnp.arange(height), jnp.arange(width), indexing="ij"))
+    bt = attention.relative_position_buckets(ft[None, :] - ft[:, None],
+                                             num_buckets=self.num_buckets,
+                                             max_distance=self.max_distance)       # [L, L]
+    by = jnp.clip(fy[None, :] - fy[:, None], -self.max_offset, self.max_offset) + self.max_offset
+    bx = jnp.clip(fx[None, :] - fx[:, None], -self.max_offset, self.max_offset) + self.max_offset
+    bias = jnp.transpose(bias_table[bt, by, bx], (2, 0, 1))[None].astype(jnp.float32)
+    return bias, (key_table[bt, by, bx], value_table[bt, by, bx]), ft
+
+
+class SpaceTimeSelfAttention(_AttentionSettings):
+  """x + attention over all T * H * W positions of a clip (not factorized), with relative
+  space-time positions (`SpaceTimeRelativePosition`): a token can look up the content at a
+  given (frame, row, column) offset, i.e. follow a motion. Meant for a U-Net's coarsest level
+  (cost (T H W)^2): `temporal_mixing = 'spacetime'` there replaces temporal attention.
+
+  Call: (x [B, T, H, W, C], is_image [B] bool) -> [B, T, H, W, C]; examples with is_image
+  attend within their own frame. Zero-initialized output: identity at init.
+  """
+  num_buckets: int = 32
+  max_distance: int = 128
+  max_offset: int = 4
+
+  @nn.compact
+  def __call__(self, x, is_image):
+    b, t, h, w, c = x.shape
+    tokens = self._norm(x).reshape(b, t * h * w, c)
+    bias, rel_kv, frame = SpaceTimeRelativePosition(
+        self.num_heads, self.head_dim, self.num_buckets, self.max_distance, self.max_offset,
+        self.param_dtype, name="rel_pos")(t, h, w)
+    same_frame = frame[:, None] == frame[None, :]                              # [L, L]
+    mask = jnp.where(is_image[:, None, None, None], same_frame,
+                     jnp.ones_like(same_frame))                                # [B, 1, L, L]
+    out = self._mha(c, zero_init_out=True)(tokens, tokens, bias=bias, mask=mask,
+                                           rel_kv=rel_kv)
+    return layers.constrain_video(x + out.reshape(x.shape).astype(x.dtype))
 
 
 class TextCrossAttention(_AttentionSettings):

@@ -15,6 +15,8 @@ Layout (levels l = 0..L-1 with channels base_channels * channel_mult[l]):
   mixers(l) = [SpatialSelfAttention -> TextCrossAttention]  if spatial_attention[l]
               (cross-attention only with text_cross_attention)
             + TemporalSelfAttention | TemporalConvBlock | nothing  per temporal_mixing[l]
+              ('attention' | 'conv' | 'none'), or SpaceTimeSelfAttention ('spacetime': full
+              attention over T*H*W with relative space-time positions, for a coarse level)
   ResBlocks of levels whose temporal_mixing is not 'none' also carry a 3x1x1 temporal conv
   when temporal_conv_in_resblock is set. Time is never downsampled. Norms and spatial layers
   see one frame at a time, so with temporal_mixing 'none' everywhere the network is an image
@@ -157,6 +159,7 @@ class _Blocks:
     self.cross_cls = wrap(attention_blocks.TextCrossAttention)
     self.temporal_attn_cls = wrap(attention_blocks.TemporalSelfAttention)
     self.temporal_conv_cls = wrap(layers.TemporalConvBlock)
+    self.spacetime_attn_cls = wrap(attention_blocks.SpaceTimeSelfAttention)
     self.kw = dict(dtype=spec.compute_dtype, param_dtype=spec.params_dtype)
 
   def res(self, level, name):
@@ -185,6 +188,10 @@ class _Blocks:
                                  max_distance=s.rel_pos_max_distance,
                                  position=s.temporal_position,
                                  name=f"{prefix}_temporal_attn", **self._attn_kw(c))(x, is_image)
+    elif mode == "spacetime":
+      x = self.spacetime_attn_cls(num_buckets=s.rel_pos_buckets,
+                                  max_distance=s.rel_pos_max_distance,
+                                  name=f"{prefix}_spacetime_attn", **self._attn_kw(c))(x, is_image)
     elif mode == "conv":
       x = self.temporal_conv_cls(s.num_groups, name=f"{prefix}_temporal_conv", **self.kw)(
           x, is_image)

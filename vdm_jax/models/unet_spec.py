@@ -10,7 +10,7 @@ from typing import Tuple
 import jax
 import jax.numpy as jnp
 
-TEMPORAL_MIXING = ("attention", "conv", "none")
+TEMPORAL_MIXING = ("attention", "conv", "none", "spacetime")
 TEMPORAL_POSITIONS = ("bias", "shaw")
 LOWRES_CONDITIONING = ("none", "spatial", "temporal")
 LOWRES_TEMPORAL_UPSAMPLE = ("repeat", "linear")
@@ -144,7 +144,8 @@ class UNetSpec:
     if self.num_heads < 0 or self.head_dim < 0 or (self.num_heads == 0 and self.head_dim == 0):
       fail("set num_heads and/or head_dim (> 0); 0 in one of them derives it from channels")
     for level in range(n):
-      if self.spatial_attention[level] or self.temporal_mixing[level] == "attention":
+      if self.spatial_attention[level] or self.temporal_mixing[level] in ("attention",
+                                                                          "spacetime"):
         c = self.level_channels(level)
         heads, dim = self.heads(c)
         if heads < 1 or dim < 1 or (self.head_dim == 0 and c % self.num_heads) or (
