@@ -73,6 +73,8 @@ def get_config(arg=None):
   d.loss_weighting = "v_mse"              # constant | snr | truncated_snr | v_mse
   d.num_train_timesteps = 0               # 0: continuous t; N: t on N discrete steps
   d.cond_drop_prob = 0.1                  # classifier-free guidance dropout
+  d.noise_prior = "independent"           # independent | mixed | progressive: noise correlated
+  d.noise_prior_alpha = 1.0               #   across frames (PYoCo), vdm_jax/diffusion/noise.py
 
   # --- data ---
   dd = c.data = ml_collections.ConfigDict()

@@ -34,6 +34,7 @@ import numpy as np
 
 from vdm_jax import diffusion
 from vdm_jax import sharding as sharding_lib
+from vdm_jax.diffusion import noise as noise_lib
 from vdm_jax.models import conditioning
 
 
@@ -188,6 +189,7 @@ def stage_sampler(stage: Stage, settings: dict, shape: tuple, has_uncond: bool):
   (`sample_settings`); `extra` goes to `diffusion.sample` as is (e.g. an observation)."""
   c = stage.config
   schedule = diffusion.schedule_from_config(c.diffusion, resolution=c.height)
+  noise_fn = noise_lib.noise_fn_from_config(c.diffusion)   # the prior the stage trained with
 
   def run(params, key, cond, uncond, init_noise, **extra):
     def model_fn(z, logsnr, cd):
@@ -201,7 +203,7 @@ def stage_sampler(stage: Stage, settings: dict, shape: tuple, has_uncond: bool):
         guidance_const_steps=settings["guidance_const_steps"], clip=settings["clip"],
         dynamic_percentile=settings["dynamic_percentile"],
         ddpm_variance=settings["ddpm_variance"], ddpm_var_interp=settings["ddpm_var_interp"],
-        init_noise=init_noise, **extra)
+        init_noise=init_noise, noise_fn=noise_fn, **extra)
   return run
 
 
@@ -389,8 +391,9 @@ def sample_stage(stage: Stage, *, key: jax.Array, prompts: Optional[Sequence[str
     noise = np.asarray(init_noise, np.float32)
   elif shared_init_noise:
     noise = shared_frame_noise(noise_key, shape)
-  else:
-    noise = np.asarray(jax.random.normal(noise_key, shape, jnp.float32))
+  else:   # z_1 from the stage's noise prior (diffusion.noise_prior)
+    noise = np.asarray(noise_lib.draw(noise_lib.noise_fn_from_config(c.diffusion), noise_key,
+                                      shape, jnp.float32))
   if noise.shape != shape:
     raise ValueError(f"init_noise has shape {noise.shape}; this stage samples {shape}.")
   cache_key = (tuple(sorted(settings.items())), shape, has_uncond)

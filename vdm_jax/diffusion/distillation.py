@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from vdm_jax.diffusion import guidance as guid
 from vdm_jax.diffusion import losses
+from vdm_jax.diffusion import noise as noise_lib
 from vdm_jax.diffusion import parameterization as param
 from vdm_jax.diffusion import samplers
 from vdm_jax.diffusion.schedules import alpha_sigma, broadcast_logsnr, q_sample
@@ -182,9 +183,10 @@ def _x_space_loss(*, student_out: jax.Array, x_target: jax.Array, z: jax.Array,
   return losses.weighted_mean(per_example, example_weight), aux
 
 
-def _noisy(x: jax.Array, key: jax.Array, t: jax.Array, schedule) -> Tuple[jax.Array, jax.Array]:
+def _noisy(x: jax.Array, key: jax.Array, t: jax.Array, schedule,
+           noise_fn: Optional[noise_lib.NoiseFn] = None) -> Tuple[jax.Array, jax.Array]:
   logsnr = schedule(t)
-  eps = jax.random.normal(key, x.shape, jnp.float32)
+  eps = noise_lib.draw(noise_fn, key, x.shape, jnp.float32)
   return q_sample(x=x.astype(jnp.float32), eps=eps, logsnr=logsnr), logsnr
 
 
@@ -193,7 +195,8 @@ def progressive_distillation_loss(
     num_student_steps: Any, schedule: Callable[[jax.Array], jax.Array], prediction: str = "v",
     weighting: str = "truncated_snr", cond: Any = None, student_cond: Any = None,
     uncond: Any = None, guidance_weight: Any = 0.0, clip: str = "none",
-    dynamic_percentile: Any = 0.995, example_weight: Optional[jax.Array] = None):
+    dynamic_percentile: Any = 0.995, example_weight: Optional[jax.Array] = None,
+    noise_fn: Optional[noise_lib.NoiseFn] = None):
   """Progressive-distillation loss of one batch (Salimans & Ho 2022, Algorithm 2).
 
   Draws t uniformly on the student grid {1/N, ..., 1} and z_t = alpha_t x + sigma_t eps, takes
@@ -210,6 +213,7 @@ def progressive_distillation_loss(
     uncond, guidance_weight: classifier-free guidance of the teacher (default none).
     clip: thresholding of the teacher's x predictions.
     example_weight: optional [B] weights.
+    noise_fn: the noise of z_t (the teacher's noise prior; default i.i.d. normals).
 
   Returns:
     (loss, aux) with aux {'loss_per_example', 'x_mse', 'weight', 'logsnr', 't'} all [B].
@@ -221,7 +225,7 @@ def progressive_distillation_loss(
   n = jnp.asarray(num_student_steps, jnp.int32)
   t = (jax.random.randint(t_key, (batch,), 0, n) + 1).astype(jnp.float32) / n.astype(
       jnp.float32)
-  z_t, _ = _noisy(x, eps_key, t, schedule)
+  z_t, _ = _noisy(x, eps_key, t, schedule, noise_fn)
   target = progressive_target(
       teacher_fn=teacher_fn, z_t=z_t, t=t, num_student_steps=n, schedule=schedule,
       prediction=prediction, cond=cond, uncond=uncond, guidance_weight=guidance_weight,
@@ -239,7 +243,8 @@ def guided_distillation_loss(
     *, student_fn: ModelFn, teacher_fn: ModelFn, x: jax.Array, key: jax.Array, cond: Any,
     uncond: Any, student_cond: Any, guidance_weight: jax.Array,
     schedule: Callable[[jax.Array], jax.Array], prediction: str = "v",
-    weighting: str = "truncated_snr", example_weight: Optional[jax.Array] = None):
+    weighting: str = "truncated_snr", example_weight: Optional[jax.Array] = None,
+    noise_fn: Optional[noise_lib.NoiseFn] = None):
   """Guided distillation stage one (Meng et al. 2022): the w-conditioned student regresses
   onto the classifier-free-guided teacher at t ~ U[0, 1].
 
@@ -250,6 +255,7 @@ def guided_distillation_loss(
     student_cond: the student's input, which carries the same w (e.g. cond + guidance_weight).
     guidance_weight: w [B] of each example (see `sample_guidance_weight`).
     weighting: x-space loss weight ('truncated_snr' = max(SNR, 1)).
+    noise_fn: the noise of z (the teacher's noise prior; default i.i.d. normals).
 
   Returns:
     (loss, aux) with aux {'loss_per_example', 'x_mse', 'weight', 'logsnr', 't'} all [B].
@@ -258,7 +264,7 @@ def guided_distillation_loss(
   param.check_prediction(prediction)
   t_key, eps_key = jax.random.split(key)
   t = losses.sample_t(t_key, x.shape[0])
-  z, logsnr = _noisy(x, eps_key, t, schedule)
+  z, logsnr = _noisy(x, eps_key, t, schedule, noise_fn)
   x_target = guided_teacher_x(teacher_fn=teacher_fn, z=z, logsnr=logsnr, prediction=prediction,
                               cond=cond, uncond=uncond, guidance_weight=guidance_weight)
   out = student_fn(z, logsnr, student_cond)

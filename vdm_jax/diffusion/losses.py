@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
+from vdm_jax.diffusion import noise as noise_lib
 from vdm_jax.diffusion import parameterization as param
 from vdm_jax.diffusion.schedules import q_sample
 
@@ -86,7 +87,8 @@ def weighted_mean(per_example: jax.Array, example_weight: Optional[jax.Array]) -
 def diffusion_loss(*, model_fn: ModelFn, x: jax.Array, key: jax.Array, cond: Any = None,
                    schedule: Callable[[jax.Array], jax.Array], prediction: str = "v",
                    weighting: str = "v_mse", num_discrete_steps: int = 0,
-                   example_weight: Optional[jax.Array] = None
+                   example_weight: Optional[jax.Array] = None,
+                   noise_fn: Optional[noise_lib.NoiseFn] = None
                    ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
   """The weighted denoising loss of one batch.
 
@@ -100,6 +102,8 @@ def diffusion_loss(*, model_fn: ModelFn, x: jax.Array, key: jax.Array, cond: Any
     weighting: 'constant' | 'snr' | 'truncated_snr' | 'v_mse'.
     num_discrete_steps: 0 for continuous t ~ U[0, 1]; N > 0 for t on {1/N, ..., 1}.
     example_weight: optional [B] weights; the loss is their weighted mean.
+    noise_fn: optional (key, shape, dtype) -> eps, e.g. frame-correlated noise
+      (`noise.noise_fn_from_config`); default i.i.d. standard normals.
 
   Returns:
     (loss scalar, aux) with aux = {'loss_per_example' [B], 'x_mse' [B], 'weight' [B],
@@ -113,7 +117,7 @@ def diffusion_loss(*, model_fn: ModelFn, x: jax.Array, key: jax.Array, cond: Any
   batch = x.shape[0]
   t = sample_t(t_key, batch, num_discrete_steps=num_discrete_steps)
   logsnr = schedule(t)  # [B]
-  eps = jax.random.normal(eps_key, x.shape, x.dtype)
+  eps = noise_lib.draw(noise_fn, eps_key, x.shape, x.dtype)
   z = q_sample(x=x, eps=eps, logsnr=logsnr)
   output = model_fn(z, logsnr, cond)
   if output.shape != x.shape:

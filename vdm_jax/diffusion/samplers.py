@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm_jax.diffusion import guidance as guid
+from vdm_jax.diffusion import noise as noise_lib
 from vdm_jax.diffusion import parameterization as param
 from vdm_jax.diffusion import reconstruction as recon
 from vdm_jax.diffusion.schedules import alpha_sigma, broadcast_logsnr
@@ -35,7 +36,7 @@ LOOPS = ("fori", "scan")
 #   jax.jit(sample, static_argnames=SAMPLE_STATIC_ARGNAMES)
 SAMPLE_STATIC_ARGNAMES = ("model_fn", "shape", "num_steps", "schedule", "sampler", "prediction",
                           "guidance_schedule", "guidance_const_steps", "clip", "ddpm_variance",
-                          "return_trajectory", "loop", "observation_method")
+                          "return_trajectory", "loop", "observation_method", "noise_fn")
 
 
 def log1mexp(x: jax.Array) -> jax.Array:
@@ -73,21 +74,24 @@ def ddpm_posterior(*, z_t: jax.Array, x: jax.Array, logsnr_t: jax.Array, logsnr_
 
 
 def ddpm_step(*, z_t: jax.Array, x_pred: jax.Array, logsnr_t: jax.Array, logsnr_s: jax.Array,
-              key: jax.Array, variance: str = "small", var_interp: Any = 0.5) -> jax.Array:
-  """One ancestral step: a draw of z_s ~ q(z_s | z_t, x = x_pred). Shapes as z_t [B, ...]."""
+              key: jax.Array, variance: str = "small", var_interp: Any = 0.5,
+              noise_fn: Optional[noise_lib.NoiseFn] = None) -> jax.Array:
+  """One ancestral step: a draw of z_s ~ q(z_s | z_t, x = x_pred). Shapes as z_t [B, ...].
+  `noise_fn` (key, shape, dtype) -> noise draws the step's noise (default i.i.d. normals)."""
   mean, logvar = ddpm_posterior(z_t=z_t, x=x_pred, logsnr_t=logsnr_t, logsnr_s=logsnr_s,
                                 variance=variance, var_interp=var_interp)
-  noise = jax.random.normal(key, z_t.shape, z_t.dtype)
+  noise = noise_lib.draw(noise_fn, key, z_t.shape, z_t.dtype)
   return mean + jnp.exp(0.5 * logvar) * noise
 
 
 def ddim_step(*, z_t: jax.Array, x_pred: jax.Array, eps_pred: jax.Array, logsnr_t: jax.Array,
-              logsnr_s: jax.Array, eta: Any = 0.0, key: Optional[jax.Array] = None
-              ) -> jax.Array:
+              logsnr_s: jax.Array, eta: Any = 0.0, key: Optional[jax.Array] = None,
+              noise_fn: Optional[noise_lib.NoiseFn] = None) -> jax.Array:
   """One DDIM step from z_t to z_s given predictions x_pred, eps_pred (all [B, ...]).
 
   eta = 0 (a concrete zero) is the deterministic update z_s = alpha_s x + sigma_s eps and needs
-  no key; eta > 0 (or a traced eta) adds noise of variance eta^2 (1 - r) sigma_s^2 and needs key.
+  no key; eta > 0 (or a traced eta) adds noise of variance eta^2 (1 - r) sigma_s^2 and needs key
+  (drawn by `noise_fn`, default i.i.d. normals).
   """
   lt = broadcast_logsnr(logsnr_t, z_t)
   ls = broadcast_logsnr(logsnr_s, z_t)
@@ -100,7 +104,7 @@ def ddim_step(*, z_t: jax.Array, x_pred: jax.Array, eps_pred: jax.Array, logsnr_
     raise ValueError("ddim_step with eta != 0 needs a PRNG key")
   one_minus_r = -jnp.expm1(lt - ls)
   c2_frac = jnp.square(eta) * one_minus_r  # c^2 / sigma_s^2
-  noise = jax.random.normal(key, z_t.shape, z_t.dtype)
+  noise = noise_lib.draw(noise_fn, key, z_t.shape, z_t.dtype)
   return (alpha_s * x_pred + sigma_s * jnp.sqrt(jnp.maximum(1.0 - c2_frac, 0.0)) * eps_pred
           + sigma_s * jnp.sqrt(c2_frac) * noise)
 
@@ -123,7 +127,8 @@ def sample(*, model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
            ddpm_var_interp: Any = 0.5, init_noise: Optional[jax.Array] = None,
            return_trajectory: bool = False, loop: str = "fori",
            observation: Optional[recon.Observation] = None,
-           observation_method: str = "reconstruction", reconstruction_weight: Any = 1.0):
+           observation_method: str = "reconstruction", reconstruction_weight: Any = 1.0,
+           noise_fn: Optional[noise_lib.NoiseFn] = None):
   """Draws samples of `shape` = [B, ...] with `num_steps` DDIM or ancestral steps.
 
   Args:
@@ -143,7 +148,7 @@ def sample(*, model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
       `guidance_const_steps` steps of w).
     clip: 'none' | 'static' | 'dynamic' thresholding of the x prediction at every step, with
       `dynamic_percentile`.
-    init_noise: optional z_1 [B, ...]; drawn from N(0, I) when None.
+    init_noise: optional z_1 [B, ...]; drawn from N(0, I) (or `noise_fn`) when None.
     return_trajectory: also return [z_1, z_{(N-1)/N}, ..., x]: [N + 1, B, ...].
     loop: 'fori' (lax.fori_loop) or 'scan' (lax.scan; always used for trajectories).
     observation: optional `reconstruction.Observation` y = A(x) to condition on (observed
@@ -152,6 +157,9 @@ def sample(*, model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
       `reconstruction_weight` = w_r, scalar or [B], traceable) or 'replacement' (the observed
       part of z replaced by a fresh q(z_s | x_a) draw every step; needs factor 1). Both keep
       x_a exactly in the returned sample when the observation is a mask over x.
+    noise_fn: optional (key, shape, dtype) -> noise for z_1 and every stochastic step, e.g.
+      frame-correlated noise (`noise.noise_fn_from_config`, the prior the model trained with);
+      default i.i.d. standard normals.
 
   Returns:
     x [B, ...], or (x, trajectory) when return_trajectory.
@@ -187,7 +195,7 @@ def sample(*, model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
   noise_key, step_key = jax.random.split(key) if (stochastic or init_noise is None) else (
       None, None)
   if init_noise is None:
-    z_init = jax.random.normal(noise_key, shape, jnp.float32)
+    z_init = noise_lib.draw(noise_fn, noise_key, shape, jnp.float32)
   else:
     if tuple(init_noise.shape) != shape:
       raise ValueError(f"init_noise has shape {init_noise.shape}, expected {shape}")
@@ -219,11 +227,11 @@ def sample(*, model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
     if sampler == "ddim":
       step_key_j = None if guid.is_concrete_zero(eta) else jax.random.fold_in(step_key, step)
       z_s = ddim_step(z_t=z_t, x_pred=x_pred, eps_pred=eps_pred, logsnr_t=logsnr_t,
-                      logsnr_s=logsnr_s, eta=eta, key=step_key_j)
+                      logsnr_s=logsnr_s, eta=eta, key=step_key_j, noise_fn=noise_fn)
     else:
       z_s = ddpm_step(z_t=z_t, x_pred=x_pred, logsnr_t=logsnr_t, logsnr_s=logsnr_s,
                       key=jax.random.fold_in(step_key, step), variance=ddpm_variance,
-                      var_interp=ddpm_var_interp)
+                      var_interp=ddpm_var_interp, noise_fn=noise_fn)
     if replacing:
       x_pred = recon.keep_observed(x=x_pred, observation=observation)
       fresh = jax.random.normal(jax.random.fold_in(replace_key, step), z_t.shape, z_t.dtype)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from vdm_jax import diffusion
 from vdm_jax.diffusion import distillation
+from vdm_jax.diffusion import noise as noise_lib
 from vdm_jax.train import inputs
 from vdm_jax.train import objective
 
@@ -76,6 +77,7 @@ def make_distill_loss_fn(config, *, stage: str, student_model, teacher_model,
     raise ValueError(f"stage={stage!r} is not 'guided' or 'progressive'")
   d, diff = config.distill, config.diffusion
   schedule = diffusion.schedule_from_config(diff, resolution=config.height)
+  noise_fn = noise_lib.noise_fn_from_config(diff)   # the teacher's noise prior
   teacher_cfg = teacher_model_config(config, stage)
   student_w = _flag(config.model, "guidance_weight_conditioning")
   teacher_w = _flag(teacher_cfg, "guidance_weight_conditioning")
@@ -108,7 +110,8 @@ def make_distill_loss_fn(config, *, stage: str, student_model, teacher_model,
       return teacher_model.apply({"params": teacher["params"]}, z, logsnr, **c, train=False)
 
     common = dict(student_fn=student_fn, teacher_fn=teacher_fn, x=x, key=keys["loss"],
-                  schedule=schedule, prediction=diff.prediction, weighting=d.loss_weighting)
+                  schedule=schedule, prediction=diff.prediction, weighting=d.loss_weighting,
+                  noise_fn=noise_fn)
     if stage == "guided":
       return distillation.guided_distillation_loss(
           cond=cond, uncond=null_condition(cond), student_cond=student_cond,

@@ -30,6 +30,7 @@ import numpy as np
 
 from vdm_jax import diffusion
 from vdm_jax.data import IMAGE_PREFIX
+from vdm_jax.diffusion import noise as noise_lib
 from vdm_jax.models import conditioning
 
 
@@ -130,6 +131,7 @@ def make_loss_fn(config, model) -> Callable[[Any, dict, jax.Array], tuple]:
   'video' [B, T, H, W, C] in [-1, 1] and the conditioning the model config asks for."""
   m, d = config.model, config.diffusion
   schedule = diffusion.schedule_from_config(d, resolution=config.height)
+  noise_fn = noise_lib.noise_fn_from_config(d)   # None: i.i.d. noise
   cond_aug = _flag(m, "cond_aug_conditioning")
   max_aug_t = float(config.train.get("cond_aug_max_t", 1.0))
   masks = frame_mask_settings(config.train) if uses_frame_masks(m) else None
@@ -160,7 +162,7 @@ def make_loss_fn(config, model) -> Callable[[Any, dict, jax.Array], tuple]:
     return diffusion.diffusion_loss(
         model_fn=model_fn, x=batch["video"].astype(jnp.float32), key=loss_key, cond=cond,
         schedule=schedule, prediction=d.prediction, weighting=d.loss_weighting,
-        num_discrete_steps=int(d.num_train_timesteps))
+        num_discrete_steps=int(d.num_train_timesteps), noise_fn=noise_fn)
 
   def loss_fn(params, batch, key):
     videos, images = split_joint_batch(batch)

@@ -12,6 +12,7 @@ import numpy as np
 
 from vdm_jax import diffusion
 from vdm_jax import sharding as sharding_lib
+from vdm_jax.diffusion import noise as noise_lib
 from vdm_jax.models import conditioning
 from vdm_jax.train import objective
 from vdm_jax.train import video_writer
@@ -70,7 +71,8 @@ class PeriodicSampler:
         num_steps=int(s.num_steps), schedule=self.schedule, sampler=s.sampler, eta=float(s.eta),
         prediction=c.diffusion.prediction, cond=cond, uncond=uncond, guidance_weight=guidance,
         guidance_schedule=s.guidance_schedule, clip=s.clip,
-        dynamic_percentile=float(s.dynamic_percentile))
+        dynamic_percentile=float(s.dynamic_percentile),
+        noise_fn=noise_lib.noise_fn_from_config(c.diffusion))
 
   def _conditioning(self, batch: Optional[dict]):
     """(cond dict of host arrays with leading dim n, the prompt lines for prompts.txt)."""
