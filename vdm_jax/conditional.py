@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 
@@ -86,17 +85,8 @@ def sample_observed(stage: sampling.Stage, *, key: jax.Array, values: np.ndarray
   settings = sampling.sample_settings(c, overrides)
   cond, uncond = sampling.stage_conditioning(stage, prompts=prompts, n=n, fps=fps)
   has_uncond = uncond is not None and settings["guidance_weight"] != 0.0
-  if shared_init_noise is None:
-    shared_init_noise = bool(c.sample.get("shared_init_noise", False))
-  noise_key = jax.random.fold_in(key, 2)
-  if init_noise is not None:
-    noise = np.asarray(init_noise, np.float32)
-  elif shared_init_noise:
-    noise = sampling.shared_frame_noise(noise_key, shape)
-  else:
-    noise = np.asarray(jax.random.normal(noise_key, shape, jnp.float32))
-  if noise.shape != shape:
-    raise ValueError(f"init_noise has shape {noise.shape}; this stage samples {shape}.")
+  noise = sampling.initial_noise(c, jax.random.fold_in(key, 2), shape, init_noise=init_noise,
+                                 shared_init_noise=shared_init_noise)
   cache_key = ("observation", method, int(factor), None if mask is None else mask.shape,
                tuple(sorted(settings.items())), shape, has_uncond)
   jitted = stage.jit_cache.get(cache_key)

@@ -343,6 +343,27 @@ def shared_frame_noise(key: jax.Array, shape: Sequence[int]) -> np.ndarray:
   return np.asarray(jnp.broadcast_to(frame, (n, t) + tuple(shape[2:])))
 
 
+def initial_noise(config, key: jax.Array, shape: Sequence[int], *,
+                  init_noise: Optional[np.ndarray] = None,
+                  shared_init_noise: Optional[bool] = None) -> np.ndarray:
+  """z_1 of a stage's sampler: `init_noise` as given; else with `shared_init_noise` (default
+  `sample.shared_init_noise`) one noise frame per video repeated over time; else a draw from
+  the stage's noise prior (`diffusion.noise_prior`, i.i.d. by default)."""
+  shape = tuple(shape)
+  if shared_init_noise is None:
+    shared_init_noise = bool(config.sample.get("shared_init_noise", False))
+  if init_noise is not None:
+    noise = np.asarray(init_noise, np.float32)
+  elif shared_init_noise:
+    noise = shared_frame_noise(key, shape)
+  else:
+    noise = np.asarray(noise_lib.draw(noise_lib.noise_fn_from_config(config.diffusion), key,
+                                      shape, jnp.float32))
+  if noise.shape != shape:
+    raise ValueError(f"init_noise has shape {noise.shape}; this stage samples {shape}.")
+  return noise
+
+
 def sample_stage(stage: Stage, *, key: jax.Array, prompts: Optional[Sequence[str]] = None,
                  num_videos: Optional[int] = None, fps: Optional[float] = None,
                  lowres: Optional[np.ndarray] = None, cond_aug_logsnr: Optional[float] = None,
@@ -384,18 +405,8 @@ def sample_stage(stage: Stage, *, key: jax.Array, prompts: Optional[Sequence[str
                                     frame_mask=frame_mask,
                                     guidance_weight=settings["guidance_weight"])
   has_uncond = uncond is not None and settings["guidance_weight"] != 0.0
-  if shared_init_noise is None:
-    shared_init_noise = bool(c.sample.get("shared_init_noise", False))
-  noise_key = jax.random.fold_in(key, 2)
-  if init_noise is not None:
-    noise = np.asarray(init_noise, np.float32)
-  elif shared_init_noise:
-    noise = shared_frame_noise(noise_key, shape)
-  else:   # z_1 from the stage's noise prior (diffusion.noise_prior)
-    noise = np.asarray(noise_lib.draw(noise_lib.noise_fn_from_config(c.diffusion), noise_key,
-                                      shape, jnp.float32))
-  if noise.shape != shape:
-    raise ValueError(f"init_noise has shape {noise.shape}; this stage samples {shape}.")
+  noise = initial_noise(c, jax.random.fold_in(key, 2), shape, init_noise=init_noise,
+                        shared_init_noise=shared_init_noise)
   cache_key = (tuple(sorted(settings.items())), shape, has_uncond)
   jitted = stage.jit_cache.get(cache_key)
   if jitted is None:
