@@ -40,6 +40,7 @@ def main(argv):
   from vdm_jax import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
   from vdm_jax import cascade_eval, sampling  # pylint: disable=g-import-not-at-top
   from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
+  from vdm_jax.diffusion import noise as noise_lib  # pylint: disable=g-import-not-at-top
   from vdm_jax.diffusion import parameterization  # pylint: disable=g-import-not-at-top
   from vdm_jax.diffusion.schedules import q_sample  # pylint: disable=g-import-not-at-top
   config = demo.demo_config(FLAGS.config, FLAGS.out, 1.0)
@@ -48,6 +49,7 @@ def main(argv):
   real = build.load_split_examples(c, "test", _NUM.value)
   clips = cascade_eval.real_at_geometry(real["video"], float(real["fps"][0]), c)
   x = jnp.asarray(clips.astype(np.float32) / 127.5 - 1.0)
+  noise_fn = noise_lib.noise_fn_from_config(c.diffusion)
   results = {"num_clips": int(x.shape[0]), "by_step": {}}
   encoder = None
   for step in [int(s) for s in _STEPS.value] or [None]:
@@ -57,7 +59,7 @@ def main(argv):
 
     @jax.jit
     def x_mse(params, video, logsnr, key, inputs):
-      eps = jax.random.normal(key, video.shape)
+      eps = noise_lib.draw(noise_fn, key, video.shape)   # the stage's noise prior
       ls = jnp.full((video.shape[0],), logsnr)
       z = q_sample(x=video, eps=eps, logsnr=ls)
       out = stage.model.apply({"params": params}, z, ls, **inputs, train=False)   # pylint: disable=cell-var-from-loop
