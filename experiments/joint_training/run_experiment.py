@@ -120,11 +120,13 @@ def evaluate(images: int, steps: int, out: str, step: int, root: str = "") -> di
 def held_out_loss(stage, config, *, num_clips: int, draws: int = 8) -> float:
   """The mean diffusion loss (the training weighting) of the EMA model on the first
   `num_clips` test clips at the base geometry, with their captions, averaged over `draws`
-  fixed (t, noise) draws: the same clips, times and noise for every run."""
+  fixed (t, noise) draws: the same clips, times and noise for every run (noise from the run's
+  noise prior, `diffusion.noise_prior`: the same keys, so correlated noise where it is set)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from vdm_jax import cascade_eval, diffusion, sampling  # pylint: disable=g-import-not-at-top
   from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
+  from vdm_jax.diffusion import noise as noise_lib  # pylint: disable=g-import-not-at-top
   c = stage.config
   real = build.load_split_examples(c, "test", num_clips)
   clips = cascade_eval.real_at_geometry(real["video"], float(real["fps"][0]), c)
@@ -138,7 +140,8 @@ def held_out_loss(stage, config, *, num_clips: int, draws: int = 8) -> float:
       return stage.model.apply({"params": params}, z, logsnr, **cd, train=False)
     return diffusion.diffusion_loss(model_fn=model_fn, x=x, key=key, cond=cond,
                                     schedule=schedule, prediction=c.diffusion.prediction,
-                                    weighting=c.diffusion.loss_weighting)[0]
+                                    weighting=c.diffusion.loss_weighting,
+                                    noise_fn=noise_lib.noise_fn_from_config(c.diffusion))[0]
 
   return float(np.mean([loss(stage.params, jax.random.key(1000 + i)) for i in range(draws)]))
 
