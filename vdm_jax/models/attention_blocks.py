@@ -103,6 +103,12 @@ class MultiHeadAttention(nn.Module):
                          name="out")(out)
 
 
+def frame_offset_buckets(frames, *, num_buckets: int, max_distance: int):
+  """[Tq, Tk] T5 log bucket of key frame - query frame for frame indices `frames` [T]."""
+  return attention.relative_position_buckets(frames[None, :] - frames[:, None],
+                                             num_buckets=num_buckets, max_distance=max_distance)
+
+
 class RelativePositionBias(nn.Module):
   """Learned bias per (head, T5 log bucket of key frame - query frame) -> [1, N, T, T]."""
   num_heads: int
@@ -116,10 +122,8 @@ class RelativePositionBias(nn.Module):
         "table", layers.partitioned(nn.initializers.normal(0.02),
                                     (axes.REL_BUCKETS, axes.HEADS)),
         (self.num_buckets, self.num_heads), self.param_dtype)
-    pos = jnp.arange(num_frames)
-    buckets = attention.relative_position_buckets(
-        pos[None, :] - pos[:, None], num_buckets=self.num_buckets,
-        max_distance=self.max_distance)                             # [Tq, Tk]
+    buckets = frame_offset_buckets(jnp.arange(num_frames), num_buckets=self.num_buckets,
+                                   max_distance=self.max_distance)  # [Tq, Tk]
     bias = jnp.take(table, buckets, axis=0)                         # [Tq, Tk, N]
     return jnp.transpose(bias, (2, 0, 1))[None].astype(jnp.float32)
 
@@ -140,10 +144,8 @@ class RelativePositionVectors(nn.Module):
     init = layers.partitioned(nn.initializers.normal(0.02), names)
     key_table = self.param("key", init, shape, self.param_dtype)
     value_table = self.param("value", init, shape, self.param_dtype)
-    pos = jnp.arange(num_frames)
-    buckets = attention.relative_position_buckets(
-        pos[None, :] - pos[:, None], num_buckets=self.num_buckets,
-        max_distance=self.max_distance)                             # [Tq, Tk]
+    buckets = frame_offset_buckets(jnp.arange(num_frames), num_buckets=self.num_buckets,
+                                   max_distance=self.max_distance)  # [Tq, Tk]
     return jnp.take(key_table, buckets, axis=0), jnp.take(value_table, buckets, axis=0)
 
 
@@ -240,9 +242,8 @@ class SpaceTimeRelativePosition(nn.Module):
                              self.param_dtype)
     ft, fy, fx = (a.reshape(-1) for a in jnp.meshgrid(
         jnp.arange(frames), jnp.arange(height), jnp.arange(width), indexing="ij"))
-    bt = attention.relative_position_buckets(ft[None, :] - ft[:, None],
-                                             num_buckets=self.num_buckets,
-                                             max_distance=self.max_distance)       # [L, L]
+    bt = frame_offset_buckets(ft, num_buckets=self.num_buckets,
+                              max_distance=self.max_distance)                      # [L, L]
     by = jnp.clip(fy[None, :] - fy[:, None], -self.max_offset, self.max_offset) + self.max_offset
     bx = jnp.clip(fx[None, :] - fx[:, None], -self.max_offset, self.max_offset) + self.max_offset
     bias = jnp.transpose(bias_table[bt, by, bx], (2, 0, 1))[None].astype(jnp.float32)
