@@ -11,6 +11,10 @@ the naive upsampling of the same input (frame repetition for temporal SR, biline
 spatial SR). A stage that is worth running scores at or below the naive baseline; one that
 scores far above it adds noise to every cascade sample. --steps evaluates several kept
 checkpoints (default: the latest).
+
+The moving-shapes detectors also read the sample, the naive upsampling and the real clip
+against the clips' captions (colour, object count, size, shape, motion) and measure the mean
+object coverage area in pixels: a stage that shrinks or fades its objects shows it there.
 """
 import json
 import os
@@ -37,6 +41,22 @@ def naive_upsample(lowres, shape):
   return np.asarray(jax.image.resize(lowres, shape, "bilinear"))
 
 
+ATTRIBUTES = ("color", "num_objects", "size", "shape", "motion")
+
+
+def read(videos, captions, fps):
+  """Detector accuracies on `videos` (float in [-1, 1]) and their mean object area (px)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vdm_jax.eval import detectors, evaluate  # pylint: disable=g-import-not-at-top
+  clips = evaluate.to_uint8(videos)
+  result = evaluate.evaluate_videos(clips, captions, fps=fps, compute_fvd=False)
+  areas = [float(np.nanmean(d.objects[0].areas)) for d in detectors.detect_batch(clips, fps)
+           if d.objects]
+  out = {a: round(float(result["caption_accuracy"][a]), 4) for a in ATTRIBUTES}
+  out["mean_area_px"] = round(float(np.mean(areas)), 2) if areas else None
+  return out
+
+
 def main(argv):
   del argv
   sys.path.insert(0, os.getcwd())
@@ -58,15 +78,21 @@ def main(argv):
     high = cascade_eval.real_at_geometry(real["video"], fps, c).astype(np.float32) / 127.5 - 1
     low = cascade_eval.real_at_geometry(real["video"], fps, prev).astype(np.float32) / 127.5 - 1
     naive = float(np.mean((naive_upsample(low, high.shape) - high) ** 2))
-    row = results["stages"].setdefault(name, {"naive_mse": naive, "by_step": {}})
+    captions = list(real["caption"])
+    row = results["stages"].setdefault(name, {
+        "naive_mse": naive, "by_step": {}, "read_by_step": {},
+        "naive_read": read(naive_upsample(low, high.shape), captions, float(c.fps)),
+        "real_read": read(high, captions, float(c.fps))})
     for step in [int(s) for s in _STEPS.value] or [None]:
       stage = sampling.load_stage(c, cascade_lib.stage_workdir(root, name), step=step)
       videos = sampling.sample_stage(stage, key=jax.random.key(0),
                                      prompts=list(real["caption"]), lowres=low)
       mse = float(np.mean((videos - high) ** 2))
       row["by_step"][str(stage.step)] = mse
+      row["read_by_step"][str(stage.step)] = read(videos, captions, float(c.fps))
       print(f"{name} step {stage.step}: MSE to the real clip {mse:.4f} "
-            f"(naive upsampling {naive:.4f})", flush=True)
+            f"(naive upsampling {naive:.4f}); read {row['read_by_step'][str(stage.step)]}, "
+            f"naive {row['naive_read']}, real {row['real_read']}", flush=True)
       if _JSON.value:
         with open(_JSON.value, "w", encoding="utf-8") as f:
           json.dump(results, f, indent=2)
