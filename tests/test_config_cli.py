@@ -25,6 +25,9 @@ def test_shipped_configs_validate(get_config):
     ("diffusion.cond_drop_prob", 1.0, "diffusion.cond_drop_prob=1.0"),
     ("height", 15, "height x width = 15x16"),
     ("data.vocabulary.motion", ("left", "fast"), "data.vocabulary: vocabulary motion"),
+    ("diffusion.noise_prior", "pink", "diffusion.noise_prior='pink'"),
+    ("model.temporal_position", "absolute", "model.temporal_position='absolute'"),
+    ("model.temporal_mixing", ("attention", "space"), "temporal_mixing entry 'space'"),
 ])
 def test_bad_values_name_the_key(key, value, fragment):
   c = tiny.get_config()
@@ -35,6 +38,15 @@ def test_bad_values_name_the_key(key, value, fragment):
   node[last] = value
   with pytest.raises(config_utils.ConfigError, match=fragment.replace(".", r"\.")
                      .replace("(", r"\(").replace(")", r"\)")):
+    config_utils.validate_config(c)
+
+
+def test_correlated_noise_prior_needs_a_positive_alpha():
+  c = tiny.get_config()
+  c.diffusion.noise_prior_alpha = 0.0
+  config_utils.validate_config(c)                  # unused by the independent prior
+  c.diffusion.noise_prior = "mixed"
+  with pytest.raises(config_utils.ConfigError, match=r"noise_prior_alpha=0\.0 must be > 0"):
     config_utils.validate_config(c)
 
 

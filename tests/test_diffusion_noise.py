@@ -61,12 +61,14 @@ def test_loss_draws_its_noise_from_noise_fn():
   np.testing.assert_allclose(seen["z"], alpha[:, None, None, None, None] * x, rtol=1e-5)
 
 
-@pytest.mark.parametrize("sampler, prior", [("ddim", "mixed"), ("ddpm", "progressive")])
-def test_sampling_a_gaussian_video_with_its_exact_denoiser_under_the_prior(sampler, prior):
+@pytest.mark.parametrize("sampler, prior, eta", [("ddim", "mixed", 1.0),
+                                                 ("ddpm", "progressive", 1.0),
+                                                 ("ddim", "progressive", 0.0)])
+def test_sampling_a_gaussian_video_with_its_exact_denoiser_under_the_prior(sampler, prior, eta):
   """x ~ N(0, s^2 I) over 3 frames, z_t = alpha x + sigma eps with eps ~ N(0, C) (the prior):
-  E[x | z] = s^2 alpha (alpha^2 s^2 I + sigma^2 C)^-1 z per pixel. Stochastic sampling that
-  draws z_1 and its step noise from the same prior returns x with covariance s^2 I; drawing
-  them i.i.d. instead does not."""
+  E[x | z] = s^2 alpha (alpha^2 s^2 I + sigma^2 C)^-1 z per pixel. Sampling that draws z_1 and
+  its step noise from the same prior returns x with covariance s^2 I; drawing them i.i.d.
+  instead does not (deterministic DDIM, eta 0: only z_1 carries the prior)."""
   s2, frames, alpha_p = 0.25, 3, 2.0
   cov = jnp.asarray(_frame_covariance(prior, alpha_p, frames), jnp.float32)
 
@@ -81,7 +83,7 @@ def test_sampling_a_gaussian_video_with_its_exact_denoiser_under_the_prior(sampl
   shape = (4000, frames, 1, 1, 1)
   for fn, ok in [(noise_fn, True), (None, False)]:
     x = d.sample(model_fn=denoiser, shape=shape, key=jax.random.key(1), num_steps=64,
-                 schedule=SCHEDULE, sampler=sampler, eta=1.0, prediction="x", noise_fn=fn)
+                 schedule=SCHEDULE, sampler=sampler, eta=eta, prediction="x", noise_fn=fn)
     got = np.cov(np.asarray(x).reshape(len(x), frames).T)
     close = np.allclose(got, s2 * np.eye(frames), atol=0.03)
     assert close == ok, (fn, got)

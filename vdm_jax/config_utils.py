@@ -138,6 +138,10 @@ def validate_config(config) -> None:
     except ValueError as e:
       errors.append(f"data.vocabulary: {e}")
   d = config.diffusion
+  if d.get("noise_prior", "independent") != "independent" and not float(
+      d.get("noise_prior_alpha", 1.0)) > 0.0:
+    errors.append(f"diffusion.noise_prior_alpha={d.get('noise_prior_alpha')!r} must be > 0 "
+                  f"for noise_prior={d.noise_prior!r}")
   if not d.logsnr_min < d.logsnr_max:
     errors.append(f"diffusion.logsnr_min={d.logsnr_min} must be below "
                   f"diffusion.logsnr_max={d.logsnr_max}")

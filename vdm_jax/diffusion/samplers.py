@@ -234,7 +234,8 @@ def sample(*, model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
                       var_interp=ddpm_var_interp, noise_fn=noise_fn)
     if replacing:
       x_pred = recon.keep_observed(x=x_pred, observation=observation)
-      fresh = jax.random.normal(jax.random.fold_in(replace_key, step), z_t.shape, z_t.dtype)
+      fresh = noise_lib.draw(noise_fn, jax.random.fold_in(replace_key, step), z_t.shape,
+                             z_t.dtype)
       z_s = recon.replace_observed(z=z_s.astype(z_t.dtype), observation=observation,
                                    logsnr=logsnr_s, noise=fresh)
     return jnp.where(step == num_steps - 1, x_pred, z_s.astype(z_t.dtype))
