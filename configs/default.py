@@ -45,6 +45,8 @@ def get_config(arg=None):
   m.rel_pos_max_distance = 128
   m.temporal_position = "bias"            # temporal attention's frame order: bias (T5-style
   #   scalar per offset bucket) | shaw (+ Shaw et al. relative key/value vectors, as VDM cites)
+  m.frame_position = "none"               # none (the papers) | sinusoidal: each frame's absolute
+  #   index embedded and added to its FiLM embedding (AnimateDiff-style absolute time)
   m.cond_embed_dim = 128
   m.text_embed_dim = 384
   m.text_cross_attention = True           # beside spatial attention, on its levels

@@ -27,6 +27,7 @@ def test_shipped_configs_validate(get_config):
     ("data.vocabulary.motion", ("left", "fast"), "data.vocabulary: vocabulary motion"),
     ("diffusion.noise_prior", "pink", "diffusion.noise_prior='pink'"),
     ("model.temporal_position", "absolute", "model.temporal_position='absolute'"),
+    ("model.frame_position", "learned", "model.frame_position='learned'"),
     ("model.temporal_mixing", ("attention", "space"), "temporal_mixing entry 'space'"),
 ])
 def test_bad_values_name_the_key(key, value, fragment):

@@ -190,6 +190,44 @@ def test_spacetime_mixing_level_mixes_videos_and_keeps_images_per_frame():
     np.testing.assert_allclose(out[0, t], single[0, 0], atol=2e-5, rtol=2e-5)
 
 
+def test_frame_position_tells_identical_frames_apart_and_spares_images():
+  """frame_position='sinusoidal': with every frame of the input identical and no temporal
+  layers, frames still get different outputs (absolute time through FiLM); is_image examples
+  stay exactly the per-frame model; 'none' keeps identical frames identical."""
+  same = jnp.broadcast_to(make_inputs(base_cfg())[0][:, :1], (B, T, H, W, C))
+  for position, differs in (("none", False), ("sinusoidal", True)):
+    runner = Runner(base_cfg(temporal_mixing=("none", "none"), frame_position=position))
+    out = runner(x=same)
+    spread = float(jnp.max(jnp.abs(out - out[:, :1])))
+    assert (spread > 1e-3) == differs, (position, spread)
+  names = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(runner.params)]
+  assert [n for n in names if n.startswith("params/frame_position/")]
+  out = runner(x=same, is_image=jnp.array([True, False]))
+  np.testing.assert_allclose(out[0], jnp.broadcast_to(out[0, :1], out[0].shape), atol=1e-6)
+  assert float(jnp.max(jnp.abs(out[1] - out[1, :1]))) > 1e-3
+  single = runner(x=same[:, :1], is_image=jnp.array([True, True]))
+  np.testing.assert_allclose(out[0, 0], single[0, 0], atol=2e-5, rtol=2e-5)
+
+
+def test_resblock_per_frame_embedding_matches_per_example():
+  """A per-frame FiLM embedding [B, T, E] equal across frames is the per-example one [B, E];
+  changing one frame's embedding changes only that frame."""
+  from vdm_jax.models import layers   # pylint: disable=g-import-not-at-top
+  block = layers.ResBlock(8, 4)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((B, T, 4, 4, 8)), jnp.float32)
+  emb = jnp.asarray(rng.standard_normal((B, 16)), jnp.float32)
+  no_image = jnp.zeros((B,), bool)
+  params = block.init(jax.random.key(0), x, emb, no_image)
+  per_example = block.apply(params, x, emb, no_image)
+  frames = jnp.repeat(emb[:, None], T, axis=1)
+  np.testing.assert_allclose(block.apply(params, x, frames, no_image), per_example, atol=1e-6)
+  changed = block.apply(params, x, frames.at[:, 2].add(1.0), no_image)
+  assert float(jnp.max(jnp.abs(changed[:, 2] - per_example[:, 2]))) > 1e-3
+  np.testing.assert_allclose(jnp.delete(changed, 2, axis=1),
+                             jnp.delete(per_example, 2, axis=1), atol=1e-6)
+
+
 def test_text_matters_and_padding_does_not(base):
   out = base()
   other = base(text_emb=base.kw["text_emb"][::-1])
@@ -300,6 +338,7 @@ def test_missing_or_unexpected_inputs_raise(base):
     (dict(remat="sometimes"), "remat"),
     (dict(attention_impl="flash"), "attention_impl"),
     (dict(temporal_position="absolute"), "temporal_position"),
+    (dict(frame_position="learned"), "frame_position"),
     (dict(temporal_mixing=("attention", "space-time")), "temporal_mixing\\[1\\]"),
     (dict(num_groups=3), "num_groups"),
     (dict(spatial_attention=(False, False)), "text_cross_attention"),

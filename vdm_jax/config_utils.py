@@ -119,6 +119,10 @@ def validate_config(config) -> None:
   if position not in unet_spec.TEMPORAL_POSITIONS:
     errors.append(f"model.temporal_position={position!r} is not one of "
                   f"{unet_spec.TEMPORAL_POSITIONS}")
+  frame_position = m.get("frame_position", "none")
+  if frame_position not in unet_spec.FRAME_POSITIONS:
+    errors.append(f"model.frame_position={frame_position!r} is not one of "
+                  f"{unet_spec.FRAME_POSITIONS}")
   down = 2 ** (levels - 1)
   if config.height % down or config.width % down:
     errors.append(

@@ -146,7 +146,8 @@ class ResBlock(nn.Module):
   """GroupNorm, SiLU, 3x3 conv, FiLM from the conditioning embedding, GroupNorm, SiLU,
   dropout, 3x3 conv, optional temporal conv (identity at init), residual skip.
 
-  Call: (x [B, T, H, W, Cin], emb [B, E], is_image [B] bool) -> [B, T, H, W, out_channels].
+  Call: (x [B, T, H, W, Cin], emb [B, E] or per frame [B, T, E], is_image [B] bool)
+  -> [B, T, H, W, out_channels].
   """
   out_channels: int
   num_groups: int
@@ -162,8 +163,9 @@ class ResBlock(nn.Module):
     c = self.out_channels
     h = FrameGroupNorm(self.num_groups, name="norm1", **kw)(x)
     h = conv(c, (3, 3), name="conv1", **kw)(nn.silu(h))
-    film = dense(2 * c, name="film", **kw)(nn.silu(emb))           # [B, 2C]
-    scale, shift = jnp.split(film[:, None, None, None, :], 2, axis=-1)
+    film = dense(2 * c, name="film", **kw)(nn.silu(emb))           # [B, 2C] or [B, T, 2C]
+    film = film[:, None, None, None] if film.ndim == 2 else film[:, :, None, None]
+    scale, shift = jnp.split(film, 2, axis=-1)
     h = FrameGroupNorm(self.num_groups, name="norm2", **kw)(h)
     h = nn.silu(h * (1.0 + scale) + shift)
     h = nn.Dropout(self.dropout, deterministic=self.deterministic)(h)

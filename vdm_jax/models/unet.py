@@ -24,7 +24,9 @@ Layout (levels l = 0..L-1 with channels base_channels * channel_mult[l]):
   exactly that way: temporal attention masked to self, temporal convs bypassed.
 
 Conditioning: FiLM embedding = MLP(sin(logsnr)) + optional fps, conditioning-augmentation
-logSNR and guidance-weight embeddings + Dense(masked mean of text) (see conditioning.py); the
+logSNR and guidance-weight embeddings + Dense(masked mean of text) (see conditioning.py), and
+with `frame_position='sinusoidal'` + MLP(sin(frame index)) per frame (absolute time, which the
+relative positions of temporal attention do not give; the paper models have none); the
 low-resolution video of an SR stage is resized to the input geometry and concatenated on
 channels. With `frame_mask_conditioning` (masked frame interpolation, Make-A-Video) the known
 frames `frame_cond` (zeroed where unknown) and the per-frame mask `frame_mask` broadcast over
@@ -93,6 +95,13 @@ class SpaceTimeUNet(nn.Module):
     emb = conditioning.ConditioningEmbedding(spec.cond_embed_dim, name="cond", **kw)(
         logsnr, fps=fps, cond_aug_logsnr=cond_aug_logsnr, guidance_weight=guidance_weight,
         text=text_emb if spec.text_pooled_conditioning else None, text_mask=text_mask)
+    if spec.frame_position == "sinusoidal":
+      # Each frame's absolute index, embedded like logSNR and added to its FiLM embedding
+      # ([B, E] -> [B, T, E]); independent images (is_image) get none.
+      frames = layers.ScalarEmbedding(spec.cond_embed_dim, name="frame_position", **kw)(
+          jnp.arange(t, dtype=jnp.float32))                          # [T, E]
+      frames = jnp.where(is_image[:, None, None], 0.0, frames[None].astype(emb.dtype))
+      emb = emb[:, None, :] + frames
     text = None
     if spec.text_cross_attention:
       text = nn.LayerNorm(dtype=dt, param_dtype=pdt, name="text_norm",

@@ -60,6 +60,7 @@ def _model_section():
       spatial_attention=(False, True), temporal_mixing=("attention", "attention"),
       temporal_conv_in_resblock=False, num_heads=4, head_dim=32, dropout=0.0, num_groups=8,
       rel_pos_buckets=32, rel_pos_max_distance=128, temporal_position="bias",
+      frame_position="none",
       cond_embed_dim=128, text_embed_dim=384,
       text_cross_attention=True, text_pooled_conditioning=True, fps_conditioning=True,
       lowres_conditioning="none", lowres_temporal_upsample="repeat",

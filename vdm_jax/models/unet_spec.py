@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 TEMPORAL_MIXING = ("attention", "conv", "none", "spacetime")
 TEMPORAL_POSITIONS = ("bias", "shaw")
+FRAME_POSITIONS = ("none", "sinusoidal")
 LOWRES_CONDITIONING = ("none", "spatial", "temporal")
 LOWRES_TEMPORAL_UPSAMPLE = ("repeat", "linear")
 ATTENTION_IMPLS = ("xla", "cudnn", "splash")
@@ -62,8 +63,9 @@ class UNetSpec:
   # Optional keys (a config without them gets the default; older configs stay valid).
   frame_mask_conditioning: bool = False
   temporal_position: str = "bias"
+  frame_position: str = "none"
 
-  OPTIONAL = ("frame_mask_conditioning", "temporal_position")
+  OPTIONAL = ("frame_mask_conditioning", "temporal_position", "frame_position")
 
   @classmethod
   def from_config(cls, config):
@@ -167,7 +169,8 @@ class UNetSpec:
                ("lowres_temporal_upsample", LOWRES_TEMPORAL_UPSAMPLE),
                ("attention_impl", ATTENTION_IMPLS), ("dtype", tuple(DTYPES)),
                ("param_dtype", tuple(DTYPES)), ("remat", REMAT),
-               ("temporal_position", TEMPORAL_POSITIONS))
+               ("temporal_position", TEMPORAL_POSITIONS),
+               ("frame_position", FRAME_POSITIONS))
     for key, allowed in choices:
       if getattr(self, key) not in allowed:
         fail(f"{key} = {getattr(self, key)!r}; use one of {allowed}")
