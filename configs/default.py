@@ -72,7 +72,7 @@ def get_config(arg=None):
   d.logsnr_max = 20.0
   d.schedule_base_resolution = 64         # shifted_cosine: shift = 2 * log(base / res)
   d.prediction = "v"                      # v | eps | x
-  d.loss_weighting = "v_mse"              # constant | snr | truncated_snr | v_mse
+  d.loss_weighting = "v_mse"              # constant | snr | truncated_snr | v_mse | min_snr
   d.num_train_timesteps = 0               # 0: continuous t; N: t on N discrete steps
   d.cond_drop_prob = 0.1                  # classifier-free guidance dropout
   d.noise_prior = "independent"           # independent | mixed | progressive: noise correlated

@@ -91,6 +91,11 @@ def test_weightings_relate_as_stated(prediction):
   np.testing.assert_allclose(per["truncated_snr"], x_mse * np.maximum(snr, 1.0), rtol=1e-3)
   np.testing.assert_allclose(per["v_mse"], x_mse * (1.0 + snr), rtol=1e-3)
   np.testing.assert_allclose(per["v_mse"], v_mse, rtol=1e-3)
+  # Min-SNR-5 (Hang et al.): the v-MSE times min(SNR, 5) / (1 + SNR), i.e. eps-MSE times
+  # min(SNR, 5) / SNR.
+  np.testing.assert_allclose(per["min_snr"], v_mse * np.minimum(snr, 5.0) / (1.0 + snr),
+                             rtol=1e-3)
+  np.testing.assert_allclose(per["min_snr"], eps_mse * np.minimum(snr, 5.0) / snr, rtol=1e-3)
   own = {"x": x_mse, "eps": eps_mse, "v": v_mse}[prediction]
   np.testing.assert_allclose(per["constant"], own, rtol=1e-3)
 
@@ -106,8 +111,9 @@ def test_loss_weight_function():
   np.testing.assert_allclose(d.loss_weight(logsnr, "truncated_snr"), np.maximum(snr, 1),
                              rtol=1e-5)
   np.testing.assert_allclose(d.loss_weight(logsnr, "v_mse"), 1 + snr, rtol=1e-5)
+  np.testing.assert_allclose(d.loss_weight(logsnr, "min_snr"), np.minimum(snr, 5.0), rtol=1e-5)
   with pytest.raises(ValueError, match="not one of"):
-    d.loss_weight(logsnr, "min_snr")
+    d.loss_weight(logsnr, "p2")
 
 
 def test_discrete_steps_lie_on_the_grid():

@@ -17,7 +17,7 @@ _CHOICES = {
     "model.lowres_conditioning": ("none", "spatial", "temporal"),
     "diffusion.schedule": ("cosine", "shifted_cosine", "linear"),
     "diffusion.prediction": ("v", "eps", "x"),
-    "diffusion.loss_weighting": ("constant", "snr", "truncated_snr", "v_mse"),
+    "diffusion.loss_weighting": ("constant", "snr", "truncated_snr", "v_mse", "min_snr"),
     "diffusion.noise_prior": ("independent", "mixed", "progressive"),
     "data.name": ("moving_shapes", "moving_shapes_images", "video_folder"),
     "text.encoder": ("minilm", "t5", "none"),

@@ -199,6 +199,7 @@ def main(argv):
       base = (os.path.join(out, "reference", "base") if k == "reference"
               else os.path.join(out, f"k{k}", "base"))
       r["gflop_per_step"] = step_gflop(base)
+    os.makedirs(_OUT_DIR.value, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
       json.dump(results, f, indent=2)
     with open(os.path.join(_OUT_DIR.value, "results.md"), "w", encoding="utf-8") as f:

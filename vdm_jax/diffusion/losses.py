@@ -10,6 +10,8 @@ the weightings are (SNR = exp(logsnr)):
   'snr'            w = SNR            (eps-MSE; the 'simple' loss of Ho et al. 2020)
   'truncated_snr'  w = max(SNR, 1)    (Salimans & Ho 2022)
   'v_mse'          w = 1 + SNR        (v-MSE)
+  'min_snr'        w = min(SNR, 5)    (Min-SNR-gamma, Hang et al. 2023, gamma = 5: v-MSE
+                                      times min(SNR, 5) / (1 + SNR), eps-MSE times min(SNR, 5) / SNR)
 The loss is evaluated as (MSE on the model's own target) * w / w_own, with the ratio formed in
 log space, which equals w * x-MSE exactly but never multiplies huge by tiny numbers.
 """
@@ -24,7 +26,8 @@ from vdm_jax.diffusion import noise as noise_lib
 from vdm_jax.diffusion import parameterization as param
 from vdm_jax.diffusion.schedules import q_sample
 
-WEIGHTINGS = ("constant", "snr", "truncated_snr", "v_mse")
+WEIGHTINGS = ("constant", "snr", "truncated_snr", "v_mse", "min_snr")
+MIN_SNR_GAMMA = 5.0   # 'min_snr': the paper's default
 
 # model_fn(z [B, ...], logsnr [B], cond pytree or None) -> output [B, ...] in `prediction` space.
 ModelFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
@@ -50,6 +53,8 @@ def log_loss_weight(logsnr: jax.Array, weighting: str, *, prediction: str = "x")
     return logsnr
   if weighting == "truncated_snr":
     return jnp.maximum(logsnr, 0.0)
+  if weighting == "min_snr":
+    return jnp.minimum(logsnr, jnp.log(MIN_SNR_GAMMA))
   return jax.nn.softplus(logsnr)  # log(1 + SNR)
 
 
