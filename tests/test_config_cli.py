@@ -26,6 +26,8 @@ def test_shipped_configs_validate(get_config):
     ("height", 15, "height x width = 15x16"),
     ("data.vocabulary.motion", ("left", "fast"), "data.vocabulary: vocabulary motion"),
     ("diffusion.noise_prior", "pink", "diffusion.noise_prior='pink'"),
+    ("diffusion.loss_weighting", "p2", "diffusion.loss_weighting='p2'"),
+    ("model.lowres_conditioning", "both", "model.lowres_conditioning='both'"),
     ("model.temporal_position", "absolute", "model.temporal_position='absolute'"),
     ("model.frame_position", "learned", "model.frame_position='learned'"),
     ("model.temporal_mixing", ("attention", "space"), "temporal_mixing entry 'space'"),

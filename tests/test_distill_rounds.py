@@ -121,6 +121,7 @@ def test_only_teachers_sampled_with_thresholding_are_thresholded():
     ("mode", "fast", "mode"),
     ("w_max", -1.0, "w_min"),
     ("teacher_clip", "hard", "teacher_clip"),
+    ("loss_weighting", "p2", "loss_weighting='p2' is not one of .*min_snr"),
 ])
 def test_bad_distill_config_fails_with_the_key(key, value, message):
   c = _config()

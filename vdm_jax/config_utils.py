@@ -14,11 +14,8 @@ _CHOICES = {
     "model.attention_impl": ("xla", "cudnn", "splash"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
-    "model.lowres_conditioning": ("none", "spatial", "temporal"),
     "diffusion.schedule": ("cosine", "shifted_cosine", "linear"),
     "diffusion.prediction": ("v", "eps", "x"),
-    "diffusion.loss_weighting": ("constant", "snr", "truncated_snr", "v_mse", "min_snr"),
-    "diffusion.noise_prior": ("independent", "mixed", "progressive"),
     "data.name": ("moving_shapes", "moving_shapes_images", "video_folder"),
     "text.encoder": ("minilm", "t5", "none"),
     "train.optimizer": ("adam", "adamw"),
@@ -96,10 +93,24 @@ class ConfigError(ValueError):
   """A config value that cannot work; the message says which key and what to do."""
 
 
+def _library_choices() -> Dict[str, tuple]:
+  """The choices that the library's own modules define (imported here, not at module import,
+  so that reading a config does not import jax)."""
+  from vdm_jax.diffusion import losses, noise  # pylint: disable=g-import-not-at-top
+  from vdm_jax.models import unet_spec  # pylint: disable=g-import-not-at-top
+  return {
+      "model.lowres_conditioning": unet_spec.LOWRES_CONDITIONING,
+      "model.temporal_position": unet_spec.TEMPORAL_POSITIONS,
+      "model.frame_position": unet_spec.FRAME_POSITIONS,
+      "diffusion.loss_weighting": losses.WEIGHTINGS,
+      "diffusion.noise_prior": noise.NOISE_PRIORS,
+  }
+
+
 def validate_config(config) -> None:
   """Checks a full experiment config; raises ConfigError naming the key and the fix."""
   errors = []
-  for key, choices in _CHOICES.items():
+  for key, choices in {**_CHOICES, **_library_choices()}.items():
     value = _get(config, key)
     if value is not None and value not in choices:
       errors.append(f"{key}={value!r} is not one of {choices}")
@@ -115,14 +126,6 @@ def validate_config(config) -> None:
     if mode not in unet_spec.TEMPORAL_MIXING:
       errors.append(f"model.temporal_mixing entry {mode!r} is not one of "
                     + "|".join(unet_spec.TEMPORAL_MIXING))
-  position = m.get("temporal_position", "bias")
-  if position not in unet_spec.TEMPORAL_POSITIONS:
-    errors.append(f"model.temporal_position={position!r} is not one of "
-                  f"{unet_spec.TEMPORAL_POSITIONS}")
-  frame_position = m.get("frame_position", "none")
-  if frame_position not in unet_spec.FRAME_POSITIONS:
-    errors.append(f"model.frame_position={frame_position!r} is not one of "
-                  f"{unet_spec.FRAME_POSITIONS}")
   down = 2 ** (levels - 1)
   if config.height % down or config.width % down:
     errors.append(

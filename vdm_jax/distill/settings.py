@@ -97,9 +97,10 @@ def check_distill_config(config) -> None:
                     "guidance contrasts the text and the null text)")
   if d.teacher_clip not in CLIPS:
     errors.append(f"distill.teacher_clip={d.teacher_clip!r} is not one of {CLIPS}")
-  if d.loss_weighting not in ("constant", "snr", "truncated_snr", "v_mse", "min_snr"):
-    errors.append(f"distill.loss_weighting={d.loss_weighting!r} is not one of constant | snr | "
-                  "truncated_snr | v_mse | min_snr")
+  from vdm_jax.diffusion import losses  # pylint: disable=g-import-not-at-top
+  if d.loss_weighting not in losses.WEIGHTINGS:
+    errors.append(f"distill.loss_weighting={d.loss_weighting!r} is not one of "
+                  + " | ".join(losses.WEIGHTINGS))
   if not 0.0 <= float(d.cond_drop_prob) < 1.0:
     errors.append(f"distill.cond_drop_prob={d.cond_drop_prob} must lie in [0, 1)")
   if int(d.get("teacher_step", 0)) < 0:
