@@ -77,6 +77,8 @@ def get_config(arg=None):
   d.cond_drop_prob = 0.1                  # classifier-free guidance dropout
   d.noise_prior = "independent"           # independent | mixed | progressive: noise correlated
   d.noise_prior_alpha = 1.0               #   across frames (PYoCo), vdm_jax/diffusion/noise.py
+  d.lowres_residual_scale = 0.0           # SR stages: > 0 diffuses s * (x - upsample(lowres)),
+  #   the detail missing from the naive upsampling of the input, instead of x (0 = the papers')
 
   # --- data ---
   dd = c.data = ml_collections.ConfigDict()

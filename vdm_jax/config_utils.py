@@ -152,6 +152,18 @@ def validate_config(config) -> None:
   if not d.logsnr_min < d.logsnr_max:
     errors.append(f"diffusion.logsnr_min={d.logsnr_min} must be below "
                   f"diffusion.logsnr_max={d.logsnr_max}")
+  scale = d.get("lowres_residual_scale", 0.0)
+  if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+    errors.append(f"diffusion.lowres_residual_scale={scale!r} must be a number >= 0 (0 = off)")
+  elif scale > 0:
+    if m.get("lowres_conditioning", "none") == "none":
+      errors.append("diffusion.lowres_residual_scale > 0 diffuses the residual over the "
+                    "upsampled low-resolution input: it needs an SR stage "
+                    "(model.lowres_conditioning 'spatial' or 'temporal')")
+    if config.sample.get("clip") == "dynamic":
+      errors.append("diffusion.lowres_residual_scale > 0 needs sample.clip 'static' or 'none' "
+                    "(static clipping keeps the video in [-1, 1]; dynamic thresholding has no "
+                    "form for a residual)")
   if not 0.0 <= d.cond_drop_prob < 1.0:
     errors.append(f"diffusion.cond_drop_prob={d.cond_drop_prob} must lie in [0, 1)")
   t = config.train

@@ -36,6 +36,7 @@ from vdm_jax import diffusion
 from vdm_jax import sharding as sharding_lib
 from vdm_jax.diffusion import noise as noise_lib
 from vdm_jax.models import conditioning
+from vdm_jax.train import objective
 
 
 def is_interpolation_stage(config) -> bool:
@@ -191,7 +192,7 @@ def stage_sampler(stage: Stage, settings: dict, shape: tuple, has_uncond: bool):
   schedule = diffusion.schedule_from_config(c.diffusion, resolution=c.height)
   noise_fn = noise_lib.noise_fn_from_config(c.diffusion)   # the prior the stage trained with
 
-  def run(params, key, cond, uncond, init_noise, **extra):
+  def run(params, key, cond, uncond, init_noise, clip_range=None, **extra):
     def model_fn(z, logsnr, cd):
       return stage.model.apply({"params": params}, z, logsnr, **cd, train=False)
     return diffusion.sample(
@@ -203,7 +204,7 @@ def stage_sampler(stage: Stage, settings: dict, shape: tuple, has_uncond: bool):
         guidance_const_steps=settings["guidance_const_steps"], clip=settings["clip"],
         dynamic_percentile=settings["dynamic_percentile"],
         ddpm_variance=settings["ddpm_variance"], ddpm_var_interp=settings["ddpm_var_interp"],
-        init_noise=init_noise, noise_fn=noise_fn, **extra)
+        init_noise=init_noise, noise_fn=noise_fn, clip_range=clip_range, **extra)
   return run
 
 
@@ -407,18 +408,35 @@ def sample_stage(stage: Stage, *, key: jax.Array, prompts: Optional[Sequence[str
   has_uncond = uncond is not None and settings["guidance_weight"] != 0.0
   noise = initial_noise(c, jax.random.fold_in(key, 2), shape, init_noise=init_noise,
                         shared_init_noise=shared_init_noise)
-  cache_key = (tuple(sorted(settings.items())), shape, has_uncond)
+  # An SR stage trained on its residual over the upsampled lowres (lowres_residual_scale s > 0)
+  # samples y = s * (x - upsample(lowres)); static clipping of x to [-1, 1] is then clipping
+  # y to [s (-1 - up), s (1 - up)], and the video is up + y / s.
+  residual = lowres is not None and not stage.uses_frame_masks and objective.residual_scale(c) > 0
+  clip_range = None
+  if residual:
+    if settings["clip"] == "dynamic":
+      raise ValueError("A stage with diffusion.lowres_residual_scale > 0 samples with "
+                       "sample.clip 'static' or 'none' (dynamic thresholding has no bounds form).")
+    if settings["clip"] == "static":
+      up = np.asarray(objective.lowres_upsampled(c, lowres, shape))
+      scale = objective.residual_scale(c)
+      clip_range = (scale * (-1.0 - up), scale * (1.0 - up))
+  cache_key = (tuple(sorted(settings.items())), shape, has_uncond, clip_range is not None)
   jitted = stage.jit_cache.get(cache_key)
   if jitted is None:
     fn = stage_sampler(stage, settings, shape, has_uncond)
     replicated = NamedSharding(stage.mesh, PartitionSpec())
     jitted = jax.jit(fn, in_shardings=(stage.param_shardings, replicated, replicated,
-                                       replicated, replicated), out_shardings=replicated)
+                                       replicated, replicated, replicated),
+                     out_shardings=replicated)
     stage.jit_cache[cache_key] = jitted
-  args = sharding_lib.replicate((cond, uncond if has_uncond else None, noise), stage.mesh)
+  args = sharding_lib.replicate((cond, uncond if has_uncond else None, noise, clip_range),
+                                stage.mesh)
   with jax.set_mesh(stage.mesh):
     out = jitted(stage.params, key, *args)
   out = np.asarray(jax.device_get(out))
+  if residual:
+    out = np.asarray(objective.from_residual(c, out, lowres))
   if known is not None:   # the given frames, exactly
     out = np.where(known[1][:, :, None, None, None], known[0], out)
   return out

@@ -13,7 +13,8 @@ steps, then alternating between the high weight and a low weight (e.g. 15 and 1)
 steps, which keeps text alignment while limiting saturation artifacts.
 
 Thresholding (Imagen, Saharia et al. 2022) acts on the x prediction inside sampling:
-  static   clip x to [-1, 1];
+  static   clip x to [-1, 1] (or to per-entry bounds `clip_range` = (lo, hi), e.g. when the
+           sampled quantity is a scaled residual over a known video);
   dynamic  s = the p-th quantile of |x| per example, s = max(s, 1), x = clip(x, -s, s) / s.
 The sampler recomputes eps from the thresholded x so the step stays consistent.
 """
@@ -117,9 +118,12 @@ def guided_model_output(*, model_fn: ModelFn, z: jax.Array, logsnr: jax.Array, c
   return combine_guidance(cond_out=cond_out, uncond_out=uncond_out, weight=weight)
 
 
-def static_threshold(x: jax.Array) -> jax.Array:
-  """Clips x to [-1, 1]."""
-  return jnp.clip(x, -1.0, 1.0)
+def static_threshold(x: jax.Array, clip_range: Any = None) -> jax.Array:
+  """Clips x to [-1, 1], or to `clip_range` = (lo, hi) (arrays broadcastable to x)."""
+  if clip_range is None:
+    return jnp.clip(x, -1.0, 1.0)
+  lo, hi = clip_range
+  return jnp.clip(x, jnp.asarray(lo, x.dtype), jnp.asarray(hi, x.dtype))
 
 
 def dynamic_threshold(x: jax.Array, percentile: Any = 0.995) -> jax.Array:
@@ -130,11 +134,16 @@ def dynamic_threshold(x: jax.Array, percentile: Any = 0.995) -> jax.Array:
   return jnp.clip(x, -s, s) / s
 
 
-def threshold_x(x: jax.Array, clip: str, dynamic_percentile: Any = 0.995) -> jax.Array:
-  """Applies clip = 'none' | 'static' | 'dynamic' to an x prediction [B, ...]."""
+def threshold_x(x: jax.Array, clip: str, dynamic_percentile: Any = 0.995,
+                clip_range: Any = None) -> jax.Array:
+  """Applies clip = 'none' | 'static' | 'dynamic' to an x prediction [B, ...]; static clipping
+  to `clip_range` = (lo, hi) when given (dynamic thresholding has no such form)."""
   check_clip(clip)
   if clip == "static":
-    return static_threshold(x)
+    return static_threshold(x, clip_range)
+  if clip_range is not None and clip == "dynamic":
+    raise ValueError("clip_range (per-entry bounds) works with clip='static' or 'none', not "
+                     "'dynamic'")
   if clip == "dynamic":
     return dynamic_threshold(x, dynamic_percentile)
   return x
@@ -142,11 +151,12 @@ def threshold_x(x: jax.Array, clip: str, dynamic_percentile: Any = 0.995) -> jax
 
 def predict_x_and_eps(*, model_fn: ModelFn, z: jax.Array, logsnr: jax.Array, prediction: str,
                       cond: Any = None, uncond: Any = None, guidance_weight: Any = 0.0,
-                      clip: str = "none", dynamic_percentile: Any = 0.995
-                      ) -> Tuple[jax.Array, jax.Array]:
+                      clip: str = "none", dynamic_percentile: Any = 0.995,
+                      clip_range: Any = None) -> Tuple[jax.Array, jax.Array]:
   """Guided, thresholded (x, eps) predictions at z [B, ...], logsnr [B].
 
-  eps is recomputed from the thresholded x when clip != 'none'.
+  eps is recomputed from the thresholded x when clip != 'none'. `clip_range` = (lo, hi):
+  the bounds of static clipping (default [-1, 1]).
   """
   check_clip(clip)
   out = guided_model_output(model_fn=model_fn, z=z, logsnr=logsnr, cond=cond, uncond=uncond,
@@ -155,6 +165,6 @@ def predict_x_and_eps(*, model_fn: ModelFn, z: jax.Array, logsnr: jax.Array, pre
     raise ValueError(f"model_fn returned shape {out.shape}; expected {z.shape}")
   x, eps = param.to_x_and_eps(prediction=prediction, model_output=out, z=z, logsnr=logsnr)
   if clip != "none":
-    x = threshold_x(x, clip, dynamic_percentile)
+    x = threshold_x(x, clip, dynamic_percentile, clip_range)
     eps = param.predict_eps_from_x(z=z, x=x, logsnr=logsnr)
   return x, eps

@@ -128,7 +128,7 @@ def sample(*, model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
            return_trajectory: bool = False, loop: str = "fori",
            observation: Optional[recon.Observation] = None,
            observation_method: str = "reconstruction", reconstruction_weight: Any = 1.0,
-           noise_fn: Optional[noise_lib.NoiseFn] = None):
+           noise_fn: Optional[noise_lib.NoiseFn] = None, clip_range: Any = None):
   """Draws samples of `shape` = [B, ...] with `num_steps` DDIM or ancestral steps.
 
   Args:
@@ -148,6 +148,8 @@ def sample(*, model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
       `guidance_const_steps` steps of w).
     clip: 'none' | 'static' | 'dynamic' thresholding of the x prediction at every step, with
       `dynamic_percentile`.
+    clip_range: optional (lo, hi) bounds of static clipping, broadcastable to `shape`
+      (default [-1, 1]); e.g. the bounds of a scaled residual over a known video.
     init_noise: optional z_1 [B, ...]; drawn from N(0, I) (or `noise_fn`) when None.
     return_trajectory: also return [z_1, z_{(N-1)/N}, ..., x]: [N + 1, B, ...].
     loop: 'fori' (lax.fori_loop) or 'scan' (lax.scan; always used for trajectories).
@@ -189,6 +191,8 @@ def sample(*, model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
     if observation_method == "replacement" and observation.factor != 1:
       raise ValueError("observation_method='replacement' needs an observation of entries of x "
                        "(factor 1); use 'reconstruction' for a downsampled observation")
+  if clip_range is not None and observation is not None:
+    raise ValueError("clip_range is not supported together with an observation")
   replacing = observation is not None and observation_method == "replacement"
   # Keys are split only when something random is drawn (PRNG code is slow to compile on CPU).
   stochastic = sampler == "ddpm" or not guid.is_concrete_zero(eta)
@@ -208,7 +212,8 @@ def sample(*, model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
     def predict(z, logsnr, w):
       return guid.predict_x_and_eps(
           model_fn=model_fn, z=z, logsnr=logsnr, prediction=prediction, cond=cond,
-          uncond=uncond, guidance_weight=w, clip=clip, dynamic_percentile=dynamic_percentile)
+          uncond=uncond, guidance_weight=w, clip=clip, dynamic_percentile=dynamic_percentile,
+          clip_range=clip_range)
   else:
     predict = recon.observation_step_fns(
         observation=observation, method=observation_method, weight=reconstruction_weight,

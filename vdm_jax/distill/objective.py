@@ -95,6 +95,8 @@ def make_distill_loss_fn(config, *, stage: str, student_model, teacher_model,
       cond["lowres_video"], cond["cond_aug_logsnr"] = objective.augment_lowres(
           cond["lowres_video"], keys["aug"], schedule=schedule, max_t=max_aug_t)
     x = batch["video"].astype(jnp.float32)
+    if "lowres" in batch:   # an SR stage diffusing its residual (lowres_residual_scale > 0)
+      x = objective.to_residual(config, x, batch["lowres"])
     w = None
     student_cond = cond
     if student_w:

@@ -85,6 +85,41 @@ def model_inputs(model_cfg, batch: dict) -> dict:
   return kw
 
 
+def residual_scale(config) -> float:
+  """`diffusion.lowres_residual_scale` (0 = off): an SR stage then diffuses
+  s * (video - upsample(lowres)) instead of the video (see `to_residual`)."""
+  return float(config.diffusion.get("lowres_residual_scale", 0.0))
+
+
+def lowres_upsampled(config, lowres, shape):
+  """The clean low-resolution video [B, T', H', W', C] brought to `shape` [B, T, H, W, C] the
+  way the model upsamples its lowres input (bilinear in space, repeat / linear in time)."""
+  m = config.model
+  return conditioning.upsample_lowres(
+      jnp.asarray(lowres, jnp.float32), mode=m.lowres_conditioning, frames=shape[1],
+      height=shape[2], width=shape[3],
+      temporal_method=m.get("lowres_temporal_upsample", "repeat"))
+
+
+def to_residual(config, video, lowres):
+  """What an SR stage with `diffusion.lowres_residual_scale` s > 0 diffuses: the scaled
+  residual s * (video - upsample(lowres)) over its clean low-resolution input (the naive
+  upsampling is exact at initialization; the network learns only the missing detail).
+  Identity when s = 0."""
+  s = residual_scale(config)
+  if s <= 0:
+    return video
+  return s * (video - lowres_upsampled(config, lowres, video.shape))
+
+
+def from_residual(config, sample, lowres):
+  """Inverts `to_residual` for a sample: upsample(lowres) + sample / s (identity when s = 0)."""
+  s = residual_scale(config)
+  if s <= 0:
+    return sample
+  return lowres_upsampled(config, lowres, sample.shape) + sample / s
+
+
 def frame_mask_settings(train_cfg) -> tuple[tuple[str, ...], np.ndarray]:
   """(patterns, probabilities) of `train.frame_mask_patterns` / `train.frame_mask_weights`;
   raises ValueError naming the key when they do not fit together."""
@@ -147,6 +182,9 @@ def make_loss_fn(config, model) -> Callable[[Any, dict, jax.Array], tuple]:
         mask = mask & ~batch["is_image"].astype(jnp.bool_)[:, None]
       batch = dict(batch, frame_mask=mask)
     cond = model_inputs(m, batch)
+    x = batch["video"].astype(jnp.float32)
+    if "lowres" in batch:   # an SR stage diffusing its residual (lowres_residual_scale > 0)
+      x = to_residual(config, x, batch["lowres"])
     if cond_aug and "lowres_video" in cond:
       cond["lowres_video"], cond["cond_aug_logsnr"] = augment_lowres(
           cond["lowres_video"], aug_key, schedule=schedule, max_t=max_aug_t)
@@ -160,7 +198,7 @@ def make_loss_fn(config, model) -> Callable[[Any, dict, jax.Array], tuple]:
                          rngs={"dropout": dropout_key})
 
     return diffusion.diffusion_loss(
-        model_fn=model_fn, x=batch["video"].astype(jnp.float32), key=loss_key, cond=cond,
+        model_fn=model_fn, x=x, key=loss_key, cond=cond,
         schedule=schedule, prediction=d.prediction, weighting=d.loss_weighting,
         num_discrete_steps=int(d.num_train_timesteps), noise_fn=noise_fn)
 

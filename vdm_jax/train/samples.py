@@ -65,14 +65,23 @@ class PeriodicSampler:
       uncond["text_emb"] = jnp.zeros_like(cond["text_emb"])
       uncond["text_mask"] = jnp.zeros_like(cond["text_mask"])
     c = self.config
-    return diffusion.sample(
+    clip_range = None
+    if "lowres_video" in cond and objective.residual_scale(c) > 0 and s.clip == "static":
+      up = objective.lowres_upsampled(c, cond["lowres_video"],
+                                      (n, c.frames, c.height, c.width, c.channels))
+      clip_range = (objective.residual_scale(c) * (-1.0 - up),
+                    objective.residual_scale(c) * (1.0 - up))
+    out = diffusion.sample(
         model_fn=lambda z, l, cd: self._model_fn(params, z, l, cd),
         shape=(n, c.frames, c.height, c.width, c.channels), key=key,
         num_steps=int(s.num_steps), schedule=self.schedule, sampler=s.sampler, eta=float(s.eta),
         prediction=c.diffusion.prediction, cond=cond, uncond=uncond, guidance_weight=guidance,
         guidance_schedule=s.guidance_schedule, clip=s.clip,
         dynamic_percentile=float(s.dynamic_percentile),
-        noise_fn=noise_lib.noise_fn_from_config(c.diffusion))
+        noise_fn=noise_lib.noise_fn_from_config(c.diffusion), clip_range=clip_range)
+    if "lowres_video" in cond:   # an SR stage diffusing its residual: back to the video
+      out = objective.from_residual(c, out, cond["lowres_video"])
+    return out
 
   def _conditioning(self, batch: Optional[dict]):
     """(cond dict of host arrays with leading dim n, the prompt lines for prompts.txt)."""

@@ -1,0 +1,302 @@
+"""Recipe search for the demo cascade: one stage variant, trained and read by the detectors.
+
+    JAX_PLATFORMS=cpu python experiments/recipe/run.py --variant=NAME --stage=base \
+        --steps=2400 --eval_steps=1200,2400 [--set=key=value ...] [--rewrite=left=apple,...] \
+        [--run_dir=workdirs/recipe] [--results=experiments/recipe/results.jsonl]
+
+Every run is one stage of configs/demo.py (same data, seed and sampler) with the overrides of
+--set, trained for --steps optimizer steps (rerunning resumes). At every step of
+--eval_steps it measures, on the first --eval_videos test prompts (64 by default: the demo's
+held-out split, half of them with the held-out combos):
+
+  * base: the stage samples the prompts with the demo's sampler; the moving-shapes detectors
+    read colour, shape, size, motion, speed, background and the object count;
+  * SR stages: the stage is fed the REAL low-resolution clip of each prompt (as
+    experiments/cascade/sr_fidelity.py) and its sample is read by the detectors and compared
+    with the real clip (MSE in [-1, 1]);
+  * the caption-swap gap (base): the x-prediction MSE on the real test clips at fixed logSNR
+    with their own caption and with one word swapped (motion left<->right, up<->down; shape;
+    colour). gap = swapped / own - 1 > 0 means the model reads that word.
+
+Each evaluation appends one JSON line to --results with the CPU seconds of training so far (all
+threads; the run's own process), so that variants compare by accuracy per CPU-second.
+
+--rewrite=a=b,c=d replaces words of every caption before it is encoded (training store and
+sampling alike): a diagnostic of the text signal (e.g. motion words replaced by unrelated,
+well-separated words), not a product feature.
+"""
+import ast
+import json
+import os
+import re
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+_VARIANT = flags.DEFINE_string("variant", None, "Name of this run (its workdir).", required=True)
+_STAGE = flags.DEFINE_enum("stage", "base", ["base", "tsr1", "ssr1"], "Demo stage to train.")
+_STEPS = flags.DEFINE_integer("steps", 2400, "Optimizer steps.")
+_EVAL_STEPS = flags.DEFINE_list("eval_steps", [], "Checkpoints to evaluate (default: --steps).")
+_EVAL_VIDEOS = flags.DEFINE_integer("eval_videos", 64, "Test prompts per evaluation.")
+_SET = flags.DEFINE_multi_string("set", [], "Stage-config overrides key=value.")
+_REWRITE = flags.DEFINE_string("rewrite", "", "Caption word rewrites a=b,c=d (diagnostic).")
+_RUN_DIR = flags.DEFINE_string("run_dir", "workdirs/recipe", "Where the runs live.")
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "Dataset directory (default: <run_dir>/data).")
+_OUT = flags.DEFINE_string("results", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                               "results.jsonl"), "Results (JSON lines).")
+_PHASE = flags.DEFINE_enum("phase", "all", ["train", "eval", "all"], "What to run.")
+_SWAP_LOGSNR = (-4.0, -2.0, 0.0)
+
+
+def _rewrites() -> dict:
+  out = {}
+  for item in filter(None, _REWRITE.value.split(",")):
+    a, _, b = item.partition("=")
+    out[a.strip()] = b.strip()
+  return out
+
+
+def install_rewrite(words: dict) -> None:
+  """Makes every TextEncoder rewrite caption words before tokenizing (diagnostic only)."""
+  if not words:
+    return
+  from vdm_jax.text import encoder as encoder_lib  # pylint: disable=g-import-not-at-top
+  pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b")
+  original = encoder_lib.TextEncoder._run  # pylint: disable=protected-access
+
+  def _run(self, prompts):
+    return original(self, [pattern.sub(lambda m: words[m.group(1)], p) for p in prompts])
+
+  encoder_lib.TextEncoder._run = _run  # pylint: disable=protected-access
+
+
+def _override(config, items) -> None:
+  for item in items:
+    key, _, value = item.partition("=")
+    *path, last = key.split(".")
+    node = config
+    for part in path:
+      node = node[part]
+    try:
+      node[last] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      node[last] = value
+
+
+def run_config(run_dir: str):
+  """(cascade config cut to this stage, the stage's config) with the overrides applied."""
+  from vdm_jax import demo  # pylint: disable=g-import-not-at-top
+  data_dir = _DATA_DIR.value or os.path.join(run_dir, "data")
+  config = demo.demo_config(os.path.join(ROOT, "configs", "demo.py"), run_dir, 1.0)
+  order = list(config.cascade.order)
+  config.cascade.order = tuple(order[:order.index(_STAGE.value) + 1])
+  stage = config.cascade.stages[_STAGE.value]
+  for c in [config] + [config.cascade.stages[n] for n in config.cascade.order]:
+    c.data.data_dir = data_dir
+  store = "text_store" + ("_" + _VARIANT.value if _REWRITE.value else "") + ".safetensors"
+  stage.text.store_path = os.path.join(run_dir, store)
+  t = stage.train
+  t.num_steps = _STEPS.value
+  t.checkpoint_every = min(_eval_steps() + [_STEPS.value])
+  t.keep_every = t.checkpoint_every
+  t.warmup_steps = min(int(t.warmup_steps), max(1, _STEPS.value // 10))
+  _override(stage, _SET.value)
+  from vdm_jax import config_utils  # pylint: disable=g-import-not-at-top
+  config_utils.validate_config(stage)
+  return config, stage
+
+
+def _eval_steps() -> list:
+  return sorted(int(s) for s in _EVAL_STEPS.value) or [_STEPS.value]
+
+
+def workdir_of(run_dir: str) -> str:
+  return os.path.join(run_dir, _VARIANT.value, _STAGE.value)
+
+
+def cpu_seconds_file(workdir: str) -> str:
+  return os.path.join(workdir, "cpu_seconds.json")
+
+
+def train(run_dir: str) -> None:
+  from vdm_jax import demo  # pylint: disable=g-import-not-at-top
+  from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
+  from vdm_jax.train import loop  # pylint: disable=g-import-not-at-top
+  _, stage = run_config(run_dir)
+  build.build_dataset(stage)
+  workdir = workdir_of(run_dir)
+  done = demo._latest_step(workdir)  # pylint: disable=protected-access
+  if done >= _STEPS.value:
+    print(f"{_VARIANT.value}: trained to step {done}.", flush=True)
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = cpu_seconds_file(workdir)
+  spent = {}
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      spent = json.load(f)
+  cpu0, wall0 = time.process_time(), time.perf_counter()
+
+  # Record CPU seconds at every checkpoint: wrap the loop's save.
+  original = loop.save_if_good
+
+  def save_if_good(checkpointer, step, state, data_iter, config):
+    ok = original(checkpointer, step, state, data_iter, config)
+    if ok:
+      spent[str(step)] = {"cpu_s": spent.get("_cpu_base", 0.0) + time.process_time() - cpu0,
+                          "wall_s": spent.get("_wall_base", 0.0) + time.perf_counter() - wall0}
+      with open(path, "w", encoding="utf-8") as f:
+        json.dump(spent, f)
+    return ok
+
+  last = spent.get(str(done), {})
+  spent["_cpu_base"], spent["_wall_base"] = last.get("cpu_s", 0.0), last.get("wall_s", 0.0)
+  loop.save_if_good = save_if_good
+  loop.train_and_evaluate(stage, workdir)
+
+
+def caption_swap_gap(stage, config, *, num_clips: int) -> dict:
+  """x-MSE of the EMA model on real test clips with their caption vs one word swapped."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vdm_jax import cascade_eval, sampling  # pylint: disable=g-import-not-at-top
+  from vdm_jax.data import build, procedural  # pylint: disable=g-import-not-at-top
+  c = stage.config
+  real = build.load_split_examples(c, "test", num_clips)
+  clips = cascade_eval.real_at_geometry(real["video"], float(real["fps"][0]), c)
+  x = clips.astype(np.float32) / 127.5 - 1.0
+  prompts = list(real["caption"])
+  opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
+  colors, shapes = procedural.COLOR_NAMES, tuple(procedural.SHAPES)
+
+  def swap(p, kind):
+    words = p.split(" ")
+    for i, w in enumerate(words):
+      if kind == "motion" and w in opposite:
+        words[i] = opposite[w]
+        return " ".join(words)
+      if kind == "shape" and w in shapes:
+        words[i] = shapes[(shapes.index(w) + 1) % len(shapes)]
+        return " ".join(words)
+      if kind == "color" and w in colors:
+        words[i] = colors[(colors.index(w) + 1) % len(colors)]
+        return " ".join(words)
+    return None
+
+  @jax.jit
+  def xhat(params, z, logsnr, cond):
+    out = stage.model.apply({"params": params}, z, logsnr, **cond, train=False)
+    from vdm_jax.diffusion import parameterization as par  # pylint: disable=g-import-not-at-top
+    return par.to_x_and_eps(prediction=c.diffusion.prediction, model_output=out, z=z,
+                            logsnr=logsnr)[0]
+
+  key = jax.random.key(7)
+  noise = np.asarray(jax.random.normal(key, x.shape), np.float32)
+  result = {}
+  for kind in ("motion", "shape", "color"):
+    rows = [i for i, p in enumerate(prompts) if swap(p, kind) is not None]
+    if not rows:
+      continue
+    own = [prompts[i] for i in rows]
+    other = [swap(prompts[i], kind) for i in rows]
+    errs = {}
+    for label, caps in (("own", own), ("swapped", other)):
+      cond, _ = sampling.stage_conditioning(stage, prompts=caps, n=len(rows))
+      for lam in _SWAP_LOGSNR:
+        alpha = np.sqrt(1 / (1 + np.exp(-lam)))
+        sigma = np.sqrt(1 / (1 + np.exp(lam)))
+        z = alpha * x[rows] + sigma * noise[rows]
+        logsnr = np.full((len(rows),), lam, np.float32)
+        pred = np.asarray(xhat(stage.params, z, logsnr, cond))
+        errs[(label, lam)] = float(np.mean((pred - x[rows]) ** 2))
+    result[kind] = {str(lam): round(errs[("swapped", lam)] / errs[("own", lam)] - 1, 4)
+                    for lam in _SWAP_LOGSNR}
+    result[kind]["clips"] = len(rows)
+  return result
+
+
+def sr_eval(config, c, workdir: str, step: int) -> dict:
+  """An SR stage fed the real low-res test clips: MSE to the real clip and detector reads."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from experiments.cascade import sr_fidelity  # pylint: disable=g-import-not-at-top
+  from vdm_jax import cascade_eval, sampling  # pylint: disable=g-import-not-at-top
+  from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
+  names = list(config.cascade.order)
+  prev = config.cascade.stages[names[names.index(_STAGE.value) - 1]]
+  real = build.load_split_examples(c, "test", _EVAL_VIDEOS.value)
+  fps = float(real["fps"][0])
+  high = cascade_eval.real_at_geometry(real["video"], fps, c).astype(np.float32) / 127.5 - 1
+  low = cascade_eval.real_at_geometry(real["video"], fps, prev).astype(np.float32) / 127.5 - 1
+  captions = list(real["caption"])
+  stage = sampling.load_stage(c, workdir, step=step)
+  videos = sampling.sample_stage_batched(stage, key=jax.random.key(0), prompts=captions,
+                                         lowres=low, batch_size=16)
+  naive = sr_fidelity.naive_upsample(low, high.shape)
+  return {"mse": float(np.mean((videos - high) ** 2)),
+          "naive_mse": float(np.mean((naive - high) ** 2)),
+          "read": sr_fidelity.read(videos, captions, float(c.fps)),
+          "naive_read": sr_fidelity.read(naive, captions, float(c.fps))}
+
+
+def evaluate(run_dir: str, step: int) -> dict:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vdm_jax import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
+  from vdm_jax import cascade_eval, sampling  # pylint: disable=g-import-not-at-top
+  config, stage_cfg = run_config(run_dir)
+  workdir = workdir_of(run_dir)
+  out = {"variant": _VARIANT.value, "stage": _STAGE.value, "step": step, "set": _SET.value,
+         "rewrite": _REWRITE.value}
+  path = cpu_seconds_file(workdir)
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      out.update(json.load(f).get(str(step), {}))
+  start = time.perf_counter()
+  if _STAGE.value == "base":
+    config.cascade.stages["base"] = stage_cfg
+    cascade = cascade_lib.Cascade.from_config(config, os.path.join(run_dir, _VARIANT.value),
+                                              steps={"base": step})
+    config.eval.fvd = False
+    scores = cascade_eval.score_held_out(config, cascade, num_videos=_EVAL_VIDEOS.value,
+                                         batch_size=16)[0]
+    st = scores["stages"]["base"]
+    out["caption_accuracy"] = st["caption_accuracy"]
+    out["caption_accuracy_held_out"] = st.get("caption_accuracy_held_out")
+    out["consistency"] = st.get("consistency")
+    stage = cascade.stages[0]
+    out["swap_gap"] = caption_swap_gap(stage, stage_cfg, num_clips=_EVAL_VIDEOS.value)
+  else:
+    out.update(sr_eval(config, stage_cfg, workdir, step))
+  out["eval_seconds"] = round(time.perf_counter() - start, 1)
+  del np
+  return out
+
+
+def main(argv):
+  del argv
+  run_dir = os.path.abspath(_RUN_DIR.value)
+  os.makedirs(run_dir, exist_ok=True)
+  install_rewrite(_rewrites())
+  if _PHASE.value in ("train", "all"):
+    train(run_dir)
+  if _PHASE.value in ("eval", "all"):
+    from vdm_jax import demo  # pylint: disable=g-import-not-at-top
+    done = demo._latest_step(workdir_of(run_dir))  # pylint: disable=protected-access
+    for step in _eval_steps():
+      if step > done:
+        print(f"step {step} not trained yet (latest {done}); skipped.", flush=True)
+        continue
+      r = evaluate(run_dir, step)
+      print(json.dumps(r), flush=True)
+      with open(_OUT.value, "a", encoding="utf-8") as f:
+        f.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
