@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from test_cascade_sampling import FakeTextEncoder, save_random_checkpoint, tiny_cascade_config
+from cascade_testlib import FakeTextEncoder, save_random_checkpoint, tiny_cascade_config
 from vdm_jax import cascade, conditional, sampling
 from vdm_jax import diffusion as d
 

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from test_cascade_sampling import (GEOMETRY, PROMPTS, FakeTextEncoder,
+from cascade_testlib import (GEOMETRY, PROMPTS, FakeTextEncoder,
                                    save_random_checkpoint, tiny_cascade_config)
 from vdm_jax import cascade, sampling
 from vdm_jax.train import checkpoint as ckpt_lib

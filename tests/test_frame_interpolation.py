@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import test_cascade_sampling as tcs
+import cascade_testlib as tcs
 from configs import default, imagen_video
 from vdm_jax import cascade, config_utils, sampling
 from vdm_jax.models import conditioning, unet_presets, unet_spec
@@ -155,14 +155,14 @@ def test_loss_feeds_masked_frames_and_trains_the_new_channels():
            "is_image": np.array([False, False, False, True]),
            "text_emb": rng.standard_normal((4, 5, 16)).astype(np.float32),
            "text_mask": np.ones((4, 5), bool)}
-  seen = tcs._inputs_seen_by_model(loss_config(False), batch)  # pylint: disable=protected-access
+  seen = tcs.inputs_seen_by_model(loss_config(False), batch)
   mask = np.asarray(seen["frame_mask"])
   allowed = [[1, 0, 1, 0], [1, 0, 0, 0]]
   assert all(row.astype(int).tolist() in allowed for row in mask[:3])
   assert not mask[3].any()                                      # images: nothing known
   np.testing.assert_array_equal(seen["frame_cond"],
                                 np.where(mask[..., None, None, None], batch["video"], 0.0))
-  seen = tcs._inputs_seen_by_model(loss_config(True), batch)  # pylint: disable=protected-access
+  seen = tcs.inputs_seen_by_model(loss_config(True), batch)
   m = np.asarray(seen["frame_mask"])[..., None, None, None]
   assert seen["cond_aug_logsnr"].shape == (4,)
   assert np.all(np.asarray(seen["frame_cond"])[~np.broadcast_to(m, batch["video"].shape)] == 0)

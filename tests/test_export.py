@@ -1,0 +1,115 @@
+"""Exported cascades (vdm_jax/export.py): EMA parameters as safetensors, configs as JSON, a
+manifest of sha256s; a changed, truncated or missing file is refused naming it."""
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from cascade_testlib import (PROMPTS, FakeTextEncoder, save_random_checkpoint,
+                             tiny_cascade_config)
+from vdm_jax import cascade, export
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("trained"))
+  config = tiny_cascade_config(os.path.join(root, "data"))
+  for i, (name, c) in enumerate(cascade.stage_configs(config)):
+    save_random_checkpoint(c, cascade.stage_workdir(root, name), seed=i)
+  out = str(tmp_path_factory.mktemp("exported"))
+  manifest = export.export_cascade(config, root, out, compute={"base": {"steps": 1}},
+                                   recipe={"command": "test"},
+                                   devices=jax.devices()[:1])
+  trained = cascade.Cascade.from_config(config, root, text_encoder=FakeTextEncoder(),
+                                        devices=jax.devices()[:1])
+  return config, out, manifest, trained
+
+
+def _copy(src, tmp_path):
+  dst = str(tmp_path / "copy")
+  shutil.copytree(src, dst)
+  return dst
+
+
+def test_round_trip_gives_the_trained_cascade(exported):
+  _, out, manifest, trained = exported
+  assert manifest["order"] == ["base", "tsr1", "ssr1"]
+  assert manifest["stages"]["base"]["compute"] == {"steps": 1}
+  assert manifest["recipe"]["command"] == "test"
+  assert set(manifest["sha256"]) == {f"{n}/{f}" for n in manifest["order"]
+                                     for f in (export.PARAMS, export.CONFIG)}
+  loaded = export.load_cascade(out, text_encoder=FakeTextEncoder(), devices=jax.devices()[:1])
+  assert loaded.names == trained.names
+  for a, b in zip(loaded.stages, trained.stages):
+    assert a.step == b.step == 1
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(a.params),
+                 jax.device_get(b.params))
+  assert loaded.settings == trained.settings
+  np.testing.assert_array_equal(loaded.sample(PROMPTS[:1])["ssr1"],
+                                trained.sample(PROMPTS[:1])["ssr1"])
+
+
+def test_a_flipped_byte_is_refused_naming_the_file(exported, tmp_path):
+  _, out, _, _ = exported
+  copy = _copy(out, tmp_path)
+  path = os.path.join(copy, "tsr1", export.PARAMS)
+  data = bytearray(open(path, "rb").read())
+  data[len(data) // 2] ^= 0x40
+  open(path, "wb").write(bytes(data))
+  with pytest.raises(export.IntegrityError, match=r"tsr1/params.safetensors is corrupt"):
+    export.load_cascade(copy, text_encoder=FakeTextEncoder(), devices=jax.devices()[:1])
+
+
+def test_a_truncated_or_missing_file_is_refused(exported, tmp_path):
+  _, out, _, _ = exported
+  copy = _copy(out, tmp_path)
+  path = os.path.join(copy, "base", export.PARAMS)
+  data = open(path, "rb").read()
+  open(path, "wb").write(data[:len(data) // 3])
+  with pytest.raises(export.IntegrityError, match=r"base/params.safetensors is corrupt"):
+    export.verify(copy)
+  os.remove(path)
+  with pytest.raises(export.IntegrityError, match=r"base/params.safetensors is missing"):
+    export.verify(copy)
+
+
+def test_a_changed_config_is_refused(exported, tmp_path):
+  _, out, _, _ = exported
+  copy = _copy(out, tmp_path)
+  path = os.path.join(copy, "ssr1", export.CONFIG)
+  config = json.load(open(path))
+  config["sample"]["num_steps"] = 99
+  json.dump(config, open(path, "w"))
+  with pytest.raises(export.IntegrityError, match=r"ssr1/config.json is corrupt"):
+    export.verify(copy)
+
+
+def test_parameters_of_another_model_are_refused(exported, tmp_path):
+  """A consistent manifest whose params file holds another model's tree: refused naming the
+  differing parameters, before anything is sampled."""
+  _, out, _, _ = exported
+  copy = _copy(out, tmp_path)
+  manifest = json.load(open(os.path.join(copy, export.MANIFEST)))
+  path = os.path.join(copy, "base", export.CONFIG)
+  config = json.load(open(path))
+  config["model"]["base_channels"] = 16
+  json.dump(config, open(path, "w"))
+  manifest["sha256"]["base/config.json"] = export.sha256_file(path)
+  json.dump(manifest, open(os.path.join(copy, export.MANIFEST), "w"))
+  with pytest.raises(export.IntegrityError, match=r"does not hold the parameters.*shapes differ"):
+    export.load_cascade(copy, text_encoder=FakeTextEncoder(), devices=jax.devices()[:1])
+
+
+def test_manifest_format_is_checked(exported, tmp_path):
+  _, out, _, _ = exported
+  copy = _copy(out, tmp_path)
+  with open(os.path.join(copy, export.MANIFEST), "w") as f:
+    f.write('{"format": "something else"}')
+  with pytest.raises(export.IntegrityError, match="not a vdm_jax.exported_cascade manifest"):
+    export.verify(copy)
+  os.remove(os.path.join(copy, export.MANIFEST))
+  with pytest.raises(export.IntegrityError, match="manifest.*missing"):
+    export.verify(copy)

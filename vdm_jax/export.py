@@ -1,0 +1,318 @@
+"""Exported stages: EMA parameters as safetensors, each stage's config as JSON, one manifest.
+
+An exported cascade is a directory (the demo cascade ships one inside the package,
+`vdm_jax/assets/demo_cascade/`):
+
+    manifest.json                  format, version, stage order, per stage its files, training
+                                   steps and compute, the recipe (config, command, commit), and
+                                   the sha256 of EVERY file it lists
+    <name>/params.safetensors      the stage's EMA parameters, one tensor per parameter named by
+                                   its path ("down0_res0/conv1/kernel"), float32
+    <name>/config.json             the stage's full experiment config (model, diffusion, sample...)
+
+Extra stages (a distilled student beside the stage it replaces) are listed under
+`manifest["distilled"]` the same way. Nothing is unpickled: safetensors holds raw arrays and a
+JSON header. Every file's sha256 is checked against the manifest *before* it is parsed, so a
+flipped bit or a truncated file is refused with `IntegrityError` naming the file, and a
+parameter tree that does not match the model its config builds is refused naming the
+differing parameters.
+"""
+import hashlib
+import json
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+
+FORMAT = "vdm_jax.exported_cascade"
+VERSION = 1
+MANIFEST = "manifest.json"
+PARAMS = "params.safetensors"
+CONFIG = "config.json"
+_CHUNK = 1 << 20
+
+
+class IntegrityError(ValueError):
+  """An exported file is missing, or its bytes are not the ones the manifest records."""
+
+
+def sha256_file(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(_CHUNK), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def flatten_params(params: Any) -> dict[str, np.ndarray]:
+  """Nested parameter dicts -> {'a/b/c': float32 numpy array} (keys sorted)."""
+  out = {}
+
+  def walk(tree, prefix):
+    if isinstance(tree, Mapping):
+      for k in sorted(tree):
+        walk(tree[k], f"{prefix}{k}/")
+    else:
+      out[prefix.rstrip("/")] = np.asarray(jax.device_get(tree), np.float32)
+  walk(params, "")
+  return out
+
+
+def unflatten_params(flat: Mapping[str, np.ndarray]) -> dict:
+  """{'a/b/c': array} -> nested dicts."""
+  tree: dict = {}
+  for key, value in flat.items():
+    node = tree
+    *path, last = key.split("/")
+    for part in path:
+      node = node.setdefault(part, {})
+    node[last] = value
+  return tree
+
+
+def _read_json(path: str, what: str) -> dict:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except FileNotFoundError as e:
+    raise IntegrityError(f"{what} {path} is missing.") from e
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise IntegrityError(f"{what} {path} is unreadable or not JSON ({e}).") from e
+
+
+def _write_json(path: str, payload: dict) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(payload, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def write_stage(directory: str, name: str, params: Any, config) -> dict:
+  """Writes `<directory>/<name>/params.safetensors` and `config.json`; returns the manifest
+  entry {"params": rel path, "config": rel path, "num_params": n}."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  from vdm_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.join(directory, name), exist_ok=True)
+  flat = flatten_params(params)
+  rel_params, rel_config = f"{name}/{PARAMS}", f"{name}/{CONFIG}"
+  save_file(flat, os.path.join(directory, rel_params), metadata={"format": FORMAT})
+  _write_json(os.path.join(directory, rel_config), ckpt_lib.config_to_dict(config))
+  return {"params": rel_params, "config": rel_config,
+          "num_params": int(sum(v.size for v in flat.values()))}
+
+
+def write_manifest(directory: str, manifest: dict) -> dict:
+  """Adds format, version and the sha256 of every file the stage entries list; writes it."""
+  manifest = dict(manifest, format=FORMAT, version=VERSION)
+  files = {}
+  for entry in _entries(manifest).values():
+    for key in ("params", "config"):
+      files[entry[key]] = sha256_file(os.path.join(directory, entry[key]))
+  manifest["sha256"] = files
+  _write_json(os.path.join(directory, MANIFEST), manifest)
+  return manifest
+
+
+def _entries(manifest: dict) -> dict:
+  """{label: stage entry} of the stages and the distilled extras ('base' / 'base distilled')."""
+  out = {n: e for n, e in manifest.get("stages", {}).items()}
+  out.update({f"{n} distilled": e for n, e in manifest.get("distilled", {}).items()})
+  return out
+
+
+def read_manifest(directory: str) -> dict:
+  """The manifest of an exported cascade, checked for format and version."""
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"No exported cascade at {directory}.")
+  manifest = _read_json(os.path.join(directory, MANIFEST), "The manifest")
+  if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+    raise IntegrityError(f"{directory}/{MANIFEST} is not a {FORMAT} manifest of version "
+                         f"{VERSION} (format {manifest.get('format')!r}, version "
+                         f"{manifest.get('version')!r}).")
+  return manifest
+
+
+def verify_file(directory: str, manifest: dict, rel: str) -> str:
+  """The absolute path of `rel` after checking its sha256 against the manifest."""
+  want = manifest.get("sha256", {}).get(rel)
+  path = os.path.join(directory, rel)
+  if want is None:
+    raise IntegrityError(f"{path} is not listed with a sha256 in {directory}/{MANIFEST}.")
+  if not os.path.isfile(path):
+    raise IntegrityError(f"{path} is missing (listed in {directory}/{MANIFEST}).")
+  got = sha256_file(path)
+  if got != want:
+    raise IntegrityError(
+        f"{path} is corrupt: its sha256 is {got}, the manifest records {want}. The file was "
+        "changed or damaged after export; restore it (e.g. reinstall the package, or git "
+        "checkout the file) or export the stage again.")
+  return path
+
+
+def verify(directory: str) -> dict:
+  """Checks every file of an exported cascade; returns its manifest."""
+  manifest = read_manifest(directory)
+  for entry in _entries(manifest).values():
+    for key in ("params", "config"):
+      verify_file(directory, manifest, entry[key])
+  return manifest
+
+
+def _load_params(path: str) -> dict:
+  from safetensors import SafetensorError  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  try:
+    return load_file(path)
+  except (SafetensorError, OSError, ValueError) as e:
+    raise IntegrityError(f"{path} is not a readable safetensors file ({e}).") from e
+
+
+def _check_tree(flat: Mapping[str, np.ndarray], abstract: Mapping[str, Any], path: str) -> None:
+  missing = sorted(set(abstract) - set(flat))
+  extra = sorted(set(flat) - set(abstract))
+  shapes = sorted(k for k in set(flat) & set(abstract)
+                  if tuple(flat[k].shape) != tuple(abstract[k].shape))
+  if missing or extra or shapes:
+    def show(keys):
+      return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+    parts = [f"missing {show(missing)}" if missing else "",
+             f"unexpected {show(extra)}" if extra else "",
+             "shapes differ for " + show([f"{k} {tuple(flat[k].shape)} vs "
+                                          f"{tuple(abstract[k].shape)}" for k in shapes])
+             if shapes else ""]
+    raise IntegrityError(f"{path} does not hold the parameters of the model its config.json "
+                         f"builds: {'; '.join(p for p in parts if p)}.")
+
+
+def load_stage(directory: str, entry: dict, manifest: dict, *,
+               text_encoder: Optional[Any] = None,
+               devices: Optional[Sequence[Any]] = None, step: int = 0):
+  """A `sampling.Stage` from one manifest entry (both files verified first)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from vdm_jax import sampling  # pylint: disable=g-import-not-at-top
+  from vdm_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  from vdm_jax.models.unet import SpaceTimeUNet  # pylint: disable=g-import-not-at-top
+  from vdm_jax.train import objective  # pylint: disable=g-import-not-at-top
+  config_path = verify_file(directory, manifest, entry["config"])
+  params_path = verify_file(directory, manifest, entry["params"])
+  config = ml_collections.ConfigDict(_read_json(config_path, "The stage config"))
+  mesh = sharding_lib.create_mesh(config.sharding, devices)
+  rules = sharding_lib.logical_rules(config.sharding)
+  model = SpaceTimeUNet(config=config.model)
+  init_fn = objective.init_params_fn(config, model=model,
+                                     batch_like=sampling.example_batch(config))
+  abstract = jax.eval_shape(init_fn, jax.random.key(0))
+  shardings = sharding_lib.logical_shardings(abstract, mesh, rules)
+  flat = _load_params(params_path)
+  _check_tree(flat, flatten_abstract(nn.unbox(abstract)), params_path)
+  params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s),
+                        unflatten_params(flat), shardings)
+  if text_encoder is None and objective.needs_text(config.model):
+    from vdm_jax import text  # pylint: disable=g-import-not-at-top
+    text_encoder = text.load_text_encoder(config.text)
+  return sampling.Stage(config=config, model=model, params=params,
+                        step=int(entry.get("step", step)), mesh=mesh,
+                        param_shardings=shardings, text_encoder=text_encoder)
+
+
+def flatten_abstract(tree: Any) -> dict:
+  out = {}
+
+  def walk(t, prefix):
+    if isinstance(t, Mapping):
+      for k in t:
+        walk(t[k], f"{prefix}{k}/")
+    else:
+      out[prefix.rstrip("/")] = t
+  walk(tree, "")
+  return out
+
+
+def load_cascade(directory: str, *, distilled: bool = False,
+                 text_encoder: Optional[Any] = None,
+                 devices: Optional[Sequence[Any]] = None, cascade_seed: int = 0):
+  """The `Cascade` of an exported directory (every file verified first). With
+  `distilled=True`, every stage that has a distilled student is replaced by it (sampling at
+  the student's step count, the stage's guidance weight as its input)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from vdm_jax import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
+  manifest = verify(directory)
+  names = list(manifest["order"])
+  stages, settings = [], []
+  for i, name in enumerate(names):
+    entry = manifest["stages"][name]
+    student = manifest.get("distilled", {}).get(name) if distilled else None
+    stage = load_stage(directory, student or entry, manifest, text_encoder=text_encoder,
+                       devices=devices)
+    if stage.text_encoder is not None:
+      text_encoder = stage.text_encoder
+    s = cascade_lib.StageSampling.from_config(stage.config, index=i, cascade_seed=cascade_seed)
+    if student is not None:   # the teacher stage's sampling, at the student's step count
+      teacher = _read_json(os.path.join(directory, entry["config"]), "The stage config")
+      import ml_collections  # pylint: disable=g-import-not-at-top
+      base = cascade_lib.StageSampling.from_config(ml_collections.ConfigDict(teacher), index=i,
+                                                   cascade_seed=cascade_seed)
+      s = dataclasses.replace(
+          base, num_steps=int(stage.config.sample.num_steps),
+          guidance_schedule="constant" if stage.takes_guidance_weight else base.guidance_schedule)
+    stages.append(stage)
+    settings.append(s)
+  return cascade_lib.Cascade(names, stages, settings)
+
+
+def git_commit(path: str) -> str:
+  """The commit of the checkout holding `path` ('' when it is not a git checkout)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  try:
+    out = subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True,
+                         text=True, timeout=10, check=False)
+    dirty = subprocess.run(["git", "-C", path, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=10, check=False)
+  except (OSError, subprocess.SubprocessError):
+    return ""
+  commit = out.stdout.strip() if out.returncode == 0 else ""
+  return commit + ("+uncommitted" if commit and dirty.stdout.strip() else "")
+
+
+def export_cascade(config, root: str, directory: str, *, distilled: Optional[Mapping] = None,
+                   compute: Optional[Mapping] = None, recipe: Optional[dict] = None,
+                   steps: Optional[Mapping[str, int]] = None,
+                   devices: Optional[Sequence[Any]] = None) -> dict:
+  """Exports the EMA parameters of every stage of cascade `config` trained under
+  `<root>/<name>` (latest checkpoint, or `steps[name]`) and of distilled students
+  (`distilled` {stage name: round directory}) to `directory`; returns the manifest.
+
+  `compute` {label: {...}} is recorded per stage (steps, CPU / wall seconds, machine);
+  `recipe` (config name, command, commit) for the whole cascade.
+  """
+  from vdm_jax import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
+  from vdm_jax import sampling  # pylint: disable=g-import-not-at-top
+  os.makedirs(directory, exist_ok=True)
+  manifest: dict = {"order": [], "stages": {}, "distilled": {}, "recipe": dict(recipe or {})}
+  compute = dict(compute or {})
+  for name, c in cascade_lib.stage_configs(config):
+    stage = sampling.load_stage(c, cascade_lib.stage_workdir(root, name),
+                                step=(steps or {}).get(name), text_encoder=_NO_TEXT,
+                                devices=devices)
+    entry = write_stage(directory, name, stage.params, stage.config)
+    entry.update(step=int(stage.step), compute=compute.get(name, {}))
+    manifest["order"].append(name)
+    manifest["stages"][name] = entry
+  for name, round_dir in dict(distilled or {}).items():
+    stage = sampling.load_stage_from_workdir(round_dir, text_encoder=_NO_TEXT, devices=devices)
+    entry = write_stage(directory, f"{name}_distilled", stage.params, stage.config)
+    entry.update(step=int(stage.step), compute=compute.get(f"{name} distilled", {}),
+                 round=os.path.basename(os.path.normpath(round_dir)))
+    manifest["distilled"][name] = entry
+  return write_manifest(directory, manifest)
+
+
+class _NoText:
+  """Stands in for a text encoder where only the parameters are wanted."""
+  dim = 0
+
+
+_NO_TEXT = _NoText()
