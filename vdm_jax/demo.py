@@ -1,19 +1,26 @@
-"""`make demo`: build moving shapes, train a text-to-video cascade on a CPU, sample and evaluate it.
+"""`make demo` and `make demo-train`: the trained demo cascade that ships with vdm_jax.
 
-    python -m vdm_jax.demo [--out=demo_out] [--budget=1.0] [--config=configs/demo.py]
+    python -m vdm_jax.demo [--out=demo_out] [--weights=<exported cascade dir>]     # make demo
+    python -m vdm_jax.demo --train [--out=demo_train] [--budget=1.0] \
+        [--export=vdm_jax/assets/demo_cascade]                                    # make demo-train
 
-The cascade of configs/demo.py (base -> tsr1 -> ssr1 at CPU scale) is trained stage by stage,
-each for its `train.num_steps` times --budget, then sampled end to end. Writes, under --out:
-  data/                  the moving_shapes dataset (tfds, array_record)
-  text_store.safetensors MiniLM embeddings of every training caption (shared by the stages)
-  cascade/<stage>/       each stage's checkpoints, metrics.jsonl, TensorBoard events
+`make demo` trains nothing: it verifies and loads the cascade exported under
+`vdm_jax/assets/demo_cascade/` (EMA parameters as safetensors, each stage's config as JSON, a
+manifest with the sha256 of every file and the recipe that made them; `vdm_jax/export.py`),
+builds the moving-shapes test split, samples the demo prompts through the cascade (and through
+the cascade with the distilled base), samples and evaluates the held-out test prompts with the
+moving-shapes detectors and FVD, and writes under --out:
   samples/<i>_<stage>/   the demo prompts after every stage (GIF + MP4), samples/final/
-  index.html             the gallery: every stage of every demo prompt and of held-out test
-                         prompts beside a real clip, and the figures (caption accuracy of every
-                         stage read by the detectors, FVD of the final stage, timings)
-  gifs/, eval.json, demo.json (timings, budget, load average, accuracy)
-Each step is the library call that the matching `python -m vdm_jax.main --mode=...` makes.
-Re-running resumes: a stage whose checkpoint already reached its steps is not retrained.
+  index.html             the gallery: every stage of every demo prompt and of the held-out test
+                         prompts beside a real clip, and the figures
+  gifs/, eval.json, demo.json (timings, accuracy per stage; the shipped recipe)
+
+`--train` reproduces the shipped cascade from scratch with the recipe of configs/demo.py: it
+builds the data, trains the stages (each for `train.num_steps` times --budget), distills the
+base, exports the result to --export (default <out>/exported; give
+`--export=vdm_jax/assets/demo_cascade` to replace what `make demo` loads) and then shows it as
+above. Rerunning resumes every stage from its last checkpoint. It runs unchanged on a GPU or TPU
+(jax picks the accelerator).
 """
 import json
 import os
@@ -30,6 +37,13 @@ _OUT = flags.DEFINE_string("out", "demo_out", "Output directory.")
 _BUDGET = flags.DEFINE_float("budget", 1.0, "Multiplies every stage's train.num_steps.")
 _CONFIG = flags.DEFINE_string("config", "configs/demo.py", "Cascade config (a get_config module).")
 _NUM_VIDEOS = flags.DEFINE_integer("num_videos", None, "Held-out prompts to evaluate.")
+_TRAIN = flags.DEFINE_bool("train", False, "Train the cascade from scratch (the recipe of "
+                            "--config), export it to --export and show it.")
+_WEIGHTS = flags.DEFINE_string("weights", "", "Exported cascade to load (default: the one "
+                               "vdm_jax ships, vdm_jax/assets/demo_cascade).")
+_EXPORT = flags.DEFINE_string("export", "", "--train: export the trained cascade here (default "
+                              "<out>/exported; vdm_jax/assets/demo_cascade replaces the shipped "
+                              "one that `make demo` loads).")
 _DISTILL = flags.DEFINE_bool(
     "distill", True, "Also distill one stage (config `demo` section: guided + progressive "
     "distillation) and show the cascade with the distilled stage beside the trained one.")
@@ -103,36 +117,72 @@ def _latest_step(workdir: str) -> int:
   return max(steps, default=0)
 
 
-def main(argv):
-  del argv
-  from vdm_jax import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
-  from vdm_jax import cascade_eval  # pylint: disable=g-import-not-at-top
-  from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
-  from vdm_jax.train import loop  # pylint: disable=g-import-not-at-top
-  out = _OUT.value
-  config = demo_config(_CONFIG.value, out, _BUDGET.value)
-  root = os.path.join(out, "cascade")
-  timings, cpu, loads = {}, {}, {}
+def packaged_weights() -> str:
+  """The exported demo cascade that ships inside the package."""
+  return os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo_cascade")
 
-  def run(name, fn):
+
+class _Runner:
+  """Runs the demo's phases with a header, wall / CPU seconds and the load average each."""
+
+  def __init__(self):
+    self.timings, self.cpu, self.loads = {}, {}, {}
+
+  def __call__(self, name, fn):
     print(f"\n== {name} ==", flush=True)
     start, start_cpu = time.perf_counter(), time.process_time()
     result = fn()
-    timings[name] = round(time.perf_counter() - start, 1)
-    cpu[name] = round(time.process_time() - start_cpu, 1)   # all threads: load-independent
-    loads[name] = round(os.getloadavg()[0], 1)
-    print(f"== {name}: {timings[name]:.0f}s wall, {cpu[name]:.0f}s CPU (load average "
-          f"{loads[name]}) ==", flush=True)
+    self.timings[name] = round(time.perf_counter() - start, 1)
+    self.cpu[name] = round(time.process_time() - start_cpu, 1)   # all threads
+    self.loads[name] = round(os.getloadavg()[0], 1)
+    print(f"== {name}: {self.timings[name]:.0f}s wall, {self.cpu[name]:.0f}s CPU (load average "
+          f"{self.loads[name]}) ==", flush=True)
     return result
 
+
+def _compute_path(workdir: str) -> str:
+  return os.path.join(workdir, "compute.json")
+
+
+def read_compute(workdir: str) -> dict:
+  """{'steps', 'cpu_s', 'wall_s', 'machine'} spent training a stage so far (over resumes)."""
+  path = _compute_path(workdir)
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _train_stage(c, workdir: str) -> None:
+  """Trains (or resumes) one stage and adds the CPU / wall seconds spent to compute.json."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from vdm_jax.train import loop  # pylint: disable=g-import-not-at-top
+  before = read_compute(workdir)
+  start, start_cpu = time.perf_counter(), time.process_time()
+  loop.train_and_evaluate(c, workdir)
+  os.makedirs(workdir, exist_ok=True)
+  record = {"steps": _latest_step(workdir),
+            "cpu_s": round(before.get("cpu_s", 0.0) + time.process_time() - start_cpu, 1),
+            "wall_s": round(before.get("wall_s", 0.0) + time.perf_counter() - start, 1),
+            "machine": f"{os.cpu_count()} CPU cores" if jax.default_backend() == "cpu"
+                       else f"{jax.device_count()} x {jax.devices()[0].device_kind}"}
+  with open(_compute_path(workdir), "w", encoding="utf-8") as f:
+    json.dump(record, f, indent=2)
+
+
+def train_cascade(config, out: str, run: _Runner) -> tuple[str, Optional[str]]:
+  """`--train`: builds the data, trains every stage and distills the base (resuming what is
+  done). Returns (the cascade root, the last distillation round or None)."""
+  from vdm_jax import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
+  from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
+  root = os.path.join(out, "cascade")
   run("build data", lambda: build.build_dataset(config))
   for name, c in cascade_lib.stage_configs(config):
     workdir = cascade_lib.stage_workdir(root, name)
     if _latest_step(workdir) >= int(c.train.num_steps):
       print(f"{name}: already trained to step {_latest_step(workdir)}; not retraining.")
       continue
-    run(f"train {name} ({c.train.num_steps} steps)",
-        lambda c=c, w=workdir: loop.train_and_evaluate(c, w))
+    run(f"train {name} ({c.train.num_steps} steps)", lambda c=c, w=workdir: _train_stage(c, w))
   round_dir = None
   if _DISTILL.value and config.get("demo") is not None:
     from vdm_jax.distill import run as distill_run  # pylint: disable=g-import-not-at-top
@@ -141,24 +191,80 @@ def main(argv):
     dwork = os.path.join(root, f"{name}_distilled")
     round_dir = last_round(dwork)
     if round_dir is None:
+      def distill():
+        start, start_cpu = time.perf_counter(), time.process_time()
+        distill_run.run_distillation(dcfg, dwork, cascade_lib.stage_workdir(root, name))
+        with open(_compute_path(dwork), "w", encoding="utf-8") as f:
+          json.dump({"cpu_s": round(time.process_time() - start_cpu, 1),
+                     "wall_s": round(time.perf_counter() - start, 1),
+                     "steps": int(dcfg.distill.guided_steps) + int(
+                         dcfg.distill.steps_per_round) * len(_rounds(dwork))}, f, indent=2)
       run(f"distill {name} ({dcfg.distill.start_steps} -> {dcfg.distill.end_steps} steps)",
-          lambda: distill_run.run_distillation(dcfg, dwork,
-                                               cascade_lib.stage_workdir(root, name)))
+          distill)
       round_dir = last_round(dwork)
     else:
       print(f"{name}: already distilled ({round_dir}); not redistilling.")
-  cascade = run("load cascade", lambda: cascade_lib.Cascade.from_config(config, root))
-  cascades = {"trained": cascade}
+  return root, round_dir
+
+
+def _rounds(workdir: str) -> list:
+  path = os.path.join(workdir, "rounds.json")
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    return json.load(f).get("rounds", [])
+
+
+def export_trained(config, root: str, round_dir: Optional[str], directory: str) -> dict:
+  """Exports the trained cascade under `root` (+ the distilled base) with its compute and
+  recipe; returns the manifest."""
+  from vdm_jax import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
+  from vdm_jax import export  # pylint: disable=g-import-not-at-top
+  compute = {n: read_compute(cascade_lib.stage_workdir(root, n))
+             for n, _ in cascade_lib.stage_configs(config)}
+  distilled = {}
   if round_dir is not None:
     name = str(config.demo.distill_stage)
-    i = cascade.names.index(name)
-    student, settings = cascade_lib.distilled_stage(
-        config.cascade.stages[name], round_dir, index=i,
-        cascade_seed=int(config.cascade.get("seed", 0)),
-        text_encoder=cascade.stages[i].text_encoder)
-    cascades[f"{name} distilled"] = cascade.with_stage(name, student, settings)
-  prompts = list(config.sample.prompts)
+    distilled[name] = round_dir
+    compute[f"{name} distilled"] = read_compute(os.path.join(root, f"{name}_distilled"))
+  recipe = {"config": _CONFIG.value, "budget": _BUDGET.value,
+            "command": f"python -m vdm_jax.demo --train --budget={_BUDGET.value} "
+                       f"--config={_CONFIG.value}",
+            "commit": export.git_commit(os.path.dirname(os.path.abspath(__file__)))}
+  return export.export_cascade(config, root, directory, distilled=distilled, compute=compute,
+                               recipe=recipe)
+
+
+def load_exported(config, weights: str, out: str, run: _Runner):
+  """(the shipped cascade, {label: cascade}, manifest): every file verified against the
+  manifest; the stages read the test split under `out`/data."""
+  from vdm_jax import export  # pylint: disable=g-import-not-at-top
+  manifest = run(f"verify {weights}", lambda: export.verify(weights))
+  seed = int(config.cascade.get("seed", 0))
+  cascade = run("load cascade", lambda: export.load_cascade(weights, cascade_seed=seed))
+  cascades = {"trained": cascade}
+  if manifest.get("distilled"):
+    distilled = export.load_cascade(weights, distilled=True, cascade_seed=seed,
+                                    text_encoder=cascade.stages[0].text_encoder)
+    for name in manifest["distilled"]:
+      i = cascade.names.index(name)
+      cascades[f"{name} distilled"] = cascade.with_stage(name, distilled.stages[i],
+                                                          distilled.settings[i])
+  for stage in {id(s): s for c in cascades.values() for s in c.stages}.values():
+    stage.config.data.data_dir = os.path.join(out, "data")
+  return cascade, cascades, manifest
+
+
+def show(config, cascades: dict, out: str, run: _Runner, *, recipe: dict) -> dict:
+  """Samples the demo prompts and evaluates the held-out prompts through every cascade;
+  writes the gallery, eval.json and demo.json; returns the demo.json summary."""
+  from vdm_jax import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
+  from vdm_jax import cascade_eval  # pylint: disable=g-import-not-at-top
+  from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
+  cascade = cascades["trained"]
   final = cascade.final.config
+  run("build the test split", lambda: build.build_dataset(final))
+  prompts = list(config.sample.prompts)
   real = [cascade_eval.real_clip_for_prompt(p, frames=final.frames, height=final.height,
                                             width=final.width, fps=final.fps, seed=i)
           for i, p in enumerate(prompts)]
@@ -166,7 +272,7 @@ def main(argv):
   for label, casc in cascades.items():
     tag = "" if label == "trained" else "_" + label.replace(" ", "_")
     demo = run(f"sample demo prompts ({label})", lambda casc=casc, tag=tag:
-               cascade_lib.sample_cascade(config, root, prompts,
+               cascade_lib.sample_cascade(config, out, prompts,
                                           out_dir=os.path.join(out, "samples" + tag),
                                           cascade=casc, batch_size=SAMPLE_BATCH))
     entries += cascade_eval.gallery_entries(out, casc, demo["videos"], prompts, real,
@@ -186,23 +292,26 @@ def main(argv):
         **cascade_eval.accuracy_table(distilled_scores[label]),
         "final stage": {k: distilled_scores[label].get(k)
                         for k in ("fvd", "seconds_per_video")}}
-  extra_figures["demo run"] = {   # every step so far (the final evaluation is in demo.json)
-      "budget": _BUDGET.value, "cpu cores": os.cpu_count(),
-      **{f"{k}: wall s / CPU s / load average": f"{timings[k]:.0f} / {cpu[k]:.0f} / "
-         f"{loads[k]}" for k in timings}}
+  extra_figures["the shipped recipe"] = recipe
+  extra_figures["demo run"] = {
+      "cpu cores": os.cpu_count(),
+      **{f"{k}: wall s / CPU s / load average": f"{run.timings[k]:.0f} / {run.cpu[k]:.0f} / "
+         f"{run.loads[k]}" for k in run.timings}}
   scores = run("evaluate held-out prompts", lambda: cascade_eval.evaluate_cascade(
-      config, root, out_dir=out, cascade=cascade, num_videos=_NUM_VIDEOS.value,
+      config, out, out_dir=out, cascade=cascade, num_videos=_NUM_VIDEOS.value,
       batch_size=SAMPLE_BATCH, extra_entries=entries, extra_figures=extra_figures,
       title=f"vdm_jax demo: {' -> '.join(cascade.names)} cascade on moving shapes"))
-  summary = {"budget": _BUDGET.value, "timings_s": timings, "cpu_s": cpu, "load_average": loads,
+  summary = {"timings_s": run.timings, "cpu_s": run.cpu, "load_average": run.loads,
              "steps": {n: s.step for n, s in zip(cascade.names, cascade.stages)},
+             "recipe": recipe,
              "demo_prompts_caption_accuracy": demo_table,
              "held_out_caption_accuracy": {n: r["caption_accuracy"]
                                            for n, r in scores["stages"].items()},
+             "held_out_caption_accuracy_held_out_combos": {
+                 n: r.get("caption_accuracy_held_out") for n, r in scores["stages"].items()},
              "real_caption_accuracy": scores["real"]["caption_accuracy"],
              "fvd": scores.get("fvd"), "seconds_per_video": scores.get("seconds_per_video"),
-             "distilled": {label: {"round": os.path.basename(round_dir or ""),
-                                   "held_out_caption_accuracy": {
+             "distilled": {label: {"held_out_caption_accuracy": {
                                        n: r["caption_accuracy"]
                                        for n, r in sc["stages"].items()},
                                    "fvd": sc.get("fvd"),
@@ -212,12 +321,35 @@ def main(argv):
     json.dump(summary, f, indent=2)
   last = cascade.names[-1]
   acc = scores["stages"][last]["caption_accuracy"]
-  print("\nDemo finished: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+  print("\nDemo finished: " + ", ".join(f"{k} {v:.0f}s" for k, v in run.timings.items()))
   print(f"Caption accuracy of the final ({last}) videos on {scores['num_videos']} test prompts: "
         + ", ".join(f"{k} {v:.2f}" for k, v in acc.items() if isinstance(v, float)))
   if scores.get("fvd") is not None:
     print(f"FVD (I3D, final stage vs real clips): {scores['fvd']:.1f}")
   print(f"Gallery: {os.path.join(out, 'index.html')}")
+  return summary
+
+
+def main(argv):
+  del argv
+  from vdm_jax import export  # pylint: disable=g-import-not-at-top
+  out = _OUT.value
+  config = demo_config(_CONFIG.value, out, _BUDGET.value)
+  run = _Runner()
+  weights = _WEIGHTS.value or packaged_weights()
+  if _TRAIN.value:
+    root, round_dir = train_cascade(config, out, run)
+    weights = _EXPORT.value or os.path.join(out, "exported")
+    run(f"export to {weights}", lambda: export_trained(config, root, round_dir, weights))
+  elif not os.path.exists(os.path.join(weights, export.MANIFEST)):
+    raise SystemExit(f"No exported demo cascade at {weights}: run `make demo-train` (python -m "
+                     "vdm_jax.demo --train) to train one, or pass --weights=<directory>.")
+  _, cascades, manifest = load_exported(config, weights, out, run)
+  recipe = dict(manifest.get("recipe", {}), weights=weights,
+                compute={n: e.get("compute") for n, e in manifest["stages"].items()},
+                distilled_compute={n: e.get("compute")
+                                   for n, e in manifest.get("distilled", {}).items()})
+  show(config, cascades, out, run, recipe=recipe)
 
 
 if __name__ == "__main__":

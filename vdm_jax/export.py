@@ -98,7 +98,11 @@ def write_stage(directory: str, name: str, params: Any, config) -> dict:
   flat = flatten_params(params)
   rel_params, rel_config = f"{name}/{PARAMS}", f"{name}/{CONFIG}"
   save_file(flat, os.path.join(directory, rel_params), metadata={"format": FORMAT})
-  _write_json(os.path.join(directory, rel_config), ckpt_lib.config_to_dict(config))
+  payload = ckpt_lib.config_to_dict(config)
+  # Paths of the training machine mean nothing elsewhere: the loader's caller sets them.
+  payload.get("data", {})["data_dir"] = "data"
+  payload.get("text", {})["store_path"] = ""
+  _write_json(os.path.join(directory, rel_config), payload)
   return {"params": rel_params, "config": rel_config,
           "num_params": int(sum(v.size for v in flat.values()))}
 

@@ -225,7 +225,6 @@ def sr_eval(config, c, workdir: str, step: int) -> dict:
   """An SR stage fed the real low-res test clips: MSE to the real clip and detector reads."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from experiments.cascade import sr_fidelity  # pylint: disable=g-import-not-at-top
   from vdm_jax import cascade_eval, sampling  # pylint: disable=g-import-not-at-top
   from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
   names = list(config.cascade.order)
@@ -238,11 +237,29 @@ def sr_eval(config, c, workdir: str, step: int) -> dict:
   stage = sampling.load_stage(c, workdir, step=step)
   videos = sampling.sample_stage_batched(stage, key=jax.random.key(0), prompts=captions,
                                          lowres=low, batch_size=16)
-  naive = sr_fidelity.naive_upsample(low, high.shape)
+  if low.shape[1] != high.shape[1]:    # the naive upsampling: frame repetition / bilinear
+    naive = np.repeat(low, high.shape[1] // low.shape[1], axis=1)
+  else:
+    naive = np.asarray(jax.image.resize(low, high.shape, "bilinear"))
   return {"mse": float(np.mean((videos - high) ** 2)),
           "naive_mse": float(np.mean((naive - high) ** 2)),
-          "read": sr_fidelity.read(videos, captions, float(c.fps)),
-          "naive_read": sr_fidelity.read(naive, captions, float(c.fps))}
+          "read": _read(videos, captions, float(c.fps)),
+          "naive_read": _read(naive, captions, float(c.fps)),
+          "real_read": _read(high, captions, float(c.fps))}
+
+
+def _read(videos, captions, fps):
+  """Detector accuracies of videos (float in [-1, 1]) and their mean object area (px)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vdm_jax.eval import detectors, evaluate  # pylint: disable=g-import-not-at-top
+  clips = evaluate.to_uint8(videos)
+  result = evaluate.evaluate_videos(clips, captions, fps=fps, compute_fvd=False)
+  areas = [float(np.nanmean(d.objects[0].areas)) for d in detectors.detect_batch(clips, fps)
+           if d.objects]
+  out = {k: round(float(v), 4) for k, v in result["caption_accuracy"].items()
+         if isinstance(v, float)}
+  out["mean_area_px"] = round(float(np.mean(areas)), 2) if areas else None
+  return out
 
 
 def evaluate(run_dir: str, step: int) -> dict:
