@@ -97,3 +97,12 @@ def test_cli_build_data_then_needs_workdir(tmp_path):
   assert any("array_record" in f for _, _, files in os.walk(data_dir) for f in files)
   r = _cli("--mode=sample", "--config=configs/tiny.py", "--prompt=a red circle moving left")
   assert r.returncode != 0 and "--workdir" in r.stderr
+
+
+def test_apply_overrides_sets_literals_and_strings():
+  from vdm_jax import config_utils  # pylint: disable=g-import-not-at-top
+  c = default.get_config()
+  config_utils.apply_overrides(c, ["train.lr=3e-3", "model.channel_mult=(1, 2, 4)",
+                                   "diffusion.noise_prior=mixed", "model.remat=block"])
+  assert c.train.lr == 3e-3 and tuple(c.model.channel_mult) == (1, 2, 4)
+  assert c.diffusion.noise_prior == "mixed" and c.model.remat == "block"

@@ -46,6 +46,22 @@ def parse_variant(arg: str | None) -> Dict[str, str]:
   return out
 
 
+def apply_overrides(config, items) -> None:
+  """Sets `key.path=value` strings on a config in place; values are Python literals when they
+  parse as one (`3e-4`, `(1, 2)`, `True`), strings otherwise."""
+  import ast  # pylint: disable=g-import-not-at-top
+  for item in items:
+    key, _, value = item.partition("=")
+    *path, last = key.split(".")
+    node = config
+    for part in path:
+      node = node[part]
+    try:
+      node[last] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      node[last] = value
+
+
 def _get(config, dotted: str) -> Any:
   node = config
   for name in dotted.split("."):

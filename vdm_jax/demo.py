@@ -197,8 +197,8 @@ def train_cascade(config, out: str, run: _Runner) -> tuple[str, Optional[str]]:
         with open(_compute_path(dwork), "w", encoding="utf-8") as f:
           json.dump({"cpu_s": round(time.process_time() - start_cpu, 1),
                      "wall_s": round(time.perf_counter() - start, 1),
-                     "steps": int(dcfg.distill.guided_steps) + int(
-                         dcfg.distill.steps_per_round) * len(_rounds(dwork))}, f, indent=2)
+                     "steps": sum(int(r.get("steps_run", 0)) for r in _rounds(dwork))},
+                    f, indent=2)
       run(f"distill {name} ({dcfg.distill.start_steps} -> {dcfg.distill.end_steps} steps)",
           distill)
       round_dir = last_round(dwork)

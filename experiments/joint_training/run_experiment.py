@@ -18,7 +18,6 @@ the moving-shapes detectors read colour, shape, size, motion, background and obj
 FVD (I3D) against the real test clips at the base geometry. Writes results.json and
 results.md next to this file (or --out_dir) after every evaluation and prints the table.
 """
-import ast
 import json
 import os
 import sys
@@ -57,7 +56,7 @@ ATTRIBUTES = ("color", "shape", "size", "motion", "speed", "background", "num_ob
 
 def run_config(images: int, steps: int, out: str):
   """The demo base stage as a one-stage cascade config, with `images` images per video."""
-  from vdm_jax import demo  # pylint: disable=g-import-not-at-top
+  from vdm_jax import config_utils, demo  # pylint: disable=g-import-not-at-top
   config = demo.demo_config(os.path.join(ROOT, "configs", "demo.py"), out, 1.0)
   config.cascade.order = ("base",)
   base = config.cascade.stages["base"]
@@ -70,16 +69,7 @@ def run_config(images: int, steps: int, out: str):
   t.keep_every = max(1, steps // 2)
   t.warmup_steps = min(int(t.warmup_steps), max(1, steps // 10))
   config.eval.num_videos = _NUM_VIDEOS.value
-  for item in _SET.value:
-    key, _, value = item.partition("=")
-    *path, last = key.split(".")
-    node = base
-    for part in path:
-      node = node[part]
-    try:
-      node[last] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      node[last] = value
+  config_utils.apply_overrides(base, _SET.value)
   return config, base
 
 

@@ -25,7 +25,6 @@ threads; the run's own process), so that variants compare by accuracy per CPU-se
 sampling alike): a diagnostic of the text signal (e.g. motion words replaced by unrelated,
 well-separated words), not a product feature.
 """
-import ast
 import json
 import os
 import re
@@ -76,19 +75,6 @@ def install_rewrite(words: dict) -> None:
   encoder_lib.TextEncoder._run = _run  # pylint: disable=protected-access
 
 
-def _override(config, items) -> None:
-  for item in items:
-    key, _, value = item.partition("=")
-    *path, last = key.split(".")
-    node = config
-    for part in path:
-      node = node[part]
-    try:
-      node[last] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      node[last] = value
-
-
 def run_config(run_dir: str):
   """(cascade config cut to this stage, the stage's config) with the overrides applied."""
   from vdm_jax import demo  # pylint: disable=g-import-not-at-top
@@ -106,8 +92,8 @@ def run_config(run_dir: str):
   t.checkpoint_every = min(_eval_steps() + [_STEPS.value])
   t.keep_every = t.checkpoint_every
   t.warmup_steps = min(int(t.warmup_steps), max(1, _STEPS.value // 10))
-  _override(stage, _SET.value)
   from vdm_jax import config_utils  # pylint: disable=g-import-not-at-top
+  config_utils.apply_overrides(stage, _SET.value)
   config_utils.validate_config(stage)
   return config, stage
 
