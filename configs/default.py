@@ -146,6 +146,9 @@ def get_config(arg=None):
   tr.sample_every = 0
   tr.max_consecutive_nonfinite = 5
   tr.async_checkpointing = True           # orbax saves in the background (False: blocking)
+  # A newest checkpoint that fails its checksums is renamed corrupt-<step>-<time> and the newest
+  # good one restored (training, distillation, sample, eval); False: refuse with the report.
+  tr.checkpoint_fallback = True
   tr.cond_aug_max_t = 1.0                 # SR stages: lowres noised to t_aug ~ U[0, this]
   # model.frame_mask_conditioning: the frame masks drawn per training example
   # (vdm_jax/train/objective.py): stride:k keeps frames 0, k, 2k, ... (interpolation),

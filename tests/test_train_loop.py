@@ -1,5 +1,6 @@
 """The training loop end to end with the real U-Net (tiny) and the real grain pipeline:
-metrics, samples, and an exact resume after a real SIGTERM."""
+metrics, samples, an exact resume after a real SIGTERM, a SIGTERM while compiling, and the
+fallback from a corrupted newest checkpoint (the run replays to the same parameters)."""
 import json
 import os
 import signal
@@ -36,8 +37,8 @@ def _overrides(tmp):
   }
 
 
-def _start(workdir, overrides, tmp):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
+def _start(workdir, overrides, tmp, **extra_env):
+  env = dict(os.environ, **extra_env, JAX_PLATFORMS="cpu",
              # Fast compiles for a tiny model; every run uses the same flags (same programs).
              XLA_FLAGS=("--xla_force_host_platform_device_count=2 "
                         "--xla_backend_optimization_level=0 "
@@ -95,9 +96,30 @@ def _run_all(tmp):
   proc.send_signal(signal.SIGTERM)
   cut_log = _finish(proc, log)
   stopped_at = _last_logged_step(cut)
+
+  # Preempted again while compiling: it stops before its first step, writing nothing.
+  saved = sorted(os.listdir(cut / "checkpoints"))
+  early_log = _finish(*_start(cut, overrides, tmp, VDM_TEST_SIGTERM_WHILE_COMPILING="1"))
+  early = dict(log=early_log, saved_before=saved,
+               saved_after=sorted(os.listdir(cut / "checkpoints")),
+               last_step=_last_logged_step(cut))
   resume_log = _finish(*_start(cut, overrides, tmp))
+
+  # Bytes flipped in the finished run's newest checkpoint: the next run sets it aside,
+  # restores the one before and replays to the same parameters (_check_exact_resume).
+  newest = max(int(s) for s in os.listdir(cut / "checkpoints") if s.isdigit())
+  data_files = [p for p in (cut / "checkpoints" / str(newest) / "state").rglob("*")
+                if p.is_file() and p.parent.name == "d"]
+  victim = max(data_files, key=lambda p: p.stat().st_size)
+  blob = bytearray(victim.read_bytes())
+  for i in range(len(blob) // 2, len(blob) // 2 + 64):
+    blob[i] ^= 0xFF
+  victim.write_bytes(bytes(blob))
+  fallback_log = _finish(*_start(cut, overrides, tmp))
+  fallback = dict(log=fallback_log, newest=newest, victim=victim.name,
+                  kept=[s for s in os.listdir(cut / "checkpoints") if s.startswith("corrupt-")])
   return dict(full=full, cut=cut, full_log=full_log, cut_log=cut_log, resume_log=resume_log,
-              stopped_at=stopped_at)
+              stopped_at=stopped_at, early=early, fallback=fallback)
 
 
 def test_loop_resumes_exactly_after_sigterm_and_writes_metrics_and_samples(tmp_path):
@@ -105,6 +127,8 @@ def test_loop_resumes_exactly_after_sigterm_and_writes_metrics_and_samples(tmp_p
   module fixture in every worker that runs one of its tests."""
   runs = _run_all(tmp_path)
   _check_sigterm(runs)
+  _check_sigterm_while_compiling(runs)
+  _check_corrupt_checkpoint_fallback(runs)
   _check_exact_resume(runs)
   _check_metrics_logs_and_config(runs)
   _check_samples(runs)
@@ -115,6 +139,21 @@ def _check_sigterm(runs):
   assert KILL_AFTER_STEP <= stopped < NUM_STEPS, "the signal arrived mid-run"
   assert f"Preempted: checkpoint of step {stopped} saved" in runs["cut_log"]
   assert f"Restored step {stopped}" in runs["resume_log"]
+
+
+def _check_sigterm_while_compiling(runs):
+  early = runs["early"]
+  assert "Stopped by a signal before the first step" in early["log"]
+  assert early["saved_after"] == early["saved_before"], "nothing written"
+  assert early["last_step"] == runs["stopped_at"], "no step trained"
+
+
+def _check_corrupt_checkpoint_fallback(runs):
+  fb = runs["fallback"]
+  assert f"{runs['cut']}/checkpoints/{fb['newest']} is corrupt" in fb["log"]
+  assert fb["victim"] in fb["log"], "the damaged file is named"
+  assert len(fb["kept"]) == 1 and fb["kept"][0].startswith(f"corrupt-{fb['newest']}-")
+  assert f"Restored step {fb['newest'] - 8} " in fb["log"]
 
 
 def _check_exact_resume(runs):

@@ -3,7 +3,9 @@
   python tests/train_worker.py WORKDIR OVERRIDES_JSON
 
 OVERRIDES_JSON maps dotted config keys of configs/tiny.py to values. At the end the final
-parameters and EMA are written to WORKDIR/final_params.npz (process 0).
+parameters and EMA are written to WORKDIR/final_params.npz (process 0). With
+VDM_TEST_SIGTERM_WHILE_COMPILING=1 the process sends itself SIGTERM as the train step starts
+compiling (a preemption that arrives during setup).
 """
 import json
 import os
@@ -30,8 +32,20 @@ def make_config(overrides: dict):
   return config
 
 
+def _sigterm_while_compiling():
+  import signal  # pylint: disable=g-import-not-at-top
+  compile_fn = jax.stages.Lowered.compile
+
+  def compile_after_sigterm(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return compile_fn(self, *args, **kwargs)
+  jax.stages.Lowered.compile = compile_after_sigterm
+
+
 def main(workdir, overrides):
   logging.set_verbosity(logging.INFO)
+  if os.environ.get("VDM_TEST_SIGTERM_WHILE_COMPILING"):
+    _sigterm_while_compiling()
   state = loop.train_and_evaluate(make_config(overrides), workdir)
   if jax.process_index() == 0:
     flat = {}

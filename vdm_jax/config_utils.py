@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any, Dict
 
+from vdm_jax import errors as errors_lib
+
 _CHOICES = {
     "stage": ("base", "ssr", "tsr"),
     "model.attention_impl": ("xla", "cudnn", "splash"),
@@ -105,8 +107,7 @@ def frame_mask_errors(config) -> list:
   return errors
 
 
-class ConfigError(ValueError):
-  """A config value that cannot work; the message says which key and what to do."""
+ConfigError = errors_lib.ConfigError   # re-exported: callers catch config_utils.ConfigError
 
 
 def _library_choices() -> Dict[str, tuple]:
@@ -200,5 +201,13 @@ def validate_config(config) -> None:
     value = s.get(key)
     if value is not None and not 0.0 <= value <= 1.0:
       errors.append(f"sample.{key}={value} must lie in [0, 1]")
+  p = s.get("dynamic_percentile")
+  if p is not None and not 0.0 < p <= 1.0:
+    hint = f" (a percent? {p:g}% is {p / 100:g})" if 1.0 < p <= 100.0 else ""
+    errors.append(f"sample.dynamic_percentile={p} must be a fraction in (0, 1]{hint}")
+  for key in ("guidance_weight", "guidance_low"):
+    value = s.get(key)
+    if value is not None and not math.isfinite(float(value)):
+      errors.append(f"sample.{key}={value} must be a finite number")
   if errors:
     raise ConfigError("Invalid config:\n  - " + "\n  - ".join(errors))

@@ -17,7 +17,6 @@ flipped bit or a truncated file is refused with `IntegrityError` naming the file
 parameter tree that does not match the model its config builds is refused naming the
 differing parameters.
 """
-import hashlib
 import json
 import os
 from typing import Any, Mapping, Optional, Sequence
@@ -25,24 +24,18 @@ from typing import Any, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
+from vdm_jax import errors
+from vdm_jax.integrity import sha256_file
+
 FORMAT = "vdm_jax.exported_cascade"
 VERSION = 1
 MANIFEST = "manifest.json"
 PARAMS = "params.safetensors"
 CONFIG = "config.json"
-_CHUNK = 1 << 20
 
 
-class IntegrityError(ValueError):
+class IntegrityError(errors.UserError, ValueError):
   """An exported file is missing, or its bytes are not the ones the manifest records."""
-
-
-def sha256_file(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(_CHUNK), b""):
-      h.update(block)
-  return h.hexdigest()
 
 
 def flatten_params(params: Any) -> dict[str, np.ndarray]:

@@ -9,7 +9,13 @@ Modes:
 
 Any config value can be overridden: `--config.train.lr=1e-4 --config.train.batch_size=32`.
 All logic lives in importable modules; this file only parses flags and dispatches.
+
+Errors the user can fix (a bad config value, a missing or corrupt checkpoint, a locked work
+directory, unreadable input: `vdm_jax.errors.UserError`) print as one message and exit with
+status 2; a traceback means a bug (`--traceback` shows it for user errors too).
 """
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -26,6 +32,8 @@ _OUT = flags.DEFINE_string("out", None, "Output directory for sample/eval (defau
 _NUM_VIDEOS = flags.DEFINE_integer("num_videos", None, "Videos to evaluate (eval mode).")
 _TEACHER = flags.DEFINE_string("teacher_workdir", None,
                                "Distill mode: the --workdir of the teacher's training run.")
+_TRACEBACK = flags.DEFINE_bool("traceback", False,
+                               "Show the Python traceback of user errors too (for bug reports).")
 
 
 def _require_workdir() -> str:
@@ -35,6 +43,18 @@ def _require_workdir() -> str:
 
 
 def main(argv):
+  from vdm_jax import errors
+  try:
+    _main(argv)
+  except errors.UserError as e:
+    if _TRACEBACK.value:
+      raise
+    logging.flush()
+    print(f"\nerror: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
@@ -56,6 +76,8 @@ def main(argv):
   elif mode == "sample":
     if not _PROMPTS.value:
       raise app.UsageError('--mode=sample needs at least one --prompt="..."')
+    from vdm_jax import text
+    text.check_prompts(list(_PROMPTS.value), allow_empty=False)  # before any checkpoint loads
     from vdm_jax import cascade, sampling
     if cascade.is_cascade_config(config):  # --workdir is the root of the stages' workdirs
       cascade.sample_cascade(config, _require_workdir(), list(_PROMPTS.value),

@@ -36,6 +36,7 @@ from vdm_jax import diffusion
 from vdm_jax import sharding as sharding_lib
 from vdm_jax.diffusion import noise as noise_lib
 from vdm_jax.models import conditioning
+from vdm_jax.text import tokenization
 from vdm_jax.train import objective
 
 
@@ -119,14 +120,16 @@ def load_stage(config, workdir: str, *, step: Optional[int] = None,
 
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
-    raise FileNotFoundError(
+    raise ckpt_lib.NoCheckpointError(
         f"No checkpoints under {directory}: train this stage first "
         f"(python -m vdm_jax.main --mode=train --config=... --workdir={workdir}).")
   checkpointer = ckpt_lib.Checkpointer(directory, async_save=False)
   try:
-    step = checkpointer.latest_step() if step is None else int(step)
-    if step is None:
-      raise FileNotFoundError(f"{directory} holds no complete checkpoint.")
+    if checkpointer.latest_step() is None:
+      raise ckpt_lib.NoCheckpointError(f"{directory} holds no complete checkpoint.")
+    if step is not None and int(step) not in checkpointer.all_steps():
+      raise ckpt_lib.NoCheckpointError(
+          f"{directory} has no step {step}; it holds {checkpointer.all_steps()}.")
     mesh = sharding_lib.create_mesh(config.sharding, devices)
     rules = sharding_lib.logical_rules(config.sharding)
     model = SpaceTimeUNet(config=config.model)
@@ -134,7 +137,13 @@ def load_stage(config, workdir: str, *, step: Optional[int] = None,
     target, shardings = state_lib.abstract_train_state(
         init_params_fn=init_fn, key=jax.random.key(int(config.seed)),
         tx=optimizer_lib.make_optimizer(config.train), mesh=mesh, rules=rules)
-    state = checkpointer.restore(step, target_state=target, data_iter=None, config=config)
+    if step is None:    # the newest good step; a corrupt newer one is reported, left in place
+      state, step = checkpointer.restore_latest(
+          target_state=target, data_iter=None, config=config,
+          fallback=bool(config.train.get("checkpoint_fallback", True)))
+    else:               # the step asked for, or a clear error
+      state = checkpointer.restore(int(step), target_state=target, data_iter=None,
+                                   config=config)
   finally:
     checkpointer.close()
   if text_encoder is None and objective.needs_text(config.model):
@@ -299,7 +308,9 @@ def stage_conditioning(stage: Stage, *, prompts: Optional[Sequence[str]] = None,
   if stage.uses_text:
     if prompts is None or len(prompts) != n:
       raise ValueError(f"A text-conditioned stage needs one prompt per video ({n}).")
-    emb, mask = stage.text_encoder.encode(list(prompts))
+    # A user's prompts: an empty one is refused naming it ("" is the sampler's own null
+    # condition); cut prompts and unknown characters warn.
+    emb, mask = stage.text_encoder.encode(tokenization.check_prompts(prompts, allow_empty=False))
     cond["text_emb"], cond["text_mask"] = emb, mask
   if m.get("fps_conditioning", False):
     cond["fps"] = np.full((n,), float(stage.config.fps if fps is None else fps), np.float32)

@@ -16,7 +16,15 @@ one clip is padded with its last frame (`short_clips="pad"`) or skipped ("skip")
 Building runs in two phases: every video is decoded and processed completely first (into a
 temporary cache of .npy files, never a half example), and only then are the splits written.
 Unreadable or corrupt files are skipped, counted and listed in `build_report.json` in the
-dataset's output directory, with a log line; one bad file never stops the build.
+dataset's output directory, with a warning naming each; one bad file never stops the build.
+Skipped: empty (0-byte) files, files without a video stream (audio named .mp4), undecodable
+ones, broken or looping symlinks, links back to the folder itself and entries that are not
+regular files ("failed", with the reason); videos without a caption or with an empty one
+("uncaptioned", when `require_captions`); videos shorter than a clip with short_clips="skip"
+("too_short"). Decoding has bounded memory (`video_io.decode_video`): a huge frame size is
+decoded scaled down ("resized" in the report) and a video whose decoded frames would pass
+`video_io.MAX_DECODE_BYTES` is read up to there ("cut_short"). A missing `video_dir` raises
+`VideoDirError`, and a folder with nothing usable `NoUsableVideosError`, each saying what to do.
 
 Features: video uint8 [T, H, W, 3], caption (text), fps (float32), source (text: the file's
 name), clip_index (int32), start_time (float32 seconds).  Splits: `train`, plus `test` when
@@ -28,16 +36,34 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 
 from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vdm_jax import errors
 from vdm_jax.data import tfds_compat
 from vdm_jax.data import video_io
 
 REPORT_FILE = "build_report.json"
+SKIP_KINDS = ("failed", "uncaptioned", "too_short")  # report lists of skipped videos
+
+
+class VideoDirError(errors.UserError, FileNotFoundError, ValueError):
+  """data.video_dir does not exist, is not a directory or cannot be listed."""
+
+
+class NoUsableVideosError(errors.UserError, ValueError):
+  """Every entry of the video folder was skipped (or it holds no video at all)."""
+
+
+def _dir_error(video_dir, reason=None):
+  if reason is None:
+    reason = "does not exist" if not os.path.lexists(video_dir) else "is not a directory"
+  return VideoDirError(f"data.video_dir={video_dir!r} {reason}: point it at the folder of your "
+                       "videos.")
 
 
 @dataclasses.dataclass
@@ -60,9 +86,10 @@ def make_config(*, video_dir, frames=16, height=32, width=32, fps=8.0, default_f
                 require_captions=True, check_dir=True) -> VideoFolderConfig:
   """A validated config; its name hashes the parameters and the directory's absolute path."""
   video_dir = os.path.abspath(os.path.expanduser(video_dir)) if video_dir else ""
-  if not video_dir or (check_dir and not os.path.isdir(video_dir)):
-    raise ValueError(f"data.video_dir={video_dir!r} is not a directory: point it at the folder "
-                     "of your videos.")
+  if not video_dir:
+    raise errors.ConfigError("data.video_dir is not set: point it at the folder of your videos.")
+  if check_dir and not os.path.isdir(video_dir):
+    raise _dir_error(video_dir)
   if short_clips not in ("pad", "skip"):
     raise ValueError(f"short_clips={short_clips!r} must be 'pad' or 'skip'.")
   if frames < 1 or height < 1 or width < 1 or fps <= 0 or default_fps <= 0:
@@ -80,22 +107,80 @@ def make_config(*, video_dir, frames=16, height=32, width=32, fps=8.0, default_f
   return VideoFolderConfig(name=name, description=json.dumps(params), **params)
 
 
-def list_videos(video_dir: str) -> list:
-  """Sorted names of the videos (files and frame folders) at the top of `video_dir`."""
-  names = []
-  for name in sorted(os.listdir(video_dir)):
+def scan_video_dir(video_dir: str) -> tuple:
+  """(names, skipped): the videos (files and frame folders) at the top of `video_dir`, sorted,
+  and the entries that look like videos but cannot be read, as [{"file", "reason"}].
+
+  Never follows a link into a loop or reads a non-regular file: a broken or looping symlink,
+  a link to the folder itself or to a folder above it, a FIFO or device named like a video, or
+  a sub-folder that cannot be listed is skipped with its reason. Sub-folders are not searched
+  (a frame folder's images are its direct entries).
+
+  Raises:
+    VideoDirError: `video_dir` is missing, not a directory or cannot be listed.
+  """
+  try:
+    entries = sorted(os.listdir(video_dir))
+  except (FileNotFoundError, NotADirectoryError) as e:
+    raise _dir_error(video_dir) from e
+  except OSError as e:
+    raise _dir_error(video_dir, f"cannot be listed ({e.strerror or e})") from e
+  root = os.path.realpath(video_dir)
+  names, skipped = [], []
+  for name in entries:
     path = os.path.join(video_dir, name)
-    if os.path.isdir(path):
-      if any(n.lower().endswith(video_io.IMAGE_EXTENSIONS) for n in os.listdir(path)):
+    looks_like_video = (name.lower().endswith(video_io.VIDEO_EXTENSIONS)
+                        or not os.path.splitext(name)[1])
+    try:
+      mode = os.stat(path).st_mode  # follows links: ELOOP / ENOENT for looping / broken ones
+    except OSError as e:
+      if looks_like_video or os.path.islink(path):
+        kind = "a broken or looping symlink" if os.path.islink(path) else "unreadable"
+        skipped.append({"file": name, "reason": f"{kind} ({e.strerror or e})"})
+      continue
+    if stat.S_ISDIR(mode):
+      real = os.path.realpath(path)
+      if real == root or root.startswith(real.rstrip(os.sep) + os.sep):
+        skipped.append({"file": name, "reason": f"symlink loop: it leads to {real}, which holds "
+                                                "the video folder"})
+        continue
+      try:
+        listing = os.listdir(path)
+      except OSError as e:
+        skipped.append({"file": name, "reason": f"folder cannot be listed ({e.strerror or e})"})
+        continue
+      if any(n.lower().endswith(video_io.IMAGE_EXTENSIONS) for n in listing):
         names.append(name)
     elif name.lower().endswith(video_io.VIDEO_EXTENSIONS):
-      names.append(name)
-  return names
+      if stat.S_ISREG(mode):
+        names.append(name)
+      else:
+        skipped.append({"file": name, "reason": "not a regular file (a FIFO, socket or device)"})
+  return names, skipped
+
+
+def list_videos(video_dir: str) -> list:
+  """Sorted names of the videos (files and frame folders) at the top of `video_dir`."""
+  return scan_video_dir(video_dir)[0]
+
+
+def _read_text(path, what):
+  """The text of `path`, or None (with a warning naming it) if it cannot be read."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return f.read()
+  except (OSError, UnicodeDecodeError) as e:
+    logging.warning("video_folder: ignoring %s %s: %s", what, path, e)
+    return None
 
 
 def read_captions(video_dir: str, names) -> dict:
   """name -> caption from sidecar .txt files, captions.jsonl and captions.csv."""
   mapping = {}
+  for listing in ("captions.jsonl", "captions.csv"):
+    path = os.path.join(video_dir, listing)
+    if os.path.lexists(path) and not os.path.exists(path):
+      logging.warning("video_folder: ignoring %s: a broken or looping symlink.", path)
   jsonl = os.path.join(video_dir, "captions.jsonl")
   if os.path.exists(jsonl):
     with open(jsonl, encoding="utf-8") as f:
@@ -120,9 +205,9 @@ def read_captions(video_dir: str, names) -> dict:
     is_dir = os.path.isdir(os.path.join(video_dir, name))
     stem = name if is_dir else os.path.splitext(name)[0]
     sidecar = os.path.join(video_dir, stem + ".txt")
-    if os.path.exists(sidecar):
-      with open(sidecar, encoding="utf-8") as f:
-        out[name] = f.read().strip()
+    text = _read_text(sidecar, "caption file") if os.path.lexists(sidecar) else None
+    if text is not None:
+      out[name] = text.strip()
     elif name in mapping:
       out[name] = mapping[name].strip()
   return out
@@ -185,28 +270,48 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
   def _decode_all(self):
     """Phase 1: decodes and cuts every video into the cache. Returns split -> entries."""
     cfg = self.builder_config
-    names = list_videos(cfg.video_dir)
+    names, unreadable = scan_video_dir(cfg.video_dir)
     captions = read_captions(cfg.video_dir, names)
-    report = {"video_dir": cfg.video_dir, "num_files": len(names), "failed": [],
-              "uncaptioned": [], "too_short": [], "num_clips": {}}
+    report = {"video_dir": cfg.video_dir, "num_files": len(names) + len(unreadable),
+              "failed": list(unreadable), "uncaptioned": [], "too_short": [], "resized": [],
+              "cut_short": [], "num_clips": {}}
+    for bad in unreadable:
+      logging.warning("video_folder: skipping %s: %s", bad["file"], bad["reason"])
     entries = {"train": [], "test": []}
     for n, name in enumerate(names):
       print(f"video_folder: [{n + 1}/{len(names)}] {name}", flush=True)
       caption = captions.get(name)
-      if caption is None and cfg.require_captions:
+      if not caption and cfg.require_captions:  # none, or an empty caption file / entry
         report["uncaptioned"].append(name)
+        logging.warning("video_folder: skipping %s: %s", name,
+                        "its caption is empty" if caption == "" else
+                        "no caption (a sidecar .txt, captions.jsonl or captions.csv entry)")
         continue
       try:
-        frames, times = video_io.read_video(
+        frames, times, notes = video_io.decode_video(
             os.path.join(cfg.video_dir, name), default_fps=cfg.default_fps,
-            target_fps=cfg.fps, max_output_frames=(cfg.clips_per_video * cfg.frames or None))
+            target_fps=cfg.fps, max_output_frames=(cfg.clips_per_video * cfg.frames or None),
+            min_size=(cfg.height, cfg.width))
         clips = cut_clips(frames, times, cfg)
       except video_io.VideoReadError as e:
         report["failed"].append({"file": name, "reason": str(e)[:500]})
         logging.warning("video_folder: skipping unreadable %s: %s", name, e)
         continue
+      del frames
+      if notes.resized:
+        report["resized"].append({"file": name, "from": list(notes.source_size),
+                                  "to": list(notes.decoded_size)})
+        logging.warning("video_folder: %s is %dx%d: decoded at %dx%d to bound memory.", name,
+                        *notes.source_size, *notes.decoded_size)
+      if notes.cut_at_seconds is not None:
+        report["cut_short"].append({"file": name, "seconds": round(notes.cut_at_seconds, 3)})
+        logging.warning("video_folder: %s: only its first %.2f s are used: more decoded frames "
+                        "would pass video_io.MAX_DECODE_BYTES=%d.", name, notes.cut_at_seconds,
+                        video_io.MAX_DECODE_BYTES)
       if not clips:
         report["too_short"].append(name)
+        logging.warning("video_folder: skipping %s: shorter than one clip (short_clips='skip').",
+                        name)
         continue
       for k, (clip, fps, start) in enumerate(clips):
         path = os.path.join(self._cache_dir, f"{n:07d}_{k:05d}.npy")
@@ -215,12 +320,10 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
             dict(path=path, key=f"{name}#{k}", caption=caption or "", fps=fps, source=name,
                  clip_index=k, start_time=start))
     report["num_clips"] = {s: len(e) for s, e in entries.items()}
-    report["num_skipped"] = sum(len(report[k]) for k in ("failed", "uncaptioned", "too_short"))
+    report["num_skipped"] = sum(len(report[k]) for k in SKIP_KINDS)
     self.report = report
     if not entries["train"]:
-      raise ValueError(f"No usable video in {cfg.video_dir}: {report['num_skipped']} skipped "
-                       f"(failed: {len(report['failed'])}, uncaptioned: "
-                       f"{len(report['uncaptioned'])}, too short: {len(report['too_short'])}).")
+      raise NoUsableVideosError(_nothing_usable(report, entries, cfg))
     return entries
 
   def _download_and_prepare(self, dl_manager, download_config):
@@ -231,11 +334,8 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
       shutil.rmtree(self._cache_dir, ignore_errors=True)
     with open(os.path.join(self.data_dir, REPORT_FILE), "w") as f:  # data_dir: the tmp dir
       json.dump(self.report, f, indent=2)
-    r = self.report
-    message = (f"video_folder: {r['num_files']} files -> {r['num_clips']} clips; skipped "
-               f"{r['num_skipped']} (failed {len(r['failed'])}, uncaptioned "
-               f"{len(r['uncaptioned'])}, too short {len(r['too_short'])}); see {REPORT_FILE}")
-    logging.info(message)
+    message = summary(self.report)
+    (logging.warning if self.report["num_skipped"] else logging.info)(message)
     print(message, flush=True)
 
   def _split_generators(self, dl_manager):
@@ -249,6 +349,43 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
           "video": np.load(e["path"], allow_pickle=False), "caption": e["caption"],
           "fps": np.float32(e["fps"]), "source": e["source"],
           "clip_index": np.int32(e["clip_index"]), "start_time": np.float32(e["start_time"])}
+
+
+def summary(report: dict) -> str:
+  """One line saying what a build kept, skipped (by kind) and changed."""
+  r = report
+  changed = "".join(f"; {len(r.get(k, []))} {what}" for k, what in
+                    (("resized", "decoded scaled down"), ("cut_short", "read in part"))
+                    if r.get(k))
+  return (f"video_folder: {r['num_files']} files -> {r['num_clips']} clips; skipped "
+          f"{r['num_skipped']} (failed {len(r['failed'])}, uncaptioned "
+          f"{len(r['uncaptioned'])}, too short {len(r['too_short'])}){changed}; see "
+          f"{REPORT_FILE}")
+
+
+def _nothing_usable(report, entries, cfg) -> str:
+  """The message of NoUsableVideosError: what was found, why each kind was skipped, the fix."""
+  where = cfg.video_dir
+  if not report["num_files"]:
+    return (f"No video in data.video_dir={where!r}: it holds no "
+            f"{'/'.join(video_io.VIDEO_EXTENSIONS)} file and no folder of frame images at its "
+            "top level (sub-folders are not searched). Put the videos there.")
+  if entries["test"]:
+    return (f"All {len(entries['test'])} usable clips of {where!r} fell in the test split "
+            f"(data.video_test_fraction={cfg.test_fraction}): lower it or add videos.")
+  fixes = []
+  if report["failed"]:
+    shown = "; ".join(f"{f['file']}: {f['reason'][:120]}" for f in report["failed"][:3])
+    fixes.append(f"{len(report['failed'])} unreadable ({shown}): re-encode or remove them")
+  if report["uncaptioned"]:
+    fixes.append(f"{len(report['uncaptioned'])} without a caption "
+                 f"({', '.join(report['uncaptioned'][:3])}): add a sidecar <name>.txt or a "
+                 "captions.jsonl / captions.csv entry")
+  if report["too_short"]:
+    fixes.append(f"{len(report['too_short'])} shorter than one clip: use "
+                 "data.video_short_clips='pad' or fewer data.source_frames")
+  return (f"No usable video in data.video_dir={where!r}: all {report['num_files']} skipped, "
+          + "; ".join(fixes) + ".")
 
 
 def load_report(builder: VideoFolder) -> dict:

@@ -126,8 +126,32 @@ def static_threshold(x: jax.Array, clip_range: Any = None) -> jax.Array:
   return jnp.clip(x, jnp.asarray(lo, x.dtype), jnp.asarray(hi, x.dtype))
 
 
+def concrete_float(value: Any):
+  """`value` as a Python float when it is known before tracing (a number or a concrete
+  scalar array), else None (a traced value cannot be checked here)."""
+  if isinstance(value, jax.core.Tracer):
+    return None
+  try:
+    return float(value) if np.ndim(value) == 0 else None
+  except (TypeError, ValueError):
+    return None
+
+
+def check_percentile(percentile: Any) -> None:
+  """Refuses a dynamic-thresholding percentile outside (0, 1]: the Imagen paper writes a
+  percent (99.5), this library takes the fraction (0.995); jnp.quantile would clamp 99.5 to 1
+  silently."""
+  p = concrete_float(percentile)
+  if p is not None and not 0.0 < p <= 1.0:
+    hint = f" (a percent? {p:g}% is {p / 100:g})" if 1.0 < p <= 100.0 else ""
+    raise ValueError(f"dynamic thresholding percentile={p:g} must be a fraction in (0, 1]"
+                     f"{hint}")
+
+
 def dynamic_threshold(x: jax.Array, percentile: Any = 0.995) -> jax.Array:
-  """Imagen's dynamic thresholding of x [B, ...]: per example s = max(quantile_p(|x|), 1)."""
+  """Imagen's dynamic thresholding of x [B, ...]: per example s = max(quantile_p(|x|), 1);
+  `percentile` is a fraction in (0, 1] (0.995, the paper's 99.5 percent)."""
+  check_percentile(percentile)
   flat = jnp.abs(x.reshape(x.shape[0], -1)).astype(jnp.float32)
   s = jnp.maximum(jnp.quantile(flat, percentile, axis=1), 1.0)  # [B]
   s = broadcast_logsnr(s, x).astype(x.dtype)

@@ -178,6 +178,13 @@ def sample(*, model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
     raise ValueError(f"eta must lie in [0, 1], got {eta}")
   if isinstance(ddpm_var_interp, (int, float)) and not 0.0 <= ddpm_var_interp <= 1.0:
     raise ValueError(f"ddpm_var_interp must lie in [0, 1], got {ddpm_var_interp}")
+  if clip == "dynamic":
+    guid.check_percentile(dynamic_percentile)
+  for name, value in (("guidance_weight", guidance_weight), ("guidance_low", guidance_low),
+                      ("reconstruction_weight", reconstruction_weight)):
+    v = guid.concrete_float(value)
+    if v is not None and not np.isfinite(v):
+      raise ValueError(f"{name}={v} must be a finite number")
   if uncond is None and isinstance(guidance_weight, (int, float)) and guidance_weight != 0:
     raise ValueError(f"guidance_weight={guidance_weight} needs an unconditional input: pass "
                      "uncond (e.g. the null text embedding) or set the guidance weight to 0")

@@ -152,17 +152,18 @@ class DistillationRun:
     key = jax.random.fold_in(jax.random.key(int(rcfg.seed)), rnd.index)
     checkpointer = ckpt_lib.Checkpointer(os.path.join(round_dir, "checkpoints"),
                                          keep_last=int(t.keep_last), keep_every=0,
-                                         async_save=bool(t.get("async_checkpointing", True)))
-    latest = checkpointer.latest_step()
-    if latest is None:
+                                         async_save=bool(t.get("async_checkpointing", True)),
+                                         quarantine=True)
+    if checkpointer.latest_step() is None:
       state, shardings = dstate.init_student_state(
           source_params=teacher_params, source_shardings=teacher_shardings,
           init_params_fn=init_fn, key=key, tx=tx, mesh=self.mesh, rules=self.rules)
     else:
       target, shardings = state_lib.abstract_train_state(
           init_params_fn=init_fn, key=key, tx=tx, mesh=self.mesh, rules=self.rules)
-      state = checkpointer.restore(latest, target_state=target,
-                                   data_iter=data_iter if checkpointable else None, config=rcfg)
+      state, _ = checkpointer.restore_latest(
+          target_state=target, data_iter=data_iter if checkpointable else None, config=rcfg,
+          fallback=bool(t.get("checkpoint_fallback", True)))
       first = None if checkpointable else first
     step = int(np.asarray(state.step.addressable_data(0)))
     start_step, start_time, last_loss = step, time.time(), None

@@ -12,6 +12,7 @@ import os
 
 from absl import logging
 
+from vdm_jax import errors
 from vdm_jax import sharding as sharding_lib
 from vdm_jax.distill import objective as dobjective
 from vdm_jax.distill import rounds as rounds_lib
@@ -20,6 +21,7 @@ from vdm_jax.distill import state as dstate
 from vdm_jax.train import inputs
 from vdm_jax.train import loop
 from vdm_jax.train import metrics as metrics_lib
+from vdm_jax.train import workdir_lock
 
 
 @dataclasses.dataclass
@@ -66,8 +68,9 @@ def run_distillation(config, workdir: str, teacher_workdir: str) -> DistillResul
   settings.check_distill_config(config)
   loop.check_loop_config(config)
   if os.path.abspath(workdir) == os.path.abspath(teacher_workdir):
-    raise ValueError("--workdir must differ from the teacher's workdir (distillation writes "
-                     "its own rounds and never touches the teacher).")
+    raise errors.ConfigError(
+        "--workdir must differ from the teacher's workdir (distillation writes "
+        "its own rounds and never touches the teacher).")
   dstate.saved_train_config(teacher_workdir)  # fails early with what to pass instead
   sharding_lib.maybe_initialize_distributed(config)
   metrics_lib.quiet_library_logs()
@@ -94,9 +97,10 @@ def run_distillation(config, workdir: str, teacher_workdir: str) -> DistillResul
       use_ema=bool(config.distill.use_ema))
   logging.info("Teacher: step %d of %s (%s parameters).", step, teacher_workdir,
                "EMA" if config.distill.use_ema else "raw")
-  run = rounds_lib.DistillationRun(
-      config, workdir, student_model=student_model, teacher_model=teacher_model,
-      teacher_params=params, teacher_param_shardings=shardings, make_batches=make_batches,
-      mesh=mesh, rules=rules)
-  records, state = run.run()
+  with workdir_lock.WorkdirLock(workdir):
+    run = rounds_lib.DistillationRun(
+        config, workdir, student_model=student_model, teacher_model=teacher_model,
+        teacher_params=params, teacher_param_shardings=shardings, make_batches=make_batches,
+        mesh=mesh, rules=rules)
+    records, state = run.run()
   return DistillResult(rounds=records, state=state, teacher_step=step)

@@ -24,6 +24,8 @@ Keys (see configs/distill.py):
 import dataclasses
 import math
 
+from vdm_jax import errors as errors_lib
+
 MODES = ("progressive", "guided")
 STAGES = ("guided", "progressive")
 CLIPS = ("none", "static", "dynamic")
@@ -66,8 +68,9 @@ def check_distill_config(config) -> None:
   Checked before anything is built or compiled.
   """
   if "distill" not in config:
-    raise ValueError("The config has no `distill` section; use configs/distill.py (or add the "
-                     "section that vdm_jax/distill/settings.py describes).")
+    raise errors_lib.ConfigError(
+        "The config has no `distill` section; use configs/distill.py (or add the "
+        "section that vdm_jax/distill/settings.py describes).")
   d = config.distill
   errors = []
   if d.mode not in MODES:
@@ -109,7 +112,7 @@ def check_distill_config(config) -> None:
     errors.append(f"data.images_per_video={config.data.images_per_video}: distillation matches "
                   "the teacher on videos only; set data.images_per_video=0")
   if errors:
-    raise ValueError("Invalid distill config:\n  - " + "\n  - ".join(errors))
+    raise errors_lib.ConfigError("Invalid distill config:\n  - " + "\n  - ".join(errors))
 
 
 def teacher_clip_of(rnd: Round, distill_cfg) -> str:

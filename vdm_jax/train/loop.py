@@ -13,11 +13,13 @@ samples/step_XXXXXX/{000.gif, 000.mp4, ..., prompts.txt}.
 import json
 import os
 import sys
+from typing import Optional
 
 from absl import logging
 import jax
 import numpy as np
 
+from vdm_jax import errors
 from vdm_jax import sharding as sharding_lib
 from vdm_jax.train import checkpoint as ckpt_lib
 from vdm_jax.train import flops as flops_lib
@@ -28,9 +30,10 @@ from vdm_jax.train import optimizer as optimizer_lib
 from vdm_jax.train import preemption
 from vdm_jax.train import state as state_lib
 from vdm_jax.train import step as step_lib
+from vdm_jax.train import workdir_lock
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(errors.UserError, RuntimeError):
   """Too many consecutive train steps had a NaN/Inf loss or gradient."""
 
 
@@ -41,13 +44,14 @@ def check_loop_config(config) -> None:
   for key in ("batch_size", "num_steps", "log_every", "checkpoint_every",
               "max_consecutive_nonfinite"):
     if int(t[key]) < 1:
-      raise ValueError(f"train.{key}={t[key]} must be >= 1.")
+      raise errors.ConfigError(f"train.{key}={t[key]} must be >= 1.")
   for key in ("sample_every", "keep_every", "keep_last"):
     if int(t[key]) < 0:
-      raise ValueError(f"train.{key}={t[key]} must be >= 0 (0 turns it off).")
+      raise errors.ConfigError(f"train.{key}={t[key]} must be >= 0 (0 turns it off).")
   if not 0.0 <= float(config.diffusion.cond_drop_prob) < 1.0:
-    raise ValueError(f"diffusion.cond_drop_prob={config.diffusion.cond_drop_prob} must be in "
-                     "[0, 1).")
+    raise errors.ConfigError(
+        f"diffusion.cond_drop_prob={config.diffusion.cond_drop_prob} must be in "
+        "[0, 1).")
 
 
 def save_if_good(checkpointer: ckpt_lib.Checkpointer, step: int, state, data_iter,
@@ -132,17 +136,18 @@ class Trainer:
                                        batch_like=inputs.select(self._pending))
     self.checkpointer = ckpt_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep_last=int(t.keep_last),
-        keep_every=int(t.keep_every), async_save=bool(t.get("async_checkpointing", True)))
-    latest = self.checkpointer.latest_step()
+        keep_every=int(t.keep_every), async_save=bool(t.get("async_checkpointing", True)),
+        quarantine=True)
     key = jax.random.key(int(config.seed))
-    if latest is None:
+    if self.checkpointer.latest_step() is None:
       self.state, self.shardings = state_lib.init_train_state(
           init_params_fn=init_fn, key=key, tx=self.tx, mesh=self.mesh, rules=self.rules)
     else:
       target, self.shardings = state_lib.abstract_train_state(
           init_params_fn=init_fn, key=key, tx=self.tx, mesh=self.mesh, rules=self.rules)
-      self.state = self.checkpointer.restore(latest, target_state=target,
-                                             data_iter=self.data_iter, config=config)
+      self.state, _ = self.checkpointer.restore_latest(
+          target_state=target, data_iter=self.data_iter, config=config,
+          fallback=bool(t.get("checkpoint_fallback", True)))
       self._pending = next(self.data_iter)  # the restored iterator's next batch
     logging.info("Parameters: %d.", state_lib.param_count(self.state.params))
     _write_config(config, workdir)  # after the restore checked that the checkpoint matches
@@ -194,12 +199,22 @@ class Trainer:
           progress.set_postfix_str(f"loss {scalars.get('loss', float('nan')):.4f}")
       self.writer.write_scalars(step, scalars)
 
-  def run(self) -> state_lib.TrainState:
-    """Trains to `train.num_steps`; returns the final state (also on preemption)."""
+  def run(self, watcher: Optional[preemption.PreemptionWatcher] = None
+          ) -> state_lib.TrainState:
+    """Trains to `train.num_steps`; returns the final state (also on preemption). `watcher`:
+    one installed before the setup (so a SIGTERM while compiling is honoured too)."""
     t = self.config.train
     total = int(t.num_steps)
     step = int(np.asarray(self.state.step.addressable_data(0)))
-    watcher = preemption.PreemptionWatcher()
+    watcher = watcher or preemption.PreemptionWatcher()
+    if watcher.should_stop():      # signalled during setup: nothing new to save
+      watcher.close()
+      self.writer.close()
+      self.checkpointer.close()
+      logging.warning("Stopped by a signal before the first step (during setup or "
+                      "compilation) at step %d; the checkpoints are unchanged. Run the same "
+                      "command again to resume.", step)
+      return self.state
     progress = None
     if jax.process_index() == 0 and sys.stderr.isatty():
       import tqdm  # pylint: disable=g-import-not-at-top
@@ -253,10 +268,18 @@ class Trainer:
 def train_and_evaluate(config, workdir: str) -> state_lib.TrainState:
   """Trains the stage that `config` describes in `workdir`, resuming from its latest checkpoint.
 
-  Returns the final train state. Raises NonFiniteError after too many skipped steps in a row,
-  and `checkpoint.CheckpointError` for an unreadable checkpoint or one of another model.
+  Holds the work directory's lock meanwhile (a second run on it refuses). Returns the final
+  train state. Raises NonFiniteError after too many skipped steps in a row,
+  `checkpoint.CheckpointError` for a checkpoint of another model,
+  `checkpoint.CorruptCheckpointError` when no checkpoint passes its checksums (a corrupt newest
+  one is set aside and the newest good one restored, unless train.checkpoint_fallback=False),
+  `checkpoint.CheckpointSaveError` when a save fails, and `WorkdirLockedError`.
   """
   sharding_lib.maybe_initialize_distributed(config)
   metrics_lib.quiet_library_logs()
-  trainer = Trainer(config, workdir)
-  return trainer.run()
+  watcher = preemption.PreemptionWatcher()   # from the start: SIGTERM while compiling stops too
+  try:
+    with workdir_lock.WorkdirLock(workdir):
+      return Trainer(config, workdir).run(watcher)
+  finally:
+    watcher.close()

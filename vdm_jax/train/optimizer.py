@@ -2,6 +2,8 @@
 import jax
 import optax
 
+from vdm_jax import errors as errors_lib
+
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("warmup_cosine", "constant")
 
@@ -9,22 +11,26 @@ LR_SCHEDULES = ("warmup_cosine", "constant")
 def check_train_config(train_cfg) -> None:
   """Raises ValueError naming the key and the fix for a bad optimizer / schedule setting."""
   if train_cfg.optimizer not in OPTIMIZERS:
-    raise ValueError(f"train.optimizer={train_cfg.optimizer!r} is not one of {OPTIMIZERS}.")
+    raise errors_lib.ConfigError(
+        f"train.optimizer={train_cfg.optimizer!r} is not one of {OPTIMIZERS}.")
   if train_cfg.lr_schedule not in LR_SCHEDULES:
-    raise ValueError(f"train.lr_schedule={train_cfg.lr_schedule!r} is not one of "
-                     f"{LR_SCHEDULES}.")
+    raise errors_lib.ConfigError(f"train.lr_schedule={train_cfg.lr_schedule!r} is not one of "
+                                 f"{LR_SCHEDULES}.")
   if not train_cfg.lr > 0:
-    raise ValueError(f"train.lr={train_cfg.lr} must be positive.")
+    raise errors_lib.ConfigError(f"train.lr={train_cfg.lr} must be positive.")
   if train_cfg.warmup_steps < 0:
-    raise ValueError(f"train.warmup_steps={train_cfg.warmup_steps} must be >= 0.")
+    raise errors_lib.ConfigError(f"train.warmup_steps={train_cfg.warmup_steps} must be >= 0.")
   if train_cfg.grad_clip < 0:
-    raise ValueError(f"train.grad_clip={train_cfg.grad_clip} must be >= 0 (0 disables).")
+    raise errors_lib.ConfigError(
+        f"train.grad_clip={train_cfg.grad_clip} must be >= 0 (0 disables).")
   if not 0.0 <= train_cfg.ema_decay < 1.0:
-    raise ValueError(f"train.ema_decay={train_cfg.ema_decay} must be in [0, 1).")
+    raise errors_lib.ConfigError(f"train.ema_decay={train_cfg.ema_decay} must be in [0, 1).")
   if train_cfg.grad_accum_steps < 1:
-    raise ValueError(f"train.grad_accum_steps={train_cfg.grad_accum_steps} must be >= 1.")
+    raise errors_lib.ConfigError(
+        f"train.grad_accum_steps={train_cfg.grad_accum_steps} must be >= 1.")
   if train_cfg.optimizer == "adam" and train_cfg.weight_decay:
-    raise ValueError("train.weight_decay needs train.optimizer='adamw' (plain adam has no "
+    raise errors_lib.ConfigError(
+        "train.weight_decay needs train.optimizer='adamw' (plain adam has no "
                      "decoupled weight decay).")
 
 

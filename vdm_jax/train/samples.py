@@ -14,6 +14,7 @@ from vdm_jax import diffusion
 from vdm_jax import sharding as sharding_lib
 from vdm_jax.diffusion import noise as noise_lib
 from vdm_jax.models import conditioning
+from vdm_jax.text import tokenization
 from vdm_jax.train import objective
 from vdm_jax.train import video_writer
 
@@ -45,7 +46,10 @@ class PeriodicSampler:
     self.uses_text = objective.needs_text(config.model)
     if self.uses_text and text_encoder is None and not self.is_sr:
       raise ValueError("Sampling a text-conditioned model needs a text encoder (text.encoder).")
-    self._text = text_encoder.encode(self.prompts) if self.uses_text and not self.is_sr else None
+    self._text = None
+    if self.uses_text and not self.is_sr:   # a bad sample.prompts entry fails at the start
+      self._text = text_encoder.encode(
+          tokenization.check_prompts(self.prompts, allow_empty=False))
     self.schedule = diffusion.schedule_from_config(config.diffusion, resolution=config.height)
     replicated = NamedSharding(mesh, PartitionSpec())
     self._sample = jax.jit(self._sample_fn, in_shardings=(param_shardings, replicated, replicated),
