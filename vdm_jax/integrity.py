@@ -30,36 +30,54 @@ def sha256_file(path: str) -> str:
   return h.hexdigest()
 
 
-def _words(x: np.ndarray) -> np.ndarray:
-  """The raw bits of `x` as uint32 words (one per element; 64-bit elements give two)."""
+def _words(x: np.ndarray, index: tuple, global_shape: tuple):
+  """The raw bits of shard `x` as uint32 words, with their index and global shape: one word
+  per element, or two for 64-bit elements (the last dimension doubled, so that row-major word
+  positions stay global positions)."""
+  if x.ndim == 0:
+    x, index, global_shape = x.reshape(1), (slice(0, 1),), (1,)
   x = np.ascontiguousarray(x)
   if x.dtype == bool:
-    return x.astype(np.uint32)
+    return x.astype(np.uint32), index, tuple(global_shape)
   size = x.dtype.itemsize
   if size == 8:
-    return x.view(np.uint32)
-  return x.view({1: np.uint8, 2: np.uint16, 4: np.uint32}[size]).astype(np.uint32)
+    last = index[-1].start or 0
+    index = tuple(index[:-1]) + (slice(2 * last, 2 * last + 2 * x.shape[-1]),)
+    global_shape = tuple(global_shape[:-1]) + (2 * global_shape[-1],)
+    return x.view(np.uint32), index, global_shape
+  words = x.view({1: np.uint8, 2: np.uint16, 4: np.uint32}[size]).astype(np.uint32, copy=False)
+  return words, index, tuple(global_shape)
+
+
+_MIX = 0x9E3779B1      # the weight of word position p is (_MIX * p + 1) mod 2**32
+_MOD = 1 << 32
 
 
 def _shard_sums(data: np.ndarray, index: tuple, global_shape: tuple) -> np.ndarray:
-  """[sum of the words, sum of word * odd weight of its global position] mod 2**32 of one
-  shard (`index`: its slices in the global array), so that shards add up to the array's."""
-  words = _words(data)
-  per = words.size // max(data.size, 1) if data.size else 1     # words per element
-  strides = np.cumprod((1,) + tuple(global_shape[::-1]))[:-1][::-1]
-  pos = np.zeros(data.shape, np.uint64)
-  for d, (sl, stride) in enumerate(zip(index, strides)):
-    start = sl.start or 0
-    shape = [1] * data.ndim
-    shape[d] = data.shape[d]
-    pos = pos + (np.arange(start, start + data.shape[d], dtype=np.uint64)
-                 * np.uint64(stride)).reshape(shape)
-  pos = pos.reshape(-1, 1) * np.uint64(per) + np.arange(per, dtype=np.uint64)
-  weights = ((pos.reshape(words.shape) * np.uint64(0x9E3779B1) + np.uint64(1))
-             | np.uint64(1)).astype(np.uint32)
+  """[s1, s2] mod 2**32 of one shard (`index`: its slices in the global array), so that the
+  shards of an array add up to the array's: s1 the sum of its 32-bit words w, s2 the sum of
+  (_MIX * p + 1) * w over their global word positions p. s2 = _MIX * sum(p * w) + s1, and
+  sum(p * w) = sum over dimensions d of stride_d * sum_j (start_d + j) * (the words at index j
+  along d, summed), so both cost one reduction per dimension and no temporary of the shard's
+  size."""
+  words, index, shape = _words(data, index, global_shape)
+  if words.size == 0:
+    return np.zeros(2, np.uint64)
+  strides = [int(np.prod(shape[d + 1:], dtype=np.uint64)) for d in range(len(shape))]
+  s1 = int(np.sum(words, dtype=np.uint32))
+  weighted = 0
   with np.errstate(over="ignore"):
-    return np.array([np.sum(words, dtype=np.uint32),
-                     np.sum(words * weights, dtype=np.uint32)], np.uint64)
+    for d in range(words.ndim):
+      start = index[d].start or 0
+      if start == 0 and words.shape[d] == 1:
+        continue                                          # position 0 along d: adds nothing
+      column = words if words.ndim == 1 else np.sum(
+          words, axis=tuple(a for a in range(words.ndim) if a != d), dtype=np.uint32)
+      stop = start + words.shape[d]
+      j = (np.arange(start, stop, dtype=np.uint32) if stop <= _MOD else
+           (np.arange(start, stop, dtype=np.uint64) % _MOD).astype(np.uint32))
+      weighted = (weighted + strides[d] % _MOD * int(np.dot(column, j))) % _MOD
+  return np.array([s1, (_MIX * weighted + s1) % _MOD], np.uint64)
 
 
 def _chunked_sums(data: np.ndarray, index: tuple, global_shape: tuple,
@@ -94,7 +112,7 @@ def _leaf_sums(x: Any) -> np.ndarray:
 def tree_digests(tree: Any) -> dict[str, list]:
   """{path: [sum, weighted sum, dtype, shape]} of every array leaf of `tree`: two 32-bit sums
   of its raw bits (the second weighted by position), exact and independent of the sharding.
-  A flipped bit anywhere changes both. Collective with several processes."""
+  A changed word anywhere changes the first; moved words change the second. Collective with several processes."""
   leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
   paths = [jax.tree_util.keystr(p, simple=True, separator="/") for p, _ in leaves]
   sums = np.stack([_leaf_sums(v) for _, v in leaves]) if leaves else np.zeros((0, 2), np.uint64)
