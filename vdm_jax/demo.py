@@ -44,6 +44,9 @@ _WEIGHTS = flags.DEFINE_string("weights", "", "Exported cascade to load (default
 _EXPORT = flags.DEFINE_string("export", "", "--train: export the trained cascade here (default "
                               "<out>/exported; vdm_jax/assets/demo_cascade replaces the shipped "
                               "one that `make demo` loads).")
+_COMPILE_CACHE = flags.DEFINE_string(
+    "compile_cache", None, "Persistent XLA compilation cache directory, or 'off' (default: "
+    "$VDM_JAX_COMPILE_CACHE, else ~/.cache/vdm_jax/xla).")
 _DISTILL = flags.DEFINE_bool(
     "distill", True, "Also distill one stage (config `demo` section: guided + progressive "
     "distillation) and show the cascade with the distilled stage beside the trained one.")
@@ -332,7 +335,8 @@ def show(config, cascades: dict, out: str, run: _Runner, *, recipe: dict) -> dic
 
 def main(argv):
   del argv
-  from vdm_jax import export  # pylint: disable=g-import-not-at-top
+  from vdm_jax import compile_cache, export  # pylint: disable=g-import-not-at-top
+  compile_cache.enable(_COMPILE_CACHE.value)   # a second `make demo` starts without compiling
   out = _OUT.value
   config = demo_config(_CONFIG.value, out, _BUDGET.value)
   run = _Runner()

@@ -32,6 +32,9 @@ _OUT = flags.DEFINE_string("out", None, "Output directory for sample/eval (defau
 _NUM_VIDEOS = flags.DEFINE_integer("num_videos", None, "Videos to evaluate (eval mode).")
 _TEACHER = flags.DEFINE_string("teacher_workdir", None,
                                "Distill mode: the --workdir of the teacher's training run.")
+_COMPILE_CACHE = flags.DEFINE_string(
+    "compile_cache", None, "Persistent XLA compilation cache directory, or 'off' (default: "
+    "$VDM_JAX_COMPILE_CACHE, else ~/.cache/vdm_jax/xla; vdm_jax/compile_cache.py).")
 _TRACEBACK = flags.DEFINE_bool("traceback", False,
                                "Show the Python traceback of user errors too (for bug reports).")
 
@@ -60,8 +63,9 @@ def _main(argv):
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config=configs/<experiment>.py is required.")
-  from vdm_jax import config_utils
+  from vdm_jax import compile_cache, config_utils
   config_utils.validate_config(config)
+  compile_cache.enable(_COMPILE_CACHE.value)
   mode = _MODE.value
   logging.info("mode=%s", mode)
 

@@ -26,6 +26,7 @@ sampling alike): a diagnostic of the text signal (e.g. motion words replaced by 
 well-separated words), not a product feature.
 """
 import json
+import math
 import os
 import re
 import sys
@@ -89,11 +90,17 @@ def run_config(run_dir: str):
   stage.text.store_path = os.path.join(run_dir, store)
   t = stage.train
   t.num_steps = _STEPS.value
-  t.checkpoint_every = min(_eval_steps() + [_STEPS.value])
-  t.keep_every = t.checkpoint_every
+  t.checkpoint_every = math.gcd(*_eval_steps())
   t.warmup_steps = min(int(t.warmup_steps), max(1, _STEPS.value // 10))
   from vdm_jax import config_utils  # pylint: disable=g-import-not-at-top
   config_utils.apply_overrides(stage, _SET.value)
+  # Every evaluated step must be saved and kept (also with --set train.checkpoint_every=...).
+  missed = [s for s in _eval_steps() if s % int(t.checkpoint_every) and s != _STEPS.value]
+  if missed:
+    raise config_utils.ConfigError(
+        f"train.checkpoint_every={t.checkpoint_every} does not save the --eval_steps {missed}; "
+        "use a divisor of every evaluated step.")
+  t.keep_every = math.gcd(*_eval_steps())
   config_utils.validate_config(stage)
   return config, stage
 
