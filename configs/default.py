@@ -50,6 +50,7 @@ def get_config(arg=None):
   m.cond_embed_dim = 128
   m.text_embed_dim = 384
   m.text_cross_attention = True           # beside spatial attention, on its levels
+  m.cross_attention_levels = ()           # or one bool per level (also levels without spatial)
   m.text_pooled_conditioning = True       # masked-mean text embedding added to the FiLM input
   m.fps_conditioning = True
   m.lowres_conditioning = "none"          # none | spatial | temporal

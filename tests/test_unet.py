@@ -243,6 +243,33 @@ def test_text_matters_and_padding_does_not(base):
   assert bool(jnp.all(jnp.isfinite(e1)))
 
 
+def test_cross_attention_on_a_level_without_spatial_attention():
+  """cross_attention_levels puts text cross-attention where it says, with or without spatial
+  self-attention beside it (imagen-pytorch's Unet3D layout); () keeps the old placement."""
+  cfg = base_cfg(spatial_attention=(True, False), cross_attention_levels=(False, True),
+                 text_pooled_conditioning=False, guidance_weight_conditioning=False, dropout=0.0)
+  run = Runner(cfg)
+  names = {path_str(p).split("/")[1] for p, _ in
+           jax.tree_util.tree_leaves_with_path(run.params)}
+  cross = sorted(n for n in names if n.endswith("_cross_attn"))
+  spatial = sorted(n for n in names if n.endswith("_spatial_attn"))
+  level1 = lambda n: n.startswith(("down1", "up1", "mid"))    # level 1 and the middle
+  assert cross and all(level1(n) for n in cross), cross
+  assert spatial and not any(level1(n) for n in spatial), spatial
+  out = run()      # text reaches the output only through the level-1 cross-attention
+  assert float(jnp.max(jnp.abs(run(text_emb=run.kw["text_emb"][::-1]) - out))) > 1e-3
+  no_cross = zero_where(run.params, lambda p: "_cross_attn" in p and "out" in p)
+  np.testing.assert_allclose(run(params=no_cross),
+                             run(params=no_cross, text_emb=run.kw["text_emb"][::-1]),
+                             atol=1e-5, rtol=1e-5)
+  default = SpaceTimeUNet(config=base_cfg(spatial_attention=(True, False),
+                                          guidance_weight_conditioning=False))
+  shapes = jax.eval_shape(lambda: default.init(jax.random.key(0), run.x, run.logsnr, **run.kw))
+  default_cross = {path_str(p).split("/")[1] for p, _ in
+                   jax.tree_util.tree_leaves_with_path(shapes) if "_cross_attn" in path_str(p)}
+  assert default_cross and not any(level1(n) for n in default_cross)
+
+
 def test_conditioning_scalars_matter(base):
   out = base()
   for key, value in (("fps", jnp.full((B,), 24.0)), ("guidance_weight", jnp.zeros((B,)))):
@@ -342,6 +369,9 @@ def test_missing_or_unexpected_inputs_raise(base):
     (dict(temporal_mixing=("attention", "space-time")), "temporal_mixing\\[1\\]"),
     (dict(num_groups=3), "num_groups"),
     (dict(spatial_attention=(False, False)), "text_cross_attention"),
+    (dict(cross_attention_levels=(True,)), "cross_attention_levels has 1 entries"),
+    (dict(cross_attention_levels=(False, True), text_cross_attention=False),
+     "text_cross_attention=False"),
 ])
 def test_bad_config_fails_before_tracing(base, overrides, message):
   model = SpaceTimeUNet(config=base_cfg(**overrides))

@@ -133,7 +133,9 @@ def validate_config(config) -> None:
       errors.append(f"{key}={value!r} is not one of {choices}")
   m = config.model
   levels = len(m.channel_mult)
-  for key in ("spatial_attention", "temporal_mixing"):
+  for key in ("spatial_attention", "temporal_mixing", "cross_attention_levels"):
+    if key == "cross_attention_levels" and not m.get(key, ()):
+      continue                     # () = the levels with spatial attention
     if len(m[key]) != levels:
       errors.append(
           f"model.{key} has {len(m[key])} entries but model.channel_mult has {levels} levels; "

@@ -12,8 +12,9 @@ Layout (levels l = 0..L-1 with channels base_channels * channel_mult[l]):
   up:     per level (reversed) num_res_blocks + 1 x [concat skip -> ResBlock -> mixers(l)],
           then a spatial 2x upsample (not after level 0).
   out:    GroupNorm -> SiLU -> conv_out (3x3 per frame)
-  mixers(l) = [SpatialSelfAttention -> TextCrossAttention]  if spatial_attention[l]
-              (cross-attention only with text_cross_attention)
+  mixers(l) = [SpatialSelfAttention]  if spatial_attention[l]
+              [TextCrossAttention]    if cross-attention at l (text_cross_attention: the
+                                      spatial-attention levels, or cross_attention_levels)
             + TemporalSelfAttention | TemporalConvBlock | nothing  per temporal_mixing[l]
               ('attention' | 'conv' | 'none'), or SpaceTimeSelfAttention ('spacetime': full
               attention over T*H*W with relative space-time positions, for a coarse level)
@@ -189,8 +190,8 @@ class _Blocks:
     c = x.shape[-1]
     if s.spatial_attention[level]:
       x = self.spatial_cls(name=f"{prefix}_spatial_attn", **self._attn_kw(c))(x)
-      if s.text_cross_attention:
-        x = self.cross_cls(name=f"{prefix}_cross_attn", **self._attn_kw(c))(x, text, text_mask)
+    if s.cross_attention_at(level):
+      x = self.cross_cls(name=f"{prefix}_cross_attn", **self._attn_kw(c))(x, text, text_mask)
     mode = s.temporal_mixing[level]
     if mode == "attention":
       x = self.temporal_attn_cls(num_buckets=s.rel_pos_buckets,

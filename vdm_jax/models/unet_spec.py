@@ -64,8 +64,12 @@ class UNetSpec:
   frame_mask_conditioning: bool = False
   temporal_position: str = "bias"
   frame_position: str = "none"
+  # The levels with text cross-attention (one bool per level); () = the levels with spatial
+  # attention (beside it), which is what every config before this key meant.
+  cross_attention_levels: Tuple[bool, ...] = ()
 
-  OPTIONAL = ("frame_mask_conditioning", "temporal_position", "frame_position")
+  OPTIONAL = ("frame_mask_conditioning", "temporal_position", "frame_position",
+              "cross_attention_levels")
 
   @classmethod
   def from_config(cls, config):
@@ -77,7 +81,8 @@ class UNetSpec:
       if field.name not in config:
         raise ValueError(f"model config lacks key {field.name!r}; see configs/default.py")
       value = config[field.name]
-      if field.name in ("channel_mult", "spatial_attention", "temporal_mixing"):
+      if field.name in ("channel_mult", "spatial_attention", "temporal_mixing",
+                        "cross_attention_levels"):
         if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
           raise ValueError(f"model.{field.name} must be a tuple with one entry per level, "
                            f"got {value!r}")
@@ -102,6 +107,13 @@ class UNetSpec:
   @property
   def needs_text(self):
     return self.text_cross_attention or self.text_pooled_conditioning
+
+  def cross_attention_at(self, level) -> bool:
+    """Whether level `level` has text cross-attention."""
+    if not self.text_cross_attention:
+      return False
+    levels = self.cross_attention_levels or self.spatial_attention
+    return bool(levels[level])
 
   def level_channels(self, level):
     return self.base_channels * self.channel_mult[level]
@@ -161,10 +173,16 @@ class UNetSpec:
     if self.rel_pos_max_distance <= self.rel_pos_buckets // 4:
       fail(f"rel_pos_max_distance must exceed rel_pos_buckets // 4, got "
            f"{self.rel_pos_max_distance}")
-    if self.text_cross_attention and not any(self.spatial_attention):
-      fail("text_cross_attention=True but no level has spatial_attention; cross-attention "
-           "sits beside spatial attention: enable spatial attention on a level or set "
-           "text_cross_attention=False (pooled text still conditions the model)")
+    if self.cross_attention_levels and len(self.cross_attention_levels) != n:
+      fail(f"cross_attention_levels has {len(self.cross_attention_levels)} entries for {n} "
+           "levels; give one bool per level, or () for the levels with spatial attention")
+    if any(self.cross_attention_levels) and not self.text_cross_attention:
+      fail("cross_attention_levels marks levels but text_cross_attention=False; set it True")
+    if self.text_cross_attention and not any(self.cross_attention_at(l) for l in range(n)):
+      fail("text_cross_attention=True but no level has cross-attention: by default it sits "
+           "beside spatial attention, so enable spatial attention on a level, or name the "
+           "levels in cross_attention_levels, or set text_cross_attention=False (pooled text "
+           "still conditions the model)")
     choices = (("lowres_conditioning", LOWRES_CONDITIONING),
                ("lowres_temporal_upsample", LOWRES_TEMPORAL_UPSAMPLE),
                ("attention_impl", ATTENTION_IMPLS), ("dtype", tuple(DTYPES)),

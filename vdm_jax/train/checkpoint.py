@@ -80,7 +80,8 @@ def _with_optional_model_keys(model: Mapping[str, Any]) -> dict:
   model = dict(model)
   defaults = {f.name: f.default for f in dataclasses.fields(unet_spec.UNetSpec)}
   for key in unet_spec.UNetSpec.OPTIONAL:
-    model.setdefault(key, defaults[key])
+    default = defaults[key]
+    model.setdefault(key, list(default) if isinstance(default, tuple) else default)  # as JSON
   return model
 
 
