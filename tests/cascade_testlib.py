@@ -59,9 +59,10 @@ def tiny_cascade_config(data_dir="data", stages=tuple(GEOMETRY), tsr="lowres"):
   return c
 
 
-def save_random_checkpoint(config, workdir, seed=0):
+def save_random_checkpoint(config, workdir, seed=0, optimizer_state=True):
   """A step-1 checkpoint of the stage's train state with random N(0, 0.02) weights, made from
-  its abstract shape (jax.eval_shape: nothing to compile)."""
+  its abstract shape (jax.eval_shape: nothing to compile); `optimizer_state=False` leaves the
+  optimizer's moments zero (a small file)."""
   model = SpaceTimeUNet(config=config.model)
   init_fn = objective.init_params_fn(config, model=model,
                                      batch_like=sampling.example_batch(config))
@@ -76,6 +77,8 @@ def save_random_checkpoint(config, workdir, seed=0):
     return np.zeros(leaf.shape, leaf.dtype)
 
   state = jax.tree.map(fill, abstract)
+  if not optimizer_state:
+    state = state.replace(opt_state=jax.tree.map(np.zeros_like, state.opt_state))
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
   ckpt.save(1, state, None, config)
   ckpt.close()
