@@ -1,0 +1,69 @@
+"""Our side of experiments/benchmarks/peer_side_by_side.py: the SpaceTimeUNet train step at
+the peer's configuration (experiments/benchmarks/train_step.py's real step: v-prediction loss,
+conditioning dropout, clipping, AdamW, EMA), on one device. Same protocol as worker_torch.py.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))))
+
+
+def peer_equal_config(*, frames: int, size: int, batch: int, dim: int, text_len: int,
+                      text_dim: int):
+  """configs/default.py with imagen-pytorch Unet3D's layout: channel multipliers 1-2-4, two
+  ResNet blocks per level with temporal convolutions, temporal attention on every level, text
+  cross-attention on every level, no spatial self-attention, 8 heads of 64."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  c = default.get_config()
+  c.frames, c.height, c.width = frames, size, size
+  m = c.model
+  m.base_channels, m.channel_mult, m.num_res_blocks = dim, (1, 2, 4), 2
+  m.spatial_attention = (False, False, False)
+  m.cross_attention_levels = (True, True, True)
+  m.text_cross_attention = True
+  m.temporal_mixing = ("attention",) * 3
+  m.temporal_conv_in_resblock = True
+  m.num_heads, m.head_dim, m.num_groups = 8, 64, 8
+  m.text_embed_dim = text_dim
+  c.text.max_length = text_len
+  c.train.batch_size = batch
+  c.sharding.mesh_shape = (1, 1, 1)
+  return c
+
+
+def main():
+  p = argparse.ArgumentParser()
+  for name, default in (("frames", 8), ("size", 32), ("batch", 4), ("dim", 64),
+                        ("text_len", 16), ("text_dim", 384)):
+    p.add_argument(f"--{name}", type=int, default=default)
+  args = p.parse_args()
+  import jax  # pylint: disable=g-import-not-at-top
+  from experiments.benchmarks import train_step  # pylint: disable=g-import-not-at-top
+  config = peer_equal_config(**vars(args))
+  bench = train_step.TrainStepBench(config, devices=jax.devices()[:1])
+  start = time.perf_counter()
+  prepared = bench.prepare(batch_size=args.batch)
+  compile_s = time.perf_counter() - start
+  start = time.perf_counter()
+  jax.block_until_ready(prepared.run_once())
+  first = time.perf_counter() - start
+  from vdm_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  params = state_lib.param_count(bench.abstract_args(args.batch)[0].params)
+  print(json.dumps({"params": int(params), "jax": jax.__version__, "compile_s": compile_s,
+                    "first_step_s": first}), flush=True)
+  for line in sys.stdin:
+    n = int(line.split()[1])
+    times = []
+    for _ in range(n):
+      start = time.perf_counter()
+      jax.block_until_ready(prepared.run_once())
+      times.append(time.perf_counter() - start)
+    print(json.dumps({"times": times}), flush=True)
+
+
+if __name__ == "__main__":
+  main()
