@@ -1,9 +1,10 @@
 """The curve: held-out accuracy per attribute against training compute, per stage.
 
     python experiments/recipe/curve.py --results=experiments/recipe/results.jsonl \
-        --variants=base:ref,tsr1:sr_res,ssr1:sr_res --out=experiments/recipe/curve
+        --variants=base:ref+base_long,tsr1:sr_res,ssr1:sr_res --out=experiments/recipe/curve
 
 Reads the evaluations of `run.py` (one JSON line each) for the chosen variant of every stage
+(several joined by `+`: a run and its continuation)
 and writes `<out>.json` (stage -> [{step, cpu_hours, accuracy per attribute}]) and `<out>.png`
 (one panel per stage: accuracy against CPU-hours of training, one line per attribute; the
 thresholds of the shipped cascade's issue as dotted lines). Drawn with Pillow only.
@@ -25,7 +26,7 @@ def load(path: str, variants: dict) -> dict:
   with open(path, encoding="utf-8") as f:
     for line in f:
       r = json.loads(line)
-      if variants.get(r["stage"]) != r["variant"]:
+      if r["variant"] not in variants.get(r["stage"], "").split("+"):
         continue
       acc = r.get("caption_accuracy") or r.get("read") or {}
       curves[r["stage"]].append({
