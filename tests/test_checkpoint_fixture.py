@@ -1,23 +1,24 @@
-"""Checkpoints written by earlier code still restore and sample the same videos.
+"""Checkpoints restore and sample the same videos as when the golden videos were recorded.
 
-tests/fixtures/checkpoints/tiny_cascade/ holds the tiny test cascade (base -> tsr1 -> ssr1,
-random weights) as written by the commit named in its MADE_BY.json, with the videos it sampled
-then (samples.npz). The current code must restore those checkpoints (orbax layout, config item,
-parameter names) and sample the same videos from the same key. A change that breaks this
-breaks every user's trained checkpoints: it needs a migration, not a new fixture.
+The tiny test cascade (base -> tsr1 -> ssr1, random weights from fixed seeds) is checkpointed
+into a temporary directory, restored through `Cascade.from_config` (orbax layout, config item,
+checksums, parameter names) and sampled; the videos must equal
+tests/fixtures/checkpoints/tiny_cascade_samples.npz, recorded by make_tiny_cascade.py at the
+commit its metadata names. Only those videos are committed (never a checkpoint directory). A
+change of checkpointing, restoring or sampling that alters them breaks users' trained models:
+it needs a migration, not a new golden file.
 """
 import hashlib
 import os
-import shutil
 
 import jax
 import numpy as np
 
-from cascade_testlib import TEXT_DIM, tiny_cascade_config
+from cascade_testlib import TEXT_DIM, save_random_checkpoint, tiny_cascade_config
 from vdm_jax import cascade as cascade_lib
 
-FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "checkpoints",
-                       "tiny_cascade")
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "checkpoints",
+                      "tiny_cascade_samples.npz")
 PROMPTS = ["a large red circle moving left quickly on a black background",
            "a large blue square moving down quickly on a white background"]
 
@@ -34,25 +35,30 @@ class HashTextEncoder:
     return emb, np.ones(emb.shape[:2], bool)
 
 
-def fixture_config():
-  return tiny_cascade_config()
+def write_checkpoints(root) -> object:
+  """The tiny cascade's config, with every stage checkpointed under root/<stage> (stage i's
+  weights from seed i, optimizer moments zero)."""
+  config = tiny_cascade_config()
+  for i, name in enumerate(config.cascade.order):
+    save_random_checkpoint(config.cascade.stages[name], os.path.join(root, name), seed=i,
+                           optimizer_state=False)
+  return config
 
 
-def sample_fixture(config, root) -> dict:
-  """Every stage's videos for PROMPTS with the config's seeds (the cascade restores each
-  stage's newest checkpoint under root/<stage>)."""
+def sample_cascade(config, root) -> dict:
+  """Every stage's videos for PROMPTS with the config's seeds."""
   cascade = cascade_lib.Cascade.from_config(config, root, text_encoder=HashTextEncoder(),
                                             devices=jax.devices()[:1])
-  out = cascade.sample(PROMPTS)            # the config's seeds
+  out = cascade.sample(PROMPTS)
   return {name: np.asarray(v) for name, v in out.items()}
 
 
-def test_old_checkpoints_restore_and_sample_the_same_videos(tmp_path):
+def test_checkpoints_restore_and_sample_the_recorded_videos(tmp_path):
   root = str(tmp_path / "cascade")
-  shutil.copytree(FIXTURE, root)          # restoring may write (manifests): work on a copy
-  expected = np.load(os.path.join(FIXTURE, "samples.npz"))
-  got = sample_fixture(fixture_config(), root)
-  assert sorted(got) == sorted(expected.files) == ["base", "ssr1", "tsr1"]
-  for name in expected.files:
+  got = sample_cascade(write_checkpoints(root), root)
+  expected = np.load(GOLDEN)
+  assert sorted(got) == sorted(k for k in expected.files if k != "made_by") == [
+      "base", "ssr1", "tsr1"]
+  for name in ("base", "tsr1", "ssr1"):
     assert got[name].shape == expected[name].shape, name
     np.testing.assert_allclose(got[name], expected[name], atol=1e-4, rtol=0, err_msg=name)

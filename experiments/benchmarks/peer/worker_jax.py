@@ -3,10 +3,11 @@ the peer's configuration (experiments/benchmarks/train_step.py's real step: v-pr
 conditioning dropout, clipping, AdamW, EMA), on one device. Same protocol as worker_torch.py.
 """
 import argparse
-import json
 import os
 import sys
 import time
+
+import protocol  # this folder (sys.path[0])
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))))
@@ -53,17 +54,9 @@ def main():
   first = time.perf_counter() - start
   from vdm_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   params = state_lib.param_count(bench.abstract_args(args.batch)[0].params)
-  print(json.dumps({"params": int(params), "jax": jax.__version__, "compile_s": compile_s,
-                    "first_step_s": first}), flush=True)
-  for line in sys.stdin:
-    n = int(line.split()[1])
-    times = []
-    for _ in range(n):
-      start = time.perf_counter()
-      jax.block_until_ready(prepared.run_once())
-      times.append(time.perf_counter() - start)
-    print(json.dumps({"times": times}), flush=True)
-
+  protocol.serve(lambda: jax.block_until_ready(prepared.run_once()),
+                 {"params": int(params), "jax": jax.__version__, "compile_s": compile_s,
+                  "first_step_s": first})
 
 if __name__ == "__main__":
   main()

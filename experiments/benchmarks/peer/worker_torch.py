@@ -12,11 +12,12 @@ N timed train steps (forward, MSE loss against a v-target, backward, Adam) and o
 with their seconds.
 """
 import argparse
-import json
 import os
 import sys
 import time
 import types
+
+import protocol  # this folder (sys.path[0])
 
 
 def _import_unet3d(src):
@@ -75,18 +76,9 @@ def main():
   start = time.perf_counter()
   step()
   first = time.perf_counter() - start
-  print(json.dumps({"params": sum(q.numel() for q in model.parameters()),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "first_step_s": first}), flush=True)
-  for line in sys.stdin:
-    n = int(line.split()[1])
-    times = []
-    for _ in range(n):
-      start = time.perf_counter()
-      step()
-      times.append(time.perf_counter() - start)
-    print(json.dumps({"times": times}), flush=True)
-
+  protocol.serve(step, {"params": sum(q.numel() for q in model.parameters()),
+                        "torch": torch.__version__, "threads": torch.get_num_threads(),
+                        "first_step_s": first})
 
 if __name__ == "__main__":
   main()
