@@ -4,8 +4,10 @@ The tiny test cascade (base -> tsr1 -> ssr1, random weights from fixed seeds) is
 into a temporary directory, restored through `Cascade.from_config` (orbax layout, config item,
 checksums, parameter names) and sampled; the videos must equal
 tests/fixtures/checkpoints/tiny_cascade_samples.npz, recorded by make_tiny_cascade.py at the
-commit its metadata names. Only those videos are committed (never a checkpoint directory). A
-change of checkpointing, restoring or sampling that alters them breaks users' trained models:
+commit its metadata names. The same weights exported by the code of an earlier commit
+(tiny_cascade_export/, made by make_tiny_export.py: safetensors + config JSON + manifest) must
+load with today's code and sample the same videos: old configs and parameter names keep
+working. No training run directory is committed. A change of checkpointing, restoring or sampling that alters them breaks users' trained models:
 it needs a migration, not a new golden file.
 """
 import hashlib
@@ -16,9 +18,11 @@ import numpy as np
 
 from cascade_testlib import TEXT_DIM, save_random_checkpoint, tiny_cascade_config
 from vdm_jax import cascade as cascade_lib
+from vdm_jax import export
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "checkpoints",
                       "tiny_cascade_samples.npz")
+EXPORTED = os.path.join(os.path.dirname(GOLDEN), "tiny_cascade_export")
 PROMPTS = ["a large red circle moving left quickly on a black background",
            "a large blue square moving down quickly on a white background"]
 
@@ -62,3 +66,19 @@ def test_checkpoints_restore_and_sample_the_recorded_videos(tmp_path):
   for name in ("base", "tsr1", "ssr1"):
     assert got[name].shape == expected[name].shape, name
     np.testing.assert_allclose(got[name], expected[name], atol=1e-4, rtol=0, err_msg=name)
+
+
+def assert_golden(got):
+  expected = np.load(GOLDEN)
+  for name in ("base", "tsr1", "ssr1"):
+    assert got[name].shape == expected[name].shape, name
+    np.testing.assert_allclose(got[name], expected[name], atol=1e-4, rtol=0, err_msg=name)
+
+
+def test_cascade_exported_by_an_earlier_commit_loads_and_samples_the_recorded_videos():
+  manifest = export.read_manifest(EXPORTED)
+  assert manifest["recipe"]["commit"], "the fixture names the commit that wrote it"
+  cascade = export.load_cascade(EXPORTED, text_encoder=HashTextEncoder(),
+                                devices=jax.devices()[:1])
+  assert cascade.names == ["base", "tsr1", "ssr1"]
+  assert_golden({k: np.asarray(v) for k, v in cascade.sample(PROMPTS).items()})
