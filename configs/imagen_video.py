@@ -28,7 +28,7 @@ train.cond_aug_max_t], sampling level `sample.cond_aug_logsnr`). Stages without 
 (`data.crop_*`) and sample at full size. Paper-scale widths come from
 `vdm_jax.models.unet_presets` (parameter counts near the published ones); CPU widths are ours,
 sized to train on a 2-core machine. The CPU cascade's frame rates keep every clip under 2.4 s so
-that a fast large shape stays in frame (vdm_jax/data/procedural.py).
+that a fast large shape stays in frame (vdm_jax/data/moving_shapes/grammar.py).
 
 TSR method (`tsr=`): 'lowres' (default, Imagen Video: the frame-repeated previous video is
 concatenated to the input) or 'interp' (Make-A-Video masked frame interpolation: the TSR
@@ -39,14 +39,14 @@ masks; sampling keeps the previous frames at 0, k, 2k, ... and fills the rest).
 A cascade config is the final stage's config plus a `cascade` section:
   cascade.order            stage names, base first
   cascade.stages.<name>    that stage's full config (the same as stage=<name>)
-Stage <name>'s workdir is <root>/<name>, root = --workdir (vdm_jax/cascade.py). Override a
+Stage <name>'s workdir is <root>/<name>, root = --workdir (vdm_jax/sample/cascade.py). Override a
 stage's sampling with e.g. --config.cascade.stages.ssr1.sample.cond_aug_logsnr=3.
 """
 import ml_collections
 
 from configs import default
 from vdm_jax import config_utils
-from vdm_jax.models import unet_presets
+from vdm_jax.models.unet import presets as unet_presets
 
 STAGE_ORDER = ("base", "tsr1", "ssr1", "ssr2", "tsr2", "tsr3", "ssr3")
 SCALES = ("paper", "cpu")
@@ -211,6 +211,7 @@ def stage_config(name: str, scale: str = "cpu", final: str = STAGE_ORDER[-1],
     t.num_steps = 500_000
     t.checkpoint_every = 2000
     c.sample.prompts = ("a red circle moving left",)
+    c.eval.metrics = ("fvd",)    # the user's videos: no moving-shapes detectors
   else:
     c.data.num_train_examples = 2048
     c.data.num_eval_examples = 64

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import imagen_video
-from vdm_jax import cascade, sampling
-from vdm_jax.models.unet import SpaceTimeUNet
+from vdm_jax.models import registry
+from vdm_jax.sample import cascade
 from vdm_jax.train import checkpoint as ckpt_lib
 from vdm_jax.train import objective
 from vdm_jax.train import optimizer as optimizer_lib
@@ -63,9 +63,9 @@ def save_random_checkpoint(config, workdir, seed=0, optimizer_state=True):
   """A step-1 checkpoint of the stage's train state with random N(0, 0.02) weights, made from
   its abstract shape (jax.eval_shape: nothing to compile); `optimizer_state=False` leaves the
   optimizer's moments zero (a small file)."""
-  model = SpaceTimeUNet(config=config.model)
-  init_fn = objective.init_params_fn(config, model=model,
-                                     batch_like=sampling.example_batch(config))
+  model = registry.family(config.model).module()
+  init_fn = registry.family(config.model).init_fn(model,
+                                     batch_like=registry.family(config.model).example_batch(config))
   tx = optimizer_lib.make_optimizer(config.train)
   abstract = jax.eval_shape(
       lambda k: state_lib.create_train_state(nn.unbox(init_fn(k)), tx), jax.random.key(0))

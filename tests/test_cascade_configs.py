@@ -2,14 +2,17 @@
 
 Paper-scale models are only traced (jax.eval_shape): nothing is allocated.
 """
+import flax.linen as nn
 import jax
+import numpy as np
 import pytest
 
 from configs import demo, imagen_video
-from vdm_jax import cascade, config_utils
+from vdm_jax import config_utils
 from vdm_jax.data import pipeline
-from vdm_jax.models import unet_presets
-from vdm_jax.models.unet import SpaceTimeUNet
+from vdm_jax.models import registry
+from vdm_jax.models.unet import presets as unet_presets
+from vdm_jax.sample import cascade
 
 ORDER = imagen_video.STAGE_ORDER
 
@@ -41,18 +44,20 @@ def test_stage_follows_the_papers_choices(name, scale):
     assert g.window[1:] == (c.height, c.width) or not any(m.spatial_attention)
   if scale == "paper":
     assert c.model.dtype == "bfloat16" and c.text.encoder == "t5"
-    assert tuple(c.model.channel_mult) == tuple(unet_presets.imagen_video_stage(name).channel_mult)
 
 
 def _apply_shape(config, x_shape, lowres_shape):
-  """Output shape of one stage's U-Net traced with jax.eval_shape (no allocation)."""
-  m = config.model
-  model = SpaceTimeUNet(config=m)
-  x, logsnr, kw = unet_presets.example_inputs(
-      m, frames=x_shape[1], height=x_shape[2], width=x_shape[3], lowres=lowres_shape)
+  """(output shape, parameter count) of one stage's model traced with jax.eval_shape (no
+  allocation)."""
+  fam = registry.family(config.model)
+  model = fam.module()
+  x, logsnr, kw = fam.abstract_inputs(frames=x_shape[1], height=x_shape[2], width=x_shape[3],
+                                      lowres=lowres_shape)
   def run(x, logsnr, kw):  # one trace: the output of the init pass
-    return model.init_with_output(jax.random.key(0), x, logsnr, **kw)[0]
-  return jax.eval_shape(run, x, logsnr, kw).shape
+    return model.init_with_output(jax.random.key(0), x, logsnr, **kw)
+  out, variables = jax.eval_shape(run, x, logsnr, kw)
+  leaves = jax.tree_util.tree_leaves(nn.unbox(variables["params"]))
+  return out.shape, sum(int(np.prod(leaf.shape)) for leaf in leaves)
 
 
 @pytest.mark.parametrize("scale", ["paper", "cpu"])
@@ -64,9 +69,11 @@ def test_stage_shapes_chain(scale):
   prev = None
   for name, s in named:
     shape = (1, s.frames, s.height, s.width, 3)
-    out = _apply_shape(s, shape, prev)
+    out, n_params = _apply_shape(s, shape, prev)
     assert out == shape, name
-    if scale == "paper":
+    if scale == "paper":   # the paper's parameter count per stage (Fig. 6), within 10%
+      published = unet_presets.IMAGEN_VIDEO_STAGES[name]["published_params"]
+      assert abs(n_params / published - 1) < 0.1, (name, n_params, published)
       assert shape[1:4] == tuple(unet_presets.IMAGEN_VIDEO_STAGES[name][k]
                                  for k in ("frames", "height", "width"))
       if prev is not None:
@@ -122,10 +129,10 @@ def test_demo_config_is_a_valid_three_stage_cascade():
   student = demo_lib.distill_config(c, 1.0)
   assert (student.sample.sampler, student.sample.eta) == ("ddim", 0.0)
   # The demo prompts stay inside the demo's vocabulary (what its data teach).
-  from vdm_jax.data import procedural  # pylint: disable=g-import-not-at-top
-  vocab = procedural.check_vocabulary({k: tuple(v) for k, v in c.data.vocabulary.items()})
+  from vdm_jax.data.moving_shapes import grammar  # pylint: disable=g-import-not-at-top
+  vocab = grammar.check_vocabulary({k: tuple(v) for k, v in c.data.vocabulary.items()})
   for prompt in c.sample.prompts:
-    parsed = procedural.parse_caption(prompt)
+    parsed = grammar.parse_caption(prompt)
     assert parsed["background"] in vocab["background"]
     for obj in parsed["objects"]:
       for kind in ("shape", "color", "size", "motion", "speed"):

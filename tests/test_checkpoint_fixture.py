@@ -17,8 +17,8 @@ import jax
 import numpy as np
 
 from cascade_testlib import TEXT_DIM, save_random_checkpoint, tiny_cascade_config
-from vdm_jax import cascade as cascade_lib
 from vdm_jax import export
+from vdm_jax.sample import cascade as cascade_lib
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "checkpoints",
                       "tiny_cascade_samples.npz")

@@ -1,9 +1,11 @@
-"""vdm_jax.conditional on a tiny randomly initialized base stage (4 x 8 x 8, text, 2 steps).
+"""vdm_jax.sample.conditional on a tiny randomly initialized base stage (4 x 8 x 8, text,
+2 steps).
 
 The stage is the base of tests/test_cascade_sampling.py's tiny cascade, saved as an orbax
-checkpoint and restored with `sampling.load_stage`. Random weights say nothing about quality:
-these tests check lengths, overlaps, boundaries, kept frames, the conditioning each block
-gets, and that guidance pulls a super-resolved video toward its low-resolution observation.
+checkpoint and restored with `vdm_jax.sample.stage.load_stage`. Random weights say nothing
+about quality: these tests check lengths, overlaps, boundaries, kept frames, the conditioning
+each block gets, and that guidance pulls a super-resolved video toward its low-resolution
+observation.
 """
 import os
 
@@ -12,8 +14,9 @@ import numpy as np
 import pytest
 
 from cascade_testlib import FakeTextEncoder, save_random_checkpoint, tiny_cascade_config
-from vdm_jax import cascade, conditional, sampling
 from vdm_jax import diffusion as d
+from vdm_jax.sample import cascade, conditional, sampler
+from vdm_jax.sample import stage as stage_lib
 
 PROMPTS = ["a large red circle moving left slowly on a black background",
            "a small blue square moving up quickly on a white background"]
@@ -24,8 +27,8 @@ def stage(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("conditional"))
   config = dict(cascade.stage_configs(tiny_cascade_config(os.path.join(root, "data"))))["base"]
   save_random_checkpoint(config, root)
-  return sampling.load_stage(config, root, text_encoder=FakeTextEncoder(),
-                             devices=jax.devices()[:1])
+  return stage_lib.load_stage(config, root, text_encoder=FakeTextEncoder(),
+                              devices=jax.devices()[:1])
 
 
 def _start_video(stage, frames, seed=0):
@@ -71,7 +74,7 @@ def test_extension_from_scratch_by_reconstruction_guidance(stage):
                                            num_frames=4 * frames, overlap=1)
   assert video.shape[1] == 4 * frames and bounds == list(range(frames, 4 * frames, frames - 1))
   # The first block is the stage's own sample with key fold_in(key, 0).
-  first = sampling.sample_stage(stage, key=jax.random.fold_in(key, 0), prompts=PROMPTS)
+  first = sampler.sample_stage(stage, key=jax.random.fold_in(key, 0), prompts=PROMPTS)
   np.testing.assert_allclose(video[:, :frames], first, atol=1e-6)
   assert np.abs(video[:, frames:] - video[:, :1]).max() > 1e-3   # new frames were sampled
 

@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+import types
 
 import imageio
 import imageio.v3 as iio
@@ -11,10 +12,13 @@ import pytest
 
 from configs import default
 from vdm_jax.data import build
-from vdm_jax.data import moving_shapes as MS
-from vdm_jax.data import procedural as P
 from vdm_jax.data import video_folder as VF
 from vdm_jax.data import video_io
+from vdm_jax.data.moving_shapes import builder as MS
+from vdm_jax.data.moving_shapes import grammar as P
+from vdm_jax.data.moving_shapes import render as R
+from vdm_jax.eval import evaluate
+from vdm_jax.eval import evaluators
 
 HELD = ("red triangle", "blue left")
 # imageio runs ffmpeg in a subprocess (fork + exec at once), which the JAX fork warning flags.
@@ -71,7 +75,7 @@ def test_captions_agree_with_labels_and_pixels(builds):
                            ("size", P.SIZE_NAMES), ("motion", P.MOTION_NAMES)):
           assert obj[key] == names[r[f"obj{n}_{key}"]]
       spec = P.labels_from_dict(r, fps=r["fps"], frames=6, height=16, width=16)
-      diff = np.abs(P.render(spec).astype(int) - r["video"].astype(int))
+      diff = np.abs(R.render(spec).astype(int) - r["video"].astype(int))
       assert diff.max() <= 16  # the labels re-render the stored pixels
 
 
@@ -126,11 +130,18 @@ def video_dir(tmp_path_factory):
   return d
 
 
-def test_video_folder_skips_corrupt_files_and_writes_the_rest(video_dir, tmp_path):
+@pytest.fixture(scope="module")
+def video_folder_build(video_dir, tmp_path_factory):
+  """(config, builder): `video_dir` built as video_folder clips of 4 frames, 8x8, 8 fps."""
   c = default.get_config()
-  c.data.name, c.data.video_dir, c.data.data_dir = "video_folder", str(video_dir), str(tmp_path)
+  c.data.name, c.data.video_dir = "video_folder", str(video_dir)
+  c.data.data_dir = str(tmp_path_factory.mktemp("video_folder"))
   c.data.source_frames, c.data.source_resolution, c.data.source_fps = 4, 8, 8.0
-  builder = build.build_dataset(c)  # must not raise on broken.mp4
+  return c, build.build_dataset(c)  # must not raise on broken.mp4
+
+
+def test_video_folder_skips_corrupt_files_and_writes_the_rest(video_folder_build):
+  _, builder = video_folder_build
   assert isinstance(builder, VF.VideoFolder)
   report = VF.load_report(builder)
   assert [f["file"] for f in report["failed"]] == ["broken.mp4"]
@@ -148,6 +159,21 @@ def test_video_folder_skips_corrupt_files_and_writes_the_rest(video_dir, tmp_pat
   # Frame folder at the default 8 fps: frames 0..3 unchanged.
   np.testing.assert_allclose(records["frames"]["video"].reshape(4, -1).mean(1), [0, 12, 24, 36],
                              atol=0.5)
+
+
+def test_video_folder_clips_are_scored_by_fvd_alone(video_folder_build):
+  c = video_folder_build[0].copy_and_resolve_references()
+  c.eval.metrics = ("fvd",)
+  assert evaluators.validate_eval_config(c) == []
+  real = build.load_split_examples(c, "train", 3)
+  fake = 255 - real["video"]
+  features = types.SimpleNamespace(features=lambda v: v.reshape(len(v), -1)[:, ::64] / 255.0)
+  result = evaluate.evaluate_videos(fake, real["caption"], real["video"], features, fps=8.0,
+                                    metrics=evaluators.metrics_from_config(c.eval))
+  assert result["fvd"] > 1.0 and result["fvd_num_videos"] == [3, 3]
+  assert "caption_accuracy" not in result and "consistency" not in result
+  with pytest.raises(ValueError, match="moving-shapes prompts"):  # the default metrics
+    evaluate.evaluate_videos(fake, real["caption"], real["video"], features, fps=8.0)
 
 
 def test_video_io_helpers():
@@ -207,3 +233,8 @@ def test_vocabulary_config_names_and_checks():
   c = default.get_config()
   c.data.vocabulary.speed = ("fast",)
   assert dict(build.builder_config(c).vocabulary) == {"speed": ("fast",)}
+  assert build.validate_data_config(c) == []
+  c.data.vocabulary.speed, c.data.video_short_clips = ("sideways",), "crop"
+  short, vocabulary = build.validate_data_config(c)
+  assert short == "data.video_short_clips='crop' is not one of ('pad', 'skip')"
+  assert vocabulary.startswith("data.vocabulary: vocabulary speed: ['sideways']")

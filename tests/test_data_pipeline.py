@@ -7,7 +7,7 @@ import pytest
 from configs import default
 from vdm_jax.data import build
 from vdm_jax.data import pipeline
-from vdm_jax.data import procedural as P
+from vdm_jax.data.moving_shapes import grammar as P
 
 
 class FakeTextStore:

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from vdm_jax.data import procedural as P
+from vdm_jax.data.moving_shapes import grammar as P
+from vdm_jax.data.moving_shapes import render as R
 
 
 def _one(shape="square", color="red", size="large", motion="still", speed=None, x0=0.5, y0=0.5,
@@ -30,7 +31,7 @@ def test_vocabulary_is_rich_and_separated():
 @pytest.mark.parametrize("color,background", [("red", "black"), ("cyan", "white"),
                                               ("yellow", "gray")])
 def test_object_pixels_have_the_labelled_colour(color, background):
-  frame = P.render(_one(color=color, background=background))[0]
+  frame = R.render(_one(color=color, background=background))[0]
   assert frame.shape == (32, 32, 3) and frame.dtype == np.uint8
   np.testing.assert_array_equal(frame[16, 16], P.COLORS[color])      # inside
   np.testing.assert_array_equal(frame[1, 1], P.BACKGROUNDS[background])  # outside
@@ -41,7 +42,7 @@ def test_object_pixels_have_the_labelled_colour(color, background):
 def test_shapes_are_distinct_and_antialiased():
   masks = {}
   for shape in P.SHAPES:
-    frame = P.render(_one(shape=shape, res=48))[0].astype(int)
+    frame = R.render(_one(shape=shape, res=48))[0].astype(int)
     masks[shape] = frame[..., 0] > 0
     values = np.unique(frame[..., 0])
     assert len(values) > 2, f"{shape}: edges should be partially covered (anti-aliased)"
@@ -70,7 +71,7 @@ def test_centroid_moves_in_the_labelled_direction(motion, color):
   # Start so that the 2-second path is centred in the frame.
   spec = _one(shape="square", color=color, size="medium", motion=motion, speed="fast",
               x0=0.5 - vx, y0=0.5 - vy, vx=vx, vy=vy, frames=9, fps=4.0, res=48)
-  c = _centroids(P.render(spec), color)
+  c = _centroids(R.render(spec), color)
   expected = np.array([vx, vy]) * 2.0 * 48  # pixels over 2 seconds
   np.testing.assert_allclose(c[-1] - c[0], expected, atol=1.0)
   steps = np.diff(c, axis=0)
@@ -81,7 +82,7 @@ def test_centroid_moves_in_the_labelled_direction(motion, color):
     o = s.objects[0]
     if o.motion in ("still", "bouncing"):
       continue
-    c = _centroids(P.render(s), o.color)
+    c = _centroids(R.render(s), o.color)
     d = (c[-1] - c[0]) / 48
     mx, my = P.MOTIONS[o.motion]
     np.testing.assert_allclose(d, np.array([mx, my]) * P.SPEEDS[o.speed] * 2.0, atol=1.5 / 48)
@@ -93,7 +94,7 @@ def test_twice_the_fps_samples_the_same_motion():
     spec = P.sample_spec(rng, frames=6, height=32, width=32, fps=4.0)
     fast = P.ClipSpec(objects=spec.objects, background=spec.background, fps=8.0, frames=11,
                       height=32, width=32)
-    a, b = P.render(spec).astype(int), P.render(fast).astype(int)[::2]
+    a, b = R.render(spec).astype(int), R.render(fast).astype(int)[::2]
     assert a.shape == b.shape
     assert np.abs(a - b).max() <= 255 // 16 + 1  # at most one sub-sample flips
     assert np.abs(a - b).mean() < 0.05
@@ -190,7 +191,7 @@ def test_captions_parse_back_to_the_labels():
     seen_image |= spec.is_image
     back = P.labels_from_dict(labels, fps=spec.fps, frames=spec.frames, height=32, width=32)
     assert P.caption(back) == text
-    assert np.abs(P.render(back).astype(int) - P.render(spec).astype(int)).max() <= 16
+    assert np.abs(R.render(back).astype(int) - R.render(spec).astype(int)).max() <= 16
   assert seen_two and seen_image
   assert P.caption(_one(motion="left", speed="slow", size="small", color="red",
                         shape="circle", frames=2)) == \

@@ -17,6 +17,7 @@ from vdm_jax.distill import rounds as rounds_lib
 from vdm_jax.distill import settings
 from vdm_jax.distill import state as dstate
 from vdm_jax.models import axes
+from vdm_jax.models import registry
 from vdm_jax.train import checkpoint as ckpt_lib
 
 STEPS = 3
@@ -66,7 +67,7 @@ def _batches(seed):
 
 def _teacher(config, mesh, rules, model):
   teacher_cfg = dobjective.teacher_model_config(config, "guided")
-  init = dobjective.init_params_fn(teacher_cfg, model, batch_like=next(_batches(0)))
+  init = registry.family(teacher_cfg).init_fn(model, batch_like=next(_batches(0)))
   return sharding_lib.sharded_init(init, jax.random.key(42), mesh=mesh, rules=rules)
 
 
@@ -186,7 +187,7 @@ def test_a_round_directory_is_a_teacher_workdir_and_the_model_is_checked(guided_
   c = guided_run
   rec = c["records"][-1]
   model = TinyVideoDenoiser()
-  init = dobjective.init_params_fn(c["config"].model, model, batch_like=next(_batches(0)))
+  init = registry.family(c["config"].model).init_fn(model, batch_like=next(_batches(0)))
   params, _, step = dstate.restore_params(workdir=rec["directory"], config=c["config"],
                                           init_params_fn=init, mesh=c["mesh"], rules=c["rules"])
   assert step == STEPS

@@ -13,7 +13,8 @@ import pytest
 
 from cascade_testlib import (GEOMETRY, PROMPTS, FakeTextEncoder,
                                    save_random_checkpoint, tiny_cascade_config)
-from vdm_jax import cascade, sampling
+from vdm_jax.sample import cascade, sampler
+from vdm_jax.sample import conditioning as cond_lib
 from vdm_jax.train import checkpoint as ckpt_lib
 
 
@@ -50,7 +51,7 @@ def test_distilled_base_replaces_the_trained_one(setup):
   # The student's step count, the stage's guidance weight as a constant input.
   assert settings.num_steps == 3 and settings.guidance_schedule == "constant"
   assert settings.guidance_weight == float(config.cascade.stages.base.sample.guidance_weight)
-  cond, uncond = sampling.stage_conditioning(student, prompts=PROMPTS, n=2,
+  cond, uncond = cond_lib.stage_conditioning(student, prompts=PROMPTS, n=2,
                                              guidance_weight=2.5)
   assert uncond is None                                   # no classifier-free second pass
   np.testing.assert_array_equal(cond["guidance_weight"], [2.5, 2.5])
@@ -61,10 +62,10 @@ def test_distilled_base_replaces_the_trained_one(setup):
   # The cascade ran the student at the stage's weight; w reaches the network: another weight,
   # other samples from the same noise (random weights make the difference small, not zero).
   key = jax.random.fold_in(jax.random.key(settings.seed), 0)   # chunk 0 of the cascade
-  again = sampling.sample_stage(student, key=key, prompts=PROMPTS, **settings.sampler_kwargs())
+  again = sampler.sample_stage(student, key=key, prompts=PROMPTS, **settings.sampler_kwargs())
   np.testing.assert_array_equal(again, base)
-  other = sampling.sample_stage(student, key=key, prompts=PROMPTS,
-                                **dict(settings.sampler_kwargs(), guidance_weight=0.0))
+  other = sampler.sample_stage(student, key=key, prompts=PROMPTS,
+                               **dict(settings.sampler_kwargs(), guidance_weight=0.0))
   assert np.abs(other - base).max() > 1e-7
 
 

@@ -2,17 +2,16 @@
 import numpy as np
 import pytest
 
-from vdm_jax.data import procedural
-from vdm_jax.eval import consistency, detectors
+from vdm_jax.data.moving_shapes import consistency, detectors, grammar, render
 
 
 @pytest.fixture(scope="module")
 def clip():
-  obj = procedural.ObjectSpec(shape="square", color="red", size="large", motion="right",
+  obj = grammar.ObjectSpec(shape="square", color="red", size="large", motion="right",
                               speed="fast", x0=0.3, y0=0.5, vx=0.25, vy=0.0)
-  spec = procedural.ClipSpec(objects=(obj,), background="gray", fps=8.0, frames=8, height=32,
+  spec = grammar.ClipSpec(objects=(obj,), background="gray", fps=8.0, frames=8, height=32,
                              width=32)
-  return procedural.render(spec)  # [8, 32, 32, 3] uint8
+  return render.render(spec)  # [8, 32, 32, 3] uint8
 
 
 def _metrics(video):
@@ -32,14 +31,14 @@ def test_flicker_colour_and_area_drift_are_measured(clip):
   assert _metrics(np.clip(flicker, 0, 255).astype(np.uint8))["flicker"] == pytest.approx(12.0)
   # The object's colour fades towards magenta over the clip (red and magenta share the red
   # channel): its mean colour drifts.
-  obj = np.all(clip == procedural.COLORS["red"], axis=-1)                   # [T, H, W]
+  obj = np.all(clip == grammar.COLORS["red"], axis=-1)                   # [T, H, W]
   drift = clip.astype(np.float32)
   drift[..., 2] += np.where(obj, np.linspace(0, 60, 8)[:, None, None], 0)
   assert _metrics(drift.astype(np.uint8))["color_std"] > clean["color_std"] + 10
   # The object shrinks in the second half: its area varies.
   shrink = clip.copy()
-  shrink[4:, :, :] = procedural.BACKGROUNDS["gray"]
-  shrink[4:, 12:18, 12:18] = procedural.COLORS["red"]
+  shrink[4:, :, :] = grammar.BACKGROUNDS["gray"]
+  shrink[4:, 12:18, 12:18] = grammar.COLORS["red"]
   assert _metrics(shrink)["area_cv"] > 0.2
 
 

@@ -4,16 +4,15 @@ import math
 import numpy as np
 import pytest
 
-from vdm_jax.data import procedural
-from vdm_jax.eval import accuracy, detectors, motion, shape_fit
+from vdm_jax.data.moving_shapes import accuracy, detectors, grammar, motion, render, shape_fit
 
 NUM_CLIPS = 30
 
 
 def _render_set(seed, n, **geometry):
   rng = np.random.default_rng(seed)
-  specs = [procedural.sample_spec(rng, **geometry) for _ in range(n)]
-  return specs, [procedural.render(s) for s in specs]
+  specs = [grammar.sample_spec(rng, **geometry) for _ in range(n)]
+  return specs, [render.render(s) for s in specs]
 
 
 @pytest.mark.parametrize("geometry", [dict(frames=8, height=16, width=16, fps=8.0),
@@ -38,11 +37,11 @@ def test_detectors_are_near_chance_on_noise():
   assert acc["shape"] <= 0.35 and acc["background"] <= 0.6 and acc["motion"] <= 0.4, acc
 
 
-@pytest.mark.parametrize("background", procedural.BACKGROUND_NAMES)
+@pytest.mark.parametrize("background", grammar.BACKGROUND_NAMES)
 def test_plain_background_has_no_objects(background):
   """A clip with nothing object-coloured (e.g. a sample that collapsed to the background) reads
   as its background and no objects, and scores every prompted object attribute wrong."""
-  rgb = np.asarray(procedural.BACKGROUNDS[background], np.uint8)
+  rgb = np.asarray(grammar.BACKGROUNDS[background], np.uint8)
   video = np.broadcast_to(rgb, (8, 16, 16, 3)).copy()
   det = detectors.detect(video, 8.0)
   assert det.background == background and det.objects == []
@@ -52,20 +51,20 @@ def test_plain_background_has_no_objects(background):
   assert score["all"][0] == 0 and score["color"][0] == 0
 
 
-@pytest.mark.parametrize("shape", procedural.SHAPES)
+@pytest.mark.parametrize("shape", grammar.SHAPES)
 def test_every_shape_and_size_at_16x16(shape):
-  for size in procedural.SIZE_NAMES:
-    obj = procedural.ObjectSpec(shape=shape, color="green", size=size, motion="still",
+  for size in grammar.SIZE_NAMES:
+    obj = grammar.ObjectSpec(shape=shape, color="green", size=size, motion="still",
                                 speed=None, x0=0.47, y0=0.53)
-    spec = procedural.ClipSpec(objects=(obj,), background="white", fps=8.0, frames=2,
+    spec = grammar.ClipSpec(objects=(obj,), background="white", fps=8.0, frames=2,
                                height=16, width=16)
-    det = detectors.detect(procedural.render(spec), 8.0)
+    det = detectors.detect(render.render(spec), 8.0)
     assert len(det.objects) == 1
     o = det.objects[0]
     assert (o.shape, o.size, o.color, o.motion, o.speed) == (shape, size, "green", "still",
                                                               None)
     _, ox, oy = shape_fit.unit_shape_stats(shape)  # coverage centroid vs the shape's centre
-    r = procedural.SIZES[size]
+    r = grammar.SIZES[size]
     np.testing.assert_allclose(o.centers[0], [0.47 + r * ox, 0.53 + r * oy], atol=0.01)
 
 
@@ -82,11 +81,11 @@ def _track(vx, vy, frames=16, fps=8.0, x0=0.5, y0=0.5):
   return np.stack([x0 + vx * t, y0 + vy * t], 1)
 
 
-@pytest.mark.parametrize("name", [n for n in procedural.MOTIONS if n not in ("bouncing", "still")])
-@pytest.mark.parametrize("speed", procedural.SPEED_NAMES)
+@pytest.mark.parametrize("name", [n for n in grammar.MOTIONS if n not in ("bouncing", "still")])
+@pytest.mark.parametrize("speed", grammar.SPEED_NAMES)
 def test_classify_motion_straight(name, speed):
-  dx, dy = procedural.MOTIONS[name]
-  v = procedural.SPEEDS[speed]
+  dx, dy = grammar.MOTIONS[name]
+  v = grammar.SPEEDS[speed]
   got = motion.classify_motion(_track(v * dx, v * dy), 8.0, 32, 32)
   assert got[:2] == (name, speed)
   np.testing.assert_allclose(got[2], [v * dx, v * dy], atol=1e-9)
@@ -108,9 +107,9 @@ def test_targets_in_every_form_agree():
   specs, _ = _render_set(11, 6, frames=8, height=16, width=16, fps=8.0, num_objects=2)
   for spec in specs:
     want = accuracy.as_target(spec)
-    assert accuracy.as_target(procedural.caption(spec)) == want
-    assert accuracy.as_target(procedural.labels_to_dict(spec)) == want
-  image_target = accuracy.as_target(procedural.labels_to_dict(specs[0]), with_motion=False)
+    assert accuracy.as_target(grammar.caption(spec)) == want
+    assert accuracy.as_target(grammar.labels_to_dict(spec)) == want
+  image_target = accuracy.as_target(grammar.labels_to_dict(specs[0]), with_motion=False)
   assert all(o["motion"] is None and o["speed"] is None for o in image_target["objects"])
   with pytest.raises(TypeError, match="cannot read attributes"):
     accuracy.as_target(3)

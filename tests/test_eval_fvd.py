@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from vdm_jax.data import procedural
+from vdm_jax.data.moving_shapes import grammar, render
 from vdm_jax.eval import fvd, i3d
 
 FRAMES = 9  # the fewest I3D accepts: keeps CPU cost low
@@ -72,9 +72,9 @@ def extractor():
 @pytest.fixture(scope="module")
 def clips():
   rng = np.random.default_rng(0)
-  specs = [procedural.sample_spec(rng, frames=FRAMES, height=32, width=32, fps=8.0)
+  specs = [grammar.sample_spec(rng, frames=FRAMES, height=32, width=32, fps=8.0)
            for _ in range(4)]
-  return np.stack([procedural.render(s) for s in specs])  # [4, 9, 32, 32, 3] uint8
+  return np.stack([render.render(s) for s in specs])  # [4, 9, 32, 32, 3] uint8
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vdm_jax.eval import gallery
+from vdm_jax.media import gallery
 
 
 def _video(frames=5, h=8, w=10):

@@ -10,7 +10,8 @@ import pytest
 
 from cascade_testlib import (PROMPTS, FakeTextEncoder, save_random_checkpoint,
                              tiny_cascade_config)
-from vdm_jax import cascade, export
+from vdm_jax import export
+from vdm_jax.sample import cascade
 
 
 @pytest.fixture(scope="module")

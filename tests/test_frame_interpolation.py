@@ -16,9 +16,12 @@ import pytest
 
 import cascade_testlib as tcs
 from configs import default, imagen_video
-from vdm_jax import cascade, config_utils, sampling
-from vdm_jax.models import conditioning, unet_presets, unet_spec
-from vdm_jax.models.unet import SpaceTimeUNet
+from vdm_jax import config_utils
+from vdm_jax.models import conditioning
+from vdm_jax.models import registry
+from vdm_jax.models.unet import presets as unet_presets
+from vdm_jax.models.unet import spec as unet_spec
+from vdm_jax.sample import cascade, sampler
 from vdm_jax.train import objective
 
 B, T, H, W, C = 2, 4, 8, 8, 3
@@ -56,7 +59,7 @@ def model_kwargs(rng, frame_mask):
 @pytest.fixture(scope="module")
 def unet():
   cfg = interp_model_cfg()
-  model = SpaceTimeUNet(config=cfg)
+  model = registry.family(cfg).module()
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((B, T, H, W, C)), jnp.float32)
   logsnr = jnp.asarray([-1.0, 2.0])
@@ -101,7 +104,7 @@ def test_unet_rejects_bad_frame_inputs(unet):
     run(**dict(kw, frame_mask=jnp.ones((B, T), jnp.int32)))
   with pytest.raises(ValueError, match="needs `frame_mask`.*frame_mask_conditioning"):
     run(**{k: v for k, v in kw.items() if k != "frame_mask"})
-  plain = SpaceTimeUNet(config=interp_model_cfg(frame_mask_conditioning=False))
+  plain = registry.family(interp_model_cfg(frame_mask_conditioning=False)).module()
   with pytest.raises(ValueError, match="got `frame_cond`.*frame_mask_conditioning is off"):
     plain.init(jax.random.key(0), x, logsnr, **kw)
   with pytest.raises(ValueError, match="use one"):
@@ -169,8 +172,8 @@ def test_loss_feeds_masked_frames_and_trains_the_new_channels():
   assert not np.allclose(np.where(m, seen["frame_cond"], 0), np.where(m, batch["video"], 0))
 
   config = loss_config(True)
-  model = SpaceTimeUNet(config=config.model)
-  init = objective.init_params_fn(config, model, batch_like=batch)
+  model = registry.family(config.model).module()
+  init = registry.family(config.model).init_fn(model, batch_like=batch)
   params = jax.tree.map(lambda a: jnp.full(a.shape, 0.05, a.dtype),
                         nn.unbox(jax.eval_shape(init, jax.random.key(0))))
   loss_fn = objective.make_loss_fn(config, model)
@@ -193,7 +196,7 @@ def test_config_checks():
   kw = dict(text_emb=jax.ShapeDtypeStruct((1, 4, c.model.text_embed_dim), jnp.float32),
             fps=vec, cond_aug_logsnr=vec, frame_cond=x,
             frame_mask=jax.ShapeDtypeStruct(shape[:2], jnp.bool_))
-  model = SpaceTimeUNet(config=c.model)
+  model = registry.family(c.model).module()
   out = jax.eval_shape(lambda x, l, kw: model.init_with_output(jax.random.key(0), x, l, **kw)[0],
                        x, vec, kw)
   assert out.shape == shape
@@ -254,23 +257,23 @@ def test_interp_tsr_stage_in_a_cascade(interp_cascade):
   rng = np.random.default_rng(3)
   video = rng.uniform(-1, 1, (2, 8, 8, 8, 3)).astype(np.float32)
   for mask in (known, np.arange(8)[None].repeat(2, 0) < 3):      # interpolation, extrapolation
-    out = sampling.fill_masked_frames(tsr, key=jax.random.key(5), video=video, frame_mask=mask,
-                                      prompts=tcs.PROMPTS, **kw)
+    out = sampler.fill_masked_frames(tsr, key=jax.random.key(5), video=video, frame_mask=mask,
+                                     prompts=tcs.PROMPTS, **kw)
     assert_filled(out, video, mask)
     other = np.where(mask[..., None, None, None], video, 0.0)  # unknown frames are not read
-    again = sampling.fill_masked_frames(tsr, key=jax.random.key(5), video=other,
-                                        frame_mask=mask, prompts=tcs.PROMPTS, **kw)
+    again = sampler.fill_masked_frames(tsr, key=jax.random.key(5), video=other,
+                                       frame_mask=mask, prompts=tcs.PROMPTS, **kw)
     np.testing.assert_array_equal(again, out)
   assert len(tsr.jit_cache) == compiled
 
   with pytest.raises(ValueError, match="no model.frame_mask_conditioning"):
-    sampling.fill_masked_frames(base, key=jax.random.key(0), video=video[:, :4],
-                                frame_mask=known[:, :4], prompts=tcs.PROMPTS)
+    sampler.fill_masked_frames(base, key=jax.random.key(0), video=video[:, :4],
+                               frame_mask=known[:, :4], prompts=tcs.PROMPTS)
   with pytest.raises(ValueError, match="needs the previous stage's video"):
-    sampling.sample_stage(tsr, key=jax.random.key(0), prompts=tcs.PROMPTS)
+    sampler.sample_stage(tsr, key=jax.random.key(0), prompts=tcs.PROMPTS)
   with pytest.raises(ValueError, match="frame_mask must be bool"):
-    sampling.fill_masked_frames(tsr, key=jax.random.key(0), video=video,
-                                frame_mask=known[:, :4], prompts=tcs.PROMPTS)
+    sampler.fill_masked_frames(tsr, key=jax.random.key(0), video=video,
+                               frame_mask=known[:, :4], prompts=tcs.PROMPTS)
 
   # The chain check: the stage must train on the stride it samples with.
   named = [(n, c.copy_and_resolve_references()) for n, c in cascade.stage_configs(config)]
@@ -287,8 +290,8 @@ def test_periodic_training_samples_of_an_interp_stage(interp_cascade, tmp_path):
   config, casc = interp_cascade
   stage = casc.stages[1]
   c = stage.config
-  sampler = samples.PeriodicSampler(c, stage.model, workdir=str(tmp_path), mesh=stage.mesh,
-                                    param_shardings=stage.param_shardings, text_encoder=None)
+  periodic = samples.PeriodicSampler(c, stage.model, workdir=str(tmp_path), mesh=stage.mesh,
+                                     param_shardings=stage.param_shardings, text_encoder=None)
   n = len(c.sample.prompts)
   rng = np.random.default_rng(3)
   video = rng.uniform(-1, 1, (n, c.frames, c.height, c.width, 3)).astype(np.float32)
@@ -296,11 +299,11 @@ def test_periodic_training_samples_of_an_interp_stage(interp_cascade, tmp_path):
   batch = {"video": video, "text_emb": emb, "text_mask": mask,
            "fps": np.full((n,), c.fps, np.float32), "is_image": np.zeros((n,), bool),
            "lowres": video[:, ::2]}
-  cond, lines = sampler._conditioning(batch)  # pylint: disable=protected-access
+  cond, lines = periodic.sample_conditioning(batch)
   known = np.arange(c.frames) % 2 == 0
   np.testing.assert_array_equal(np.asarray(cond["frame_mask"]), np.broadcast_to(known, (n, 8)))
   np.testing.assert_array_equal(np.asarray(cond["frame_cond"])[:, known], video[:, known])
   assert not np.asarray(cond["frame_cond"])[:, ~known].any()
   assert lines[0].startswith("frames stride:2 known")
-  paths = sampler(1, stage.params, batch=batch)
+  paths = periodic(1, stage.params, batch=batch)
   assert paths and all(os.path.getsize(p) > 0 for p in paths)

@@ -14,8 +14,8 @@ import pytest
 from configs import default
 from configs import distill as distill_configs
 from vdm_jax.distill import settings as distill_settings
-from vdm_jax.models import unet_presets
-from vdm_jax.models.unet import SpaceTimeUNet
+from vdm_jax.models import registry
+from vdm_jax.models.unet import presets as unet_presets
 from vdm_jax.train import inputs
 from vdm_jax.train import objective
 from vdm_jax.train import step as sp
@@ -54,9 +54,9 @@ def joint_batch(seed=0, videos=B, images=B * K):
 @pytest.fixture(scope="module")
 def setup():
   config = joint_config()
-  model = SpaceTimeUNet(config=config.model)
+  model = registry.family(config.model).module()
   batch = inputs.select(joint_batch())
-  init = objective.init_params_fn(config, model, batch_like=batch)
+  init = registry.family(config.model).init_fn(model, batch_like=batch)
   rng = np.random.default_rng(3)
   params = jax.tree.map(lambda a: jnp.asarray(0.1 * rng.standard_normal(a.shape), a.dtype),
                         nn.unbox(jax.eval_shape(init, jax.random.key(0))))

@@ -8,7 +8,7 @@ import jax
 import pytest
 
 from vdm_jax import demo, export
-from vdm_jax.eval import detectors
+from vdm_jax.data.moving_shapes import detectors
 
 WEIGHTS = demo.packaged_weights()
 PROMPT = "a large red circle moving right quickly on a black background"

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from configs import default
-from vdm_jax import config_utils, sampling
+from vdm_jax import config_utils
 from vdm_jax.diffusion import schedules
+from vdm_jax.sample import sampler
+from vdm_jax.sample import stage as stage_lib
 from vdm_jax.train import objective
 
 
@@ -48,8 +50,8 @@ class ZeroDetailModel:
 def _stage(config, model):
   from vdm_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
   mesh = sharding_lib.create_mesh(config.sharding, jax.devices()[:1])
-  return sampling.Stage(config=config, model=model, params={}, step=0, mesh=mesh,
-                        param_shardings={}, text_encoder=None)
+  return stage_lib.Stage(config=config, model=model, params={}, step=0, mesh=mesh,
+                         param_shardings={}, text_encoder=None)
 
 
 @pytest.mark.parametrize("mode", ["spatial", "temporal"])
@@ -89,8 +91,8 @@ def test_sampler_adds_the_upsampled_input_back(mode):
   c = sr_config(mode, clip="none")
   low_shape = (3, c.data.lowres_frames, c.data.lowres_height, c.data.lowres_width, 3)
   low = np.random.default_rng(2).uniform(-0.9, 0.9, low_shape).astype(np.float32)
-  out = sampling.sample_stage(_stage(c, ZeroDetailModel()), key=jax.random.key(0),
-                              num_videos=3, lowres=low)
+  out = sampler.sample_stage(_stage(c, ZeroDetailModel()), key=jax.random.key(0),
+                             num_videos=3, lowres=low)
   np.testing.assert_allclose(out, objective.lowres_upsampled(c, low, out.shape), atol=1e-5)
 
 
@@ -99,12 +101,12 @@ def test_static_clipping_keeps_the_video_in_range():
   the video (upsampled input + residual / s) stays within [-1, 1] and touches its bounds."""
   c = sr_config("spatial", clip="static")
   low = np.full((2, 4, 4, 4, 3), 0.5, np.float32)
-  out = sampling.sample_stage(_stage(c, ZeroDetailModel(x_value=100.0)), key=jax.random.key(0),
-                              num_videos=2, lowres=low)
+  out = sampler.sample_stage(_stage(c, ZeroDetailModel(x_value=100.0)), key=jax.random.key(0),
+                             num_videos=2, lowres=low)
   assert out.max() <= 1.0 + 1e-5 and out.max() >= 1.0 - 1e-5
   c.sample.clip = "none"
-  wild = sampling.sample_stage(_stage(c, ZeroDetailModel(x_value=100.0)),
-                               key=jax.random.key(0), num_videos=2, lowres=low)
+  wild = sampler.sample_stage(_stage(c, ZeroDetailModel(x_value=100.0)),
+                              key=jax.random.key(0), num_videos=2, lowres=low)
   assert wild.max() > 10.0
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from configs import default
 from vdm_jax.diffusion import schedules
+from vdm_jax.models import registry
 from vdm_jax.train import flops
 from vdm_jax.train import loop
 from vdm_jax.train import metrics
@@ -71,7 +72,7 @@ def test_metrics_writer_writes_jsonl_and_tensorboard_only_when_enabled(tmp_path)
     ("train.log_every", 0, "train.log_every=0 must be >= 1"),
     ("train.sample_every", -1, "train.sample_every=-1 must be >= 0"),
     ("train.lr_schedule", "cosine", "train.lr_schedule='cosine'"),
-    ("diffusion.cond_drop_prob", 1.0, "cond_drop_prob=1.0 must be in"),
+    ("diffusion.cond_drop_prob", 1.0, r"cond_drop_prob=1.0 must lie in \[0, 1\)"),
 ])
 def test_loop_config_errors(key, value, message):
   c = default.get_config()
@@ -92,14 +93,14 @@ def _batch(b=2, lowres=False):
 
 def test_model_inputs_follow_the_model_config():
   m = default.get_config().model
-  kw = objective.model_inputs(m, _batch())
+  kw = registry.family(m).model_inputs(_batch())
   assert sorted(kw) == ["fps", "is_image", "text_emb", "text_mask"]
   m.text_cross_attention = m.text_pooled_conditioning = m.fps_conditioning = False
-  assert sorted(objective.model_inputs(m, _batch())) == ["is_image"]
+  assert sorted(registry.family(m).model_inputs(_batch())) == ["is_image"]
   m.lowres_conditioning = "spatial"
   with pytest.raises(ValueError, match="no 'lowres' video"):
-    objective.model_inputs(m, _batch())
-  assert objective.model_inputs(m, _batch(lowres=True))["lowres_video"].shape == (2, 4, 4, 4, 3)
+    registry.family(m).model_inputs(_batch())
+  assert registry.family(m).model_inputs(_batch(lowres=True))["lowres_video"].shape == (2, 4, 4, 4, 3)
 
 
 def test_conditioning_augmentation_noises_lowres_up_to_max_t():

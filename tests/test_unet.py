@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm_jax.models import unet_presets
+from vdm_jax.models.unet import presets as unet_presets
 from vdm_jax.models.unet import SpaceTimeUNet
 
 B, T, H, W, C, L = 2, 4, 8, 8, 3, 5

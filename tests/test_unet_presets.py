@@ -1,29 +1,31 @@
 """U-Net presets and the logical sharding annotations of the model (no compiles)."""
+import dataclasses
+
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import default as default_config
 from vdm_jax.models import axes
-from vdm_jax.models import unet_presets
-from vdm_jax.models import unet_spec
+from vdm_jax.models import registry
+from vdm_jax.models.unet import presets as unet_presets
 from vdm_jax.models.unet import SpaceTimeUNet
+from vdm_jax.models.unet import spec as unet_spec
 
 _KNOWN_AXES = {axes.EMBED, axes.MLP, axes.HEADS, axes.KV, axes.NORM, axes.CONV_SPACE,
                axes.REL_BUCKETS, None}
 
 
-def test_presets_use_exactly_the_default_config_keys():
-  schema = set(default_config.get_config().model.keys())
+def test_the_default_section_names_every_spec_field_and_presets_use_its_keys():
+  schema = set(unet_presets.default_section().keys())
+  fields = {f.name for f in dataclasses.fields(unet_spec.UNetSpec)}
+  assert schema == fields | {"family"}, schema ^ (fields | {"family"})
   assert set(unet_presets.tiny().keys()) == schema
   assert set(unet_presets.imagen_video_stage("base").keys()) == schema
-  defaults = default_config.get_config().model
-  preset_defaults = unet_presets._model_section()
-  for key in schema:
-    assert preset_defaults[key] == defaults[key], key
-  unet_spec.UNetSpec.from_config(defaults)
+  assert default_config.get_config().model.family == "unet"
+  assert registry.family(default_config.get_config().model).name == "unet"
+  unet_spec.UNetSpec.from_config(default_config.get_config().model)
 
 
 def test_imagen_video_stage_architectures():
@@ -53,7 +55,7 @@ def test_imagen_video_stage_architectures():
 
 def _abstract(cfg, b=4, t=4, h=8, w=8):
   model = SpaceTimeUNet(config=cfg)
-  x, logsnr, kw = unet_presets.example_inputs(cfg, frames=t, height=h, width=w, batch=b)
+  x, logsnr, kw = registry.family(cfg).abstract_inputs(frames=t, height=h, width=w, batch=b)
   boxed = jax.eval_shape(lambda x, l, kw: model.init(jax.random.key(0), x, l, **kw),
                          x, logsnr, kw)
   return model, (x, logsnr, kw), boxed
@@ -63,9 +65,9 @@ def test_count_params_matches_the_parameter_tree():
   cfg = unet_presets.tiny()
   _, _, boxed = _abstract(cfg)
   n = sum(int(np.prod(l.shape)) for l in jax.tree_util.tree_leaves(nn.unbox(boxed)))
-  assert unet_presets.count_params(cfg, frames=4, height=8, width=8) == n
+  assert registry.family(cfg).count_params(frames=4, height=8, width=8) == n
   # Parameters do not depend on the frame count or size.
-  assert unet_presets.count_params(cfg, frames=2, height=16, width=16) == n
+  assert registry.family(cfg).count_params(frames=2, height=16, width=16) == n
 
 
 def test_every_parameter_has_logical_axis_names():

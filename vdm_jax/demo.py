@@ -22,6 +22,8 @@ base, exports the result to --export (default <out>/exported; give
 above. Rerunning resumes every stage from its last checkpoint. It runs unchanged on a GPU or TPU
 (jax picks the accelerator).
 """
+import importlib
+import importlib.util
 import json
 import os
 import re
@@ -32,6 +34,16 @@ from typing import Optional
 from absl import app
 from absl import flags
 from absl import logging
+import jax
+
+from vdm_jax import compile_cache
+from vdm_jax import config_utils
+from vdm_jax import export
+from vdm_jax.cli import cascade_eval
+from vdm_jax.data import build
+from vdm_jax.distill import run as distill_run
+from vdm_jax.sample import cascade as cascade_lib
+from vdm_jax.train import loop
 
 _OUT = flags.DEFINE_string("out", "demo_out", "Output directory.")
 _BUDGET = flags.DEFINE_float("budget", 1.0, "Multiplies every stage's train.num_steps.")
@@ -53,11 +65,16 @@ _DISTILL = flags.DEFINE_bool(
 SAMPLE_BATCH = 8   # prompts per sampler call: the demo and held-out prompts share one compile
 
 
-def _load_config(path: str):
-  import importlib.util  # pylint: disable=g-import-not-at-top
+def _checkout_on_path() -> None:
+  """Puts the checkout holding this package on sys.path: its `configs` package (beside
+  vdm_jax, not part of it) is then importable, and configs/*.py can import each other."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   if root not in sys.path:
-    sys.path.insert(0, root)  # so configs/*.py can import each other
+    sys.path.insert(0, root)
+
+
+def _load_config(path: str):
+  _checkout_on_path()
   spec = importlib.util.spec_from_file_location("demo_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -66,11 +83,10 @@ def _load_config(path: str):
 
 def demo_config(path: str, out: str, budget: float):
   """The cascade config with every stage's data, text store and steps placed under `out`."""
-  from vdm_jax import cascade, config_utils  # pylint: disable=g-import-not-at-top
   if budget <= 0:
     raise ValueError(f"--budget={budget} must be positive.")
   config = _load_config(path)
-  named = cascade.stage_configs(config)
+  named = cascade_lib.stage_configs(config)
   for c in [config] + [c for _, c in named]:
     c.data.data_dir = os.path.join(out, "data")
     c.text.store_path = os.path.join(out, "text_store.safetensors")
@@ -80,14 +96,15 @@ def demo_config(path: str, out: str, budget: float):
     c.train.num_steps = steps
     c.train.checkpoint_every = max(1, min(int(c.train.checkpoint_every), steps))
     c.train.warmup_steps = min(int(c.train.warmup_steps), max(1, steps // 10))
-  cascade.check_chain(named)
+  cascade_lib.check_chain(named)
   return config
 
 
 def distill_config(config, budget: float):
   """The distillation config of the demo's `demo.distill_stage`: that stage's config with the
   `distill` section of configs/distill.py (guided mode), round lengths times `budget`."""
-  from configs import distill as distill_lib  # pylint: disable=g-import-not-at-top
+  _checkout_on_path()
+  distill_lib = importlib.import_module("configs.distill")   # a checkout's, not the package's
   d = config.demo
   c = config.cascade.stages[d.distill_stage].copy_and_resolve_references()
   distill_lib.distill_config(c, mode="guided", start=int(d.distill_start),
@@ -112,7 +129,7 @@ def last_round(workdir: str) -> Optional[str]:
   return rounds[-1]["directory"]
 
 
-def _latest_step(workdir: str) -> int:
+def latest_step(workdir: str) -> int:
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
     return 0
@@ -158,13 +175,11 @@ def read_compute(workdir: str) -> dict:
 
 def _train_stage(c, workdir: str) -> None:
   """Trains (or resumes) one stage and adds the CPU / wall seconds spent to compute.json."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from vdm_jax.train import loop  # pylint: disable=g-import-not-at-top
   before = read_compute(workdir)
   start, start_cpu = time.perf_counter(), time.process_time()
   loop.train_and_evaluate(c, workdir)
   os.makedirs(workdir, exist_ok=True)
-  record = {"steps": _latest_step(workdir),
+  record = {"steps": latest_step(workdir),
             "cpu_s": round(before.get("cpu_s", 0.0) + time.process_time() - start_cpu, 1),
             "wall_s": round(before.get("wall_s", 0.0) + time.perf_counter() - start, 1),
             "machine": f"{os.cpu_count()} CPU cores" if jax.default_backend() == "cpu"
@@ -176,19 +191,16 @@ def _train_stage(c, workdir: str) -> None:
 def train_cascade(config, out: str, run: _Runner) -> tuple[str, Optional[str]]:
   """`--train`: builds the data, trains every stage and distills the base (resuming what is
   done). Returns (the cascade root, the last distillation round or None)."""
-  from vdm_jax import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
-  from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
   root = os.path.join(out, "cascade")
   run("build data", lambda: build.build_dataset(config))
   for name, c in cascade_lib.stage_configs(config):
     workdir = cascade_lib.stage_workdir(root, name)
-    if _latest_step(workdir) >= int(c.train.num_steps):
-      print(f"{name}: already trained to step {_latest_step(workdir)}; not retraining.")
+    if latest_step(workdir) >= int(c.train.num_steps):
+      print(f"{name}: already trained to step {latest_step(workdir)}; not retraining.")
       continue
     run(f"train {name} ({c.train.num_steps} steps)", lambda c=c, w=workdir: _train_stage(c, w))
   round_dir = None
   if _DISTILL.value and config.get("demo") is not None:
-    from vdm_jax.distill import run as distill_run  # pylint: disable=g-import-not-at-top
     dcfg = distill_config(config, _BUDGET.value)
     name = str(config.demo.distill_stage)
     dwork = os.path.join(root, f"{name}_distilled")
@@ -221,8 +233,6 @@ def _rounds(workdir: str) -> list:
 def export_trained(config, root: str, round_dir: Optional[str], directory: str) -> dict:
   """Exports the trained cascade under `root` (+ the distilled base) with its compute and
   recipe; returns the manifest."""
-  from vdm_jax import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
-  from vdm_jax import export  # pylint: disable=g-import-not-at-top
   compute = {n: read_compute(cascade_lib.stage_workdir(root, n))
              for n, _ in cascade_lib.stage_configs(config)}
   distilled = {}
@@ -241,7 +251,6 @@ def export_trained(config, root: str, round_dir: Optional[str], directory: str) 
 def load_exported(config, weights: str, out: str, run: _Runner):
   """(the shipped cascade, {label: cascade}, manifest): every file verified against the
   manifest; the stages read the test split under `out`/data."""
-  from vdm_jax import export  # pylint: disable=g-import-not-at-top
   manifest = run(f"verify {weights}", lambda: export.verify(weights))
   seed = int(config.cascade.get("seed", 0))
   cascade = run("load cascade", lambda: export.load_cascade(weights, cascade_seed=seed))
@@ -261,9 +270,6 @@ def load_exported(config, weights: str, out: str, run: _Runner):
 def show(config, cascades: dict, out: str, run: _Runner, *, recipe: dict) -> dict:
   """Samples the demo prompts and evaluates the held-out prompts through every cascade;
   writes the gallery, eval.json and demo.json; returns the demo.json summary."""
-  from vdm_jax import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
-  from vdm_jax import cascade_eval  # pylint: disable=g-import-not-at-top
-  from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
   cascade = cascades["trained"]
   final = cascade.final.config
   run("build the test split", lambda: build.build_dataset(final))
@@ -335,7 +341,6 @@ def show(config, cascades: dict, out: str, run: _Runner, *, recipe: dict) -> dic
 
 def main(argv):
   del argv
-  from vdm_jax import compile_cache, export  # pylint: disable=g-import-not-at-top
   compile_cache.enable(_COMPILE_CACHE.value)   # a second `make demo` starts without compiling
   out = _OUT.value
   config = demo_config(_CONFIG.value, out, _BUDGET.value)

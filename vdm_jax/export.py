@@ -21,11 +21,18 @@ import json
 import os
 from typing import Any, Mapping, Optional, Sequence
 
+import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 
 from vdm_jax import errors
+from vdm_jax import sharding as sharding_lib
 from vdm_jax.integrity import sha256_file
+from vdm_jax.models import registry
+from vdm_jax.sample import cascade as cascade_lib
+from vdm_jax.sample import stage as stage_lib
+from vdm_jax.train import checkpoint as ckpt_lib
 
 FORMAT = "vdm_jax.exported_cascade"
 VERSION = 1
@@ -86,7 +93,6 @@ def write_stage(directory: str, name: str, params: Any, config) -> dict:
   """Writes `<directory>/<name>/params.safetensors` and `config.json`; returns the manifest
   entry {"params": rel path, "config": rel path, "num_params": n}."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  from vdm_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   os.makedirs(os.path.join(directory, name), exist_ok=True)
   flat = flatten_params(params)
   rel_params, rel_config = f"{name}/{PARAMS}", f"{name}/{CONFIG}"
@@ -186,33 +192,23 @@ def _check_tree(flat: Mapping[str, np.ndarray], abstract: Mapping[str, Any], pat
 def load_stage(directory: str, entry: dict, manifest: dict, *,
                text_encoder: Optional[Any] = None,
                devices: Optional[Sequence[Any]] = None, step: int = 0):
-  """A `sampling.Stage` from one manifest entry (both files verified first)."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from vdm_jax import sampling  # pylint: disable=g-import-not-at-top
-  from vdm_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-  from vdm_jax.models.unet import SpaceTimeUNet  # pylint: disable=g-import-not-at-top
-  from vdm_jax.train import objective  # pylint: disable=g-import-not-at-top
+  """A `vdm_jax.sample.stage.Stage` from one manifest entry (both files verified first), made
+  as a restored checkpoint's is (`stage.make_stage`)."""
   config_path = verify_file(directory, manifest, entry["config"])
   params_path = verify_file(directory, manifest, entry["params"])
   config = ml_collections.ConfigDict(_read_json(config_path, "The stage config"))
   mesh = sharding_lib.create_mesh(config.sharding, devices)
   rules = sharding_lib.logical_rules(config.sharding)
-  model = SpaceTimeUNet(config=config.model)
-  init_fn = objective.init_params_fn(config, model=model,
-                                     batch_like=sampling.example_batch(config))
+  fam = registry.family(config.model)
+  init_fn = fam.init_fn(fam.module(), batch_like=fam.example_batch(config))
   abstract = jax.eval_shape(init_fn, jax.random.key(0))
   shardings = sharding_lib.logical_shardings(abstract, mesh, rules)
   flat = _load_params(params_path)
   _check_tree(flat, flatten_abstract(nn.unbox(abstract)), params_path)
   params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s),
                         unflatten_params(flat), shardings)
-  if text_encoder is None and objective.needs_text(config.model):
-    from vdm_jax import text  # pylint: disable=g-import-not-at-top
-    text_encoder = text.load_text_encoder(config.text)
-  return sampling.Stage(config=config, model=model, params=params,
-                        step=int(entry.get("step", step)), mesh=mesh,
-                        param_shardings=shardings, text_encoder=text_encoder)
+  return stage_lib.make_stage(config, params, shardings, step=int(entry.get("step", step)),
+                              mesh=mesh, text_encoder=text_encoder)
 
 
 def flatten_abstract(tree: Any) -> dict:
@@ -234,8 +230,6 @@ def load_cascade(directory: str, *, distilled: bool = False,
   """The `Cascade` of an exported directory (every file verified first). With
   `distilled=True`, every stage that has a distilled student is replaced by it (sampling at
   the student's step count, the stage's guidance weight as its input)."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  from vdm_jax import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
   manifest = verify(directory)
   names = list(manifest["order"])
   stages, settings = [], []
@@ -249,12 +243,8 @@ def load_cascade(directory: str, *, distilled: bool = False,
     s = cascade_lib.StageSampling.from_config(stage.config, index=i, cascade_seed=cascade_seed)
     if student is not None:   # the teacher stage's sampling, at the student's step count
       teacher = _read_json(os.path.join(directory, entry["config"]), "The stage config")
-      import ml_collections  # pylint: disable=g-import-not-at-top
-      base = cascade_lib.StageSampling.from_config(ml_collections.ConfigDict(teacher), index=i,
-                                                   cascade_seed=cascade_seed)
-      s = dataclasses.replace(
-          base, num_steps=int(stage.config.sample.num_steps),
-          guidance_schedule="constant" if stage.takes_guidance_weight else base.guidance_schedule)
+      s = cascade_lib.StageSampling.of_student(ml_collections.ConfigDict(teacher), stage,
+                                               index=i, cascade_seed=cascade_seed)
     stages.append(stage)
     settings.append(s)
   return cascade_lib.Cascade(names, stages, settings)
@@ -285,21 +275,20 @@ def export_cascade(config, root: str, directory: str, *, distilled: Optional[Map
   `compute` {label: {...}} is recorded per stage (steps, CPU / wall seconds, machine);
   `recipe` (config name, command, commit) for the whole cascade.
   """
-  from vdm_jax import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
-  from vdm_jax import sampling  # pylint: disable=g-import-not-at-top
   os.makedirs(directory, exist_ok=True)
   manifest: dict = {"order": [], "stages": {}, "distilled": {}, "recipe": dict(recipe or {})}
   compute = dict(compute or {})
   for name, c in cascade_lib.stage_configs(config):
-    stage = sampling.load_stage(c, cascade_lib.stage_workdir(root, name),
-                                step=(steps or {}).get(name), text_encoder=_NO_TEXT,
-                                devices=devices)
+    stage = stage_lib.load_stage(c, cascade_lib.stage_workdir(root, name),
+                                 step=(steps or {}).get(name), text_encoder=_NO_TEXT,
+                                 devices=devices)
     entry = write_stage(directory, name, stage.params, stage.config)
     entry.update(step=int(stage.step), compute=compute.get(name, {}))
     manifest["order"].append(name)
     manifest["stages"][name] = entry
   for name, round_dir in dict(distilled or {}).items():
-    stage = sampling.load_stage_from_workdir(round_dir, text_encoder=_NO_TEXT, devices=devices)
+    stage = stage_lib.load_stage_from_workdir(round_dir, text_encoder=_NO_TEXT,
+                                              devices=devices)
     entry = write_stage(directory, f"{name}_distilled", stage.params, stage.config)
     entry.update(step=int(stage.step), compute=compute.get(f"{name} distilled", {}),
                  round=os.path.basename(os.path.normpath(round_dir)))

@@ -21,6 +21,18 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from vdm_jax import compile_cache
+from vdm_jax import config_utils
+from vdm_jax import distill
+from vdm_jax import errors
+from vdm_jax import sharding
+from vdm_jax import text
+from vdm_jax.cli import cascade_eval
+from vdm_jax.cli import stage_modes
+from vdm_jax.data import build
+from vdm_jax.sample import cascade
+from vdm_jax.train import loop
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with a variant: configs/x.py:arg.",
     lock_config=True)
@@ -46,7 +58,6 @@ def _require_workdir() -> str:
 
 
 def main(argv):
-  from vdm_jax import errors
   try:
     _main(argv)
   except errors.UserError as e:
@@ -63,45 +74,37 @@ def _main(argv):
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config=configs/<experiment>.py is required.")
-  from vdm_jax import compile_cache, config_utils
   config_utils.validate_config(config)
   compile_cache.enable(_COMPILE_CACHE.value)
   mode = _MODE.value
   logging.info("mode=%s", mode)
 
   if mode == "build_data":
-    from vdm_jax.data import build
     build.build_dataset(config)
   elif mode == "train":
-    from vdm_jax import sharding
     sharding.maybe_initialize_distributed()
-    from vdm_jax.train import loop
     loop.train_and_evaluate(config, _require_workdir())
   elif mode == "sample":
     if not _PROMPTS.value:
       raise app.UsageError('--mode=sample needs at least one --prompt="..."')
-    from vdm_jax import text
     text.check_prompts(list(_PROMPTS.value), allow_empty=False)  # before any checkpoint loads
-    from vdm_jax import cascade, sampling
     if cascade.is_cascade_config(config):  # --workdir is the root of the stages' workdirs
       cascade.sample_cascade(config, _require_workdir(), list(_PROMPTS.value),
                              out_dir=_OUT.value)
     else:
-      sampling.sample_from_workdir(config, _require_workdir(), list(_PROMPTS.value),
-                                   out_dir=_OUT.value)
+      stage_modes.sample_from_workdir(config, _require_workdir(), list(_PROMPTS.value),
+                                      out_dir=_OUT.value)
   elif mode == "eval":
-    from vdm_jax import cascade, cascade_eval, sampling
     if cascade.is_cascade_config(config):
       cascade_eval.evaluate_cascade(config, _require_workdir(), out_dir=_OUT.value,
                                     num_videos=_NUM_VIDEOS.value)
     else:
-      sampling.evaluate_workdir(config, _require_workdir(), out_dir=_OUT.value,
-                                num_videos=_NUM_VIDEOS.value)
+      stage_modes.evaluate_workdir(config, _require_workdir(), out_dir=_OUT.value,
+                                   num_videos=_NUM_VIDEOS.value)
   elif mode == "distill":
     if not _TEACHER.value:
       raise app.UsageError("--mode=distill needs --teacher_workdir=DIR (the teacher's training "
                            "workdir) and --workdir=DIR for the student's rounds.")
-    from vdm_jax import distill
     distill.run_distillation(config, _require_workdir(), _TEACHER.value)
 
 

@@ -14,7 +14,7 @@ import dataclasses
 from typing import Optional
 
 from configs import default as default_config
-from vdm_jax.models import unet_presets
+from vdm_jax.models.unet import presets as unet_presets
 
 # Stage kinds and the preset stage name whose layer types they take.
 KIND_PRESET = {"base": "base", "ssr": "ssr1", "tsr": "tsr1"}
@@ -50,7 +50,7 @@ SIZES = {
                                num_res_blocks=1, spatial_attention=(False, False),
                                temporal_mixing=("conv",) * 2), (8, 16, 16), (4, 16, 16)),
     # GPU: the base model at its paper geometry, widths giving ~0.35B / 0.62B / 0.97B
-    # parameters (unet_presets.count_params); SR stages at reduced width.
+    # parameters (registry.family(...).count_params); SR stages at reduced width.
     "base_gpu_350m": ("base", dict(base_channels=128), (16, 24, 40), None),
     "base_gpu_620m": ("base", dict(base_channels=192), (16, 24, 40), None),
     "base_gpu_1b": ("base", dict(base_channels=256), (16, 24, 40), None),

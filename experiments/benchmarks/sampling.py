@@ -25,9 +25,8 @@ from experiments.benchmarks import common
 from experiments.benchmarks import train_step as train_bench
 from vdm_jax import diffusion
 from vdm_jax.distill import objective as distill_objective
-from vdm_jax.models.unet import SpaceTimeUNet
+from vdm_jax.models import registry
 from vdm_jax.train import flops as flops_lib
-from vdm_jax.train import objective
 
 MODES = ("teacher", "student")
 STUDENT_GUIDANCE_WEIGHT = 3.0
@@ -48,19 +47,19 @@ class SamplingBench:
     self.config = config
     self.mode = mode
     self.model_cfg = _model_config(config, mode)
-    self.model = SpaceTimeUNet(config=self.model_cfg)
+    self.model = registry.family(self.model_cfg).module()
     self.schedule = diffusion.schedule_from_config(config.diffusion, resolution=config.height)
     self._params = None
 
   @property
   def guided(self) -> bool:
     """Whether steps evaluate the model twice (teacher with classifier-free guidance)."""
-    return self.mode == "teacher" and objective.needs_text(self.model_cfg)
+    return self.mode == "teacher" and registry.family(self.model_cfg).needs_text
 
   def conditioning(self, batch_size: int, *, seed: int = 0):
     """(cond, uncond) model inputs for `batch_size` videos; uncond None unless guided."""
     host = train_bench.random_batch(self.config, batch_size, seed=seed)
-    cond = objective.model_inputs(self.model_cfg, host)
+    cond = registry.family(self.model_cfg).model_inputs(host)
     cond = {k: jnp.asarray(v) for k, v in cond.items() if k != "is_image"}
     if self.model_cfg.cond_aug_conditioning:
       cond["cond_aug_logsnr"] = jnp.full((batch_size,), 6.0, jnp.float32)

@@ -20,7 +20,7 @@ import numpy as np
 
 from experiments.benchmarks import common
 from vdm_jax import sharding as sharding_lib
-from vdm_jax.models.unet import SpaceTimeUNet
+from vdm_jax.models import registry
 from vdm_jax.train import flops as flops_lib
 from vdm_jax.train import objective
 from vdm_jax.train import optimizer as optimizer_lib
@@ -41,7 +41,7 @@ def random_batch(config, batch_size: int, *, seed: int = 0) -> dict:
                                         config.channels)).astype(np.float32),
            "fps": np.full((b,), config.fps, np.float32),
            "is_image": np.zeros((b,), bool)}
-  if objective.needs_text(config.model):
+  if registry.family(config.model).needs_text:
     length = int(config.text.max_length)
     batch["text_emb"] = rng.standard_normal(
         (b, length, int(config.model.text_embed_dim))).astype(np.float32)
@@ -63,10 +63,10 @@ class TrainStepBench:
     self.devices = list(devices or jax.local_devices()[:1])
     self.mesh = sharding_lib.create_mesh(config.sharding, devices=self.devices)
     self.rules = sharding_lib.logical_rules(config.sharding)
-    self.model = SpaceTimeUNet(config=config.model)
+    self.model = registry.family(config.model).module()
     self.tx = optimizer_lib.make_optimizer(config.train)
     self.loss_fn = objective.make_loss_fn(config, self.model)
-    self._init_fn = objective.init_params_fn(config, self.model,
+    self._init_fn = registry.family(config.model).init_fn(self.model,
                                              batch_like=random_batch(config, 1))
     self._abstract = None
 

@@ -26,8 +26,9 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   sys.path.insert(0, os.getcwd())
-  from vdm_jax import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
-  from vdm_jax import cascade_eval, sampling  # pylint: disable=g-import-not-at-top
+  from vdm_jax.cli import cascade_eval  # pylint: disable=g-import-not-at-top
+  from vdm_jax.sample import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
+  from vdm_jax.sample import stage as stage_lib  # pylint: disable=g-import-not-at-top
   config = demo.demo_config(FLAGS.config, FLAGS.out, 1.0)
   root = os.path.join(FLAGS.out, "cascade")
   ckpts = os.path.join(cascade_lib.stage_workdir(root, "base"), "checkpoints")
@@ -39,8 +40,8 @@ def main(argv):
     if cascade is None:
       cascade = cascade_lib.Cascade.from_config(config, root, steps={"base": step})
     else:  # a new base; the SR stages (and their compiled samplers) stay
-      base = sampling.load_stage(cascade.stages[0].config, cascade_lib.stage_workdir(root, "base"),
-                                 step=step, text_encoder=cascade.stages[0].text_encoder)
+      base = stage_lib.load_stage(cascade.stages[0].config, cascade_lib.stage_workdir(root, "base"),
+                                  step=step, text_encoder=cascade.stages[0].text_encoder)
       cascade = cascade.with_stage("base", base, cascade.settings[0])
     scores = cascade_eval.score_held_out(config, cascade, num_videos=FLAGS.num_videos or 32,
                                          batch_size=demo.SAMPLE_BATCH)[0]

@@ -59,7 +59,7 @@ def _per_device_bytes(tree) -> float:
 
 
 def _abstract_batch(config, mesh, rules):
-  from vdm_jax import sampling  # pylint: disable=g-import-not-at-top
+  from vdm_jax.models import registry  # pylint: disable=g-import-not-at-top
   from vdm_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
   from vdm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   g = pipeline.stage_geometry(config)   # train on the crop window where the stage crops
@@ -67,7 +67,7 @@ def _abstract_batch(config, mesh, rules):
   c.frames, c.height, c.width = g.window
   c.data.lowres_frames, c.data.lowres_height, c.data.lowres_width = (
       n // f for n, f in zip(g.window, g.factors))
-  batch = sampling.example_batch(c, int(config.train.batch_size))
+  batch = registry.family(c.model).example_batch(c, int(config.train.batch_size))
   return {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
                                   sharding=sharding_lib.batch_sharding(mesh, rules, v.ndim))
           for k, v in batch.items()}
@@ -78,17 +78,17 @@ def plan_stage(name: str, compile_step: bool) -> dict:
   sys.path.insert(0, os.getcwd())
   from configs import imagen_video  # pylint: disable=g-import-not-at-top
   from vdm_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-  from vdm_jax.models.unet import SpaceTimeUNet  # pylint: disable=g-import-not-at-top
+  from vdm_jax.models import registry  # pylint: disable=g-import-not-at-top
   from vdm_jax.train import objective, optimizer, state, step  # pylint: disable=g-import-not-at-top
   config = imagen_video.stage_config(name, "paper")
-  model = SpaceTimeUNet(config=config.model)
+  model = registry.family(config.model).module()
   tx = optimizer.make_optimizer(config.train)
   rules = sharding_lib.logical_rules(config.sharding)
   single = config.sharding.copy_and_resolve_references()
   single.mesh_shape = (1, 1, 1)
   one = sharding_lib.create_mesh(single, jax.devices()[:1])
   batch1 = _abstract_batch(config, one, rules)
-  init_fn = objective.init_params_fn(config, model=model, batch_like=batch1)
+  init_fn = registry.family(config.model).init_fn(model, batch_like=batch1)
   whole, _ = state.abstract_train_state(init_params_fn=init_fn, key=jax.random.key(0), tx=tx,
                                         mesh=one, rules=rules)
   params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(whole.params))

@@ -47,7 +47,8 @@ ATTRIBUTES = ("color", "num_objects", "size", "shape", "motion")
 def read(videos, captions, fps):
   """Detector accuracies on `videos` (float in [-1, 1]) and their mean object area (px)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from vdm_jax.eval import detectors, evaluate  # pylint: disable=g-import-not-at-top
+  from vdm_jax.data.moving_shapes import detectors  # pylint: disable=g-import-not-at-top
+  from vdm_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
   clips = evaluate.to_uint8(videos)
   result = evaluate.evaluate_videos(clips, captions, fps=fps, compute_fvd=False)
   areas = [float(np.nanmean(d.objects[0].areas)) for d in detectors.detect_batch(clips, fps)
@@ -62,8 +63,10 @@ def main(argv):
   sys.path.insert(0, os.getcwd())
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from vdm_jax import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
-  from vdm_jax import cascade_eval, sampling  # pylint: disable=g-import-not-at-top
+  from vdm_jax.cli import cascade_eval  # pylint: disable=g-import-not-at-top
+  from vdm_jax.sample import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
+  from vdm_jax.sample import sampler  # pylint: disable=g-import-not-at-top
+  from vdm_jax.sample import stage as stage_lib  # pylint: disable=g-import-not-at-top
   from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
   config = demo.demo_config(FLAGS.config, FLAGS.out, 1.0)
   names = list(config.cascade.order)
@@ -84,9 +87,9 @@ def main(argv):
         "naive_read": read(naive_upsample(low, high.shape), captions, float(c.fps)),
         "real_read": read(high, captions, float(c.fps))})
     for step in [int(s) for s in _STEPS.value] or [None]:
-      stage = sampling.load_stage(c, cascade_lib.stage_workdir(root, name), step=step)
-      videos = sampling.sample_stage(stage, key=jax.random.key(0),
-                                     prompts=list(real["caption"]), lowres=low)
+      stage = stage_lib.load_stage(c, cascade_lib.stage_workdir(root, name), step=step)
+      videos = sampler.sample_stage(stage, key=jax.random.key(0),
+                                    prompts=list(real["caption"]), lowres=low)
       mse = float(np.mean((videos - high) ** 2))
       row["by_step"][str(stage.step)] = mse
       row["read_by_step"][str(stage.step)] = read(videos, captions, float(c.fps))

@@ -28,7 +28,7 @@ _OUT = flags.DEFINE_string("out", "", "Write the results as JSON here.")
 
 def _stage_batch(config, batch_size: int) -> dict:
   """A random batch of the training geometry (crop size when the stage trains on crops)."""
-  from vdm_jax import sampling  # pylint: disable=g-import-not-at-top
+  from vdm_jax.models import registry  # pylint: disable=g-import-not-at-top
   from vdm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   g = pipeline.stage_geometry(config)
   c = config.copy_and_resolve_references()
@@ -36,7 +36,7 @@ def _stage_batch(config, batch_size: int) -> dict:
   c.data.lowres_frames, c.data.lowres_height, c.data.lowres_width = (
       n // f for n, f in zip(g.window, g.factors))
   rng = np.random.default_rng(0)
-  b = sampling.example_batch(c, batch_size)
+  b = registry.family(c.model).example_batch(c, batch_size)
   return {k: (rng.uniform(-1, 1, v.shape).astype(v.dtype) if v.dtype == np.float32 else v)
           for k, v in b.items()}
 
@@ -44,14 +44,14 @@ def _stage_batch(config, batch_size: int) -> dict:
 def time_stage(config, *, batch_size: int, steps: int) -> dict:
   """Compiles the stage's train step and times it; returns a dict of figures."""
   from vdm_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-  from vdm_jax.models.unet import SpaceTimeUNet  # pylint: disable=g-import-not-at-top
+  from vdm_jax.models import registry  # pylint: disable=g-import-not-at-top
   from vdm_jax.train import flops, objective, optimizer, state, step  # pylint: disable=g-import-not-at-top
   mesh = sharding_lib.create_mesh(config.sharding, devices=jax.devices()[:1])
   rules = sharding_lib.logical_rules(config.sharding)
-  model = SpaceTimeUNet(config=config.model)
+  model = registry.family(config.model).module()
   batch = _stage_batch(config, batch_size)
   tx = optimizer.make_optimizer(config.train)
-  init_fn = objective.init_params_fn(config, model=model, batch_like=batch)
+  init_fn = registry.family(config.model).init_fn(model, batch_like=batch)
   st, shardings = state.init_train_state(init_params_fn=init_fn, key=jax.random.key(0), tx=tx,
                                          mesh=mesh, rules=rules)
   batch_g = sharding_lib.host_to_global(batch, mesh, rules)

@@ -37,8 +37,10 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from vdm_jax import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
-  from vdm_jax import cascade_eval, sampling  # pylint: disable=g-import-not-at-top
+  from vdm_jax.cli import cascade_eval  # pylint: disable=g-import-not-at-top
+  from vdm_jax.sample import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
+  from vdm_jax.sample import conditioning as cond_lib  # pylint: disable=g-import-not-at-top
+  from vdm_jax.sample import stage as stage_lib  # pylint: disable=g-import-not-at-top
   from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
   from vdm_jax.diffusion import noise as noise_lib  # pylint: disable=g-import-not-at-top
   from vdm_jax.diffusion import parameterization  # pylint: disable=g-import-not-at-top
@@ -53,9 +55,9 @@ def main(argv):
   results = {"num_clips": int(x.shape[0]), "by_step": {}}
   encoder = None
   for step in [int(s) for s in _STEPS.value] or [None]:
-    stage = sampling.load_stage(c, workdir, step=step, text_encoder=encoder)
+    stage = stage_lib.load_stage(c, workdir, step=step, text_encoder=encoder)
     encoder = stage.text_encoder
-    cond, uncond = sampling.stage_conditioning(stage, prompts=list(real["caption"]), n=len(x))
+    cond, uncond = cond_lib.stage_conditioning(stage, prompts=list(real["caption"]), n=len(x))
 
     @jax.jit
     def x_mse(params, video, logsnr, key, inputs):

@@ -1,9 +1,9 @@
 """Caption accuracy of the moving-shapes detectors on rendered clips and on pure noise.
 
-Renders `--num_clips` clips per geometry with `procedural.sample_spec` + `render`, reads them back
-with `vdm_jax.eval.detectors.detect` and scores them with `vdm_jax.eval.accuracy`; also scores
-uniform-noise videos against the same prompts (chance level). Prints a markdown table and writes
-`results.json` next to this file (or `--out`).
+Renders `--num_clips` clips per geometry with `grammar.sample_spec` + `render.render`, reads them
+back with `detectors.detect` and scores them with `accuracy` (all in `vdm_jax.data.moving_shapes`);
+also scores uniform-noise videos against the same prompts (chance level). Prints a markdown
+table and writes `results.json` next to this file (or `--out`).
 
   JAX_PLATFORMS=cpu .venv/bin/python experiments/detectors/measure_accuracy.py --num_clips 1000
 
@@ -24,9 +24,10 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-from vdm_jax.data import procedural  # pylint: disable=g-import-not-at-top,wrong-import-position
-from vdm_jax.eval import accuracy  # pylint: disable=g-import-not-at-top,wrong-import-position
-from vdm_jax.eval import detectors  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vdm_jax.data.moving_shapes import accuracy  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vdm_jax.data.moving_shapes import detectors  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vdm_jax.data.moving_shapes import grammar  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vdm_jax.data.moving_shapes import render  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # name -> (height, width, frames, fps, image)
 SETTINGS = {
@@ -40,17 +41,17 @@ SETTINGS = {
 }
 
 
-def _diagonal_deviation(o: procedural.ObjectSpec) -> float:
+def _diagonal_deviation(o: grammar.ObjectSpec) -> float:
   angle = math.degrees(math.atan2(o.vy, o.vx))
   return abs(angle % 90.0 - 45.0)
 
 
-def is_ambiguous(spec: procedural.ClipSpec, max_deg: float) -> bool:
+def is_ambiguous(spec: grammar.ClipSpec, max_deg: float) -> bool:
   """A bouncing object that never reflects in the clip and moves (nearly) diagonally."""
   if spec.frames < 2:
     return False
   t = np.arange(spec.frames) / spec.fps
-  centers = procedural.object_centers(spec)
+  centers = grammar.object_centers(spec)
   for n, o in enumerate(spec.objects):
     if o.motion != "bouncing":
       continue
@@ -60,7 +61,7 @@ def is_ambiguous(spec: procedural.ClipSpec, max_deg: float) -> bool:
   return False
 
 
-def _away_from_diagonals(rng, spec: procedural.ClipSpec, margin: float) -> procedural.ClipSpec:
+def _away_from_diagonals(rng, spec: grammar.ClipSpec, margin: float) -> grammar.ClipSpec:
   """Re-draws bouncing directions uniformly in [25, 45 - m] U [45 + m, 65] degrees off an axis."""
   objects = []
   for o in spec.objects:
@@ -84,11 +85,11 @@ def measure(name, geometry, num_clips, seed, ambiguous_deg, bounce_margin_deg):
   errors = collections.Counter()
   start = time.time()
   for _ in range(num_clips):
-    spec = procedural.sample_spec(rng, frames=frames, height=height, width=width, fps=fps,
+    spec = grammar.sample_spec(rng, frames=frames, height=height, width=width, fps=fps,
                                   image=image)
     if bounce_margin_deg > 0:
       spec = _away_from_diagonals(rng, spec, bounce_margin_deg)
-    det = detectors.detect(procedural.render(spec), fps)
+    det = detectors.detect(render.render(spec), fps)
     preds.append(det)
     specs.append(spec)
     ambiguous.append(is_ambiguous(spec, ambiguous_deg))

@@ -27,6 +27,7 @@ from vdm_jax import sharding as sharding_lib
 from vdm_jax.distill import objective as dobjective
 from vdm_jax.distill import run as drun
 from vdm_jax.distill import state as dstate
+from vdm_jax.models import registry
 
 def make_config(exp: str, *, steps_per_round: int, guided_steps: int, start: int, end: int,
                 threshold_students: bool = False, base: str = "tiny"):
@@ -70,7 +71,7 @@ def cmd_distill(args):
 def _real_clips(config, n):
   """The first n test clips at the stage geometry (its first `frames` frames at its fps,
   resized to height x width, as the cascade evaluation reads them) with their captions."""
-  from vdm_jax import cascade_eval  # pylint: disable=g-import-not-at-top
+  from vdm_jax.cli import cascade_eval  # pylint: disable=g-import-not-at-top
   from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
   ex = build.load_split_examples(config, "test", n)
   return (cascade_eval.real_at_geometry(ex["video"], float(ex["fps"][0]), config),
@@ -78,7 +79,7 @@ def _real_clips(config, n):
 
 
 def _load(config, workdir, model, batch_like, mesh, rules):
-  init = dobjective.init_params_fn(config.model, model, batch_like=batch_like)
+  init = registry.family(config.model).init_fn(model, batch_like=batch_like)
   params, _, step = dstate.restore_params(workdir=workdir, config=config, init_params_fn=init,
                                           mesh=mesh, rules=rules)
   return params, step
@@ -101,8 +102,8 @@ def _timed_sample(model_fn, *, num_steps, cond, uncond, weight, noise, schedule,
 
 def _score(videos_u8, captions, real_features, extractor, fps):
   """(FVD against the real clips' I3D features, caption accuracy dict, #clips read empty)."""
-  from vdm_jax.eval import accuracy  # pylint: disable=g-import-not-at-top
-  from vdm_jax.eval import detectors  # pylint: disable=g-import-not-at-top
+  from vdm_jax.data.moving_shapes import accuracy  # pylint: disable=g-import-not-at-top
+  from vdm_jax.data.moving_shapes import detectors  # pylint: disable=g-import-not-at-top
   from vdm_jax.eval import fvd as fvd_lib  # pylint: disable=g-import-not-at-top
   dets = [detectors.detect(v, fps) for v in videos_u8]
   acc = accuracy.caption_accuracy(dets, list(captions), with_motion=videos_u8.shape[1] > 1)
@@ -117,8 +118,7 @@ def cmd_evaluate(args):
   from vdm_jax import text as text_lib  # pylint: disable=g-import-not-at-top
   from vdm_jax.eval import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
   from vdm_jax.eval import fvd as fvd_lib  # pylint: disable=g-import-not-at-top
-  from vdm_jax.eval import gallery  # pylint: disable=g-import-not-at-top
-  from vdm_jax.models.unet import SpaceTimeUNet  # pylint: disable=g-import-not-at-top
+  from vdm_jax.media import gallery  # pylint: disable=g-import-not-at-top
   config = make_config(args.exp, steps_per_round=args.steps_per_round,
                        guided_steps=args.guided_steps, start=args.start, end=args.end,
                        base=args.base)
@@ -145,8 +145,8 @@ def cmd_evaluate(args):
 
   teacher_cfg = config.copy_and_resolve_references()
   teacher_cfg.model = dobjective.teacher_model_config(config, "guided")
-  teacher = SpaceTimeUNet(config=teacher_cfg.model)
-  student = SpaceTimeUNet(config=config.model)
+  teacher = registry.family(teacher_cfg.model).module()
+  student = registry.family(config.model).module()
   t_params, t_step = _load(teacher_cfg, os.path.join(args.exp, "teacher"), teacher, batch_like,
                            mesh, rules)
   manifest = json.load(open(os.path.join(distill_dir(args.exp, False), "rounds.json")))["rounds"]
@@ -186,7 +186,7 @@ def cmd_evaluate(args):
     np.savez(path, videos=eval_lib.to_uint8(videos), seconds=secs)
     print(f"sampled {label} at {steps} steps: {secs / n:.3f} s/video", flush=True)
   # 2. Score every row against the same real clips.
-  extractor = eval_lib.extractor_from_config(config.eval)
+  extractor = fvd_lib.extractor_from_config(config.eval)
   real_features = extractor.features(fvd_lib.repeat_frames(real))
   _, real_acc, real_empty = _score(real, captions, None, extractor, config.fps)
   results = []

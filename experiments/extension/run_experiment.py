@@ -30,9 +30,13 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from vdm_jax import cascade, cascade_eval, conditional, demo, sampling
-from vdm_jax.data import build, procedural
-from vdm_jax.eval import accuracy, detectors, evaluate
+from vdm_jax import demo
+from vdm_jax.cli import cascade_eval
+from vdm_jax.data import build
+from vdm_jax.data.moving_shapes import accuracy, detectors, grammar
+from vdm_jax.eval import evaluate
+from vdm_jax.sample import cascade, conditional, sampler
+from vdm_jax.sample import stage as stage_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _DEMO_OUT = flags.DEFINE_string("demo_out", None, "The --out directory of a `make demo` run.")
@@ -50,7 +54,7 @@ _OUT_DIR = flags.DEFINE_string("out_dir", os.path.dirname(os.path.abspath(__file
 def object_track(det: detectors.Detection, prompt: str, size: int) -> np.ndarray:
   """Centres [T, 2] in pixels of the prompt's object (by colour; else the largest object);
   NaN where it is not seen."""
-  color = procedural.parse_caption(prompt)["objects"][0]["color"]
+  color = grammar.parse_caption(prompt)["objects"][0]["color"]
   objs = [o for o in det.objects if o.color == color] or det.objects[:1]
   if not objs:
     return np.full((det.coverage.shape[0], 2), np.nan)
@@ -153,19 +157,19 @@ def main(argv):
   config = demo.demo_config(os.path.join(ROOT, "configs", "demo.py"), _DEMO_OUT.value, 1.0)
   base = dict(cascade.stage_configs(config))["base"]
   overrides = {} if _NUM_STEPS.value is None else {"num_steps": _NUM_STEPS.value}
-  stage = sampling.load_stage(base, os.path.join(_DEMO_OUT.value, "cascade", "base"),
-                              devices=jax.devices()[:1])
+  stage = stage_lib.load_stage(base, os.path.join(_DEMO_OUT.value, "cascade", "base"),
+                               devices=jax.devices()[:1])
   real = build.load_split_examples(base, "test", 8 * _NUM_PROMPTS.value)
   keep = [i for i, c in enumerate(real["caption"])
-          if procedural.parse_caption(c)["objects"][0]["motion"] != "still"][:_NUM_PROMPTS.value]
+          if grammar.parse_caption(c)["objects"][0]["motion"] != "still"][:_NUM_PROMPTS.value]
   prompts = [real["caption"][i] for i in keep]
   fps, frames = float(base.fps), int(base.frames)
   print(f"{len(prompts)} prompts, base step {stage.step}, {frames} frames @ {fps:g} fps",
         flush=True)
   key = jax.random.key(_SEED.value)
   start = time.perf_counter()
-  first = sampling.sample_stage(stage, key=jax.random.fold_in(key, 0), prompts=prompts,
-                                **overrides)
+  first = sampler.sample_stage(stage, key=jax.random.fold_in(key, 0), prompts=prompts,
+                               **overrides)
   print(f"first block: {time.perf_counter() - start:.0f}s (with compile)", flush=True)
   real_u8 = cascade_eval.real_at_geometry(real["video"][keep], float(real["fps"][0]), base)
   rows = []

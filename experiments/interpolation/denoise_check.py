@@ -24,11 +24,12 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from vdm_jax import diffusion, sampling  # pylint: disable=g-import-not-at-top
+  from vdm_jax import diffusion  # pylint: disable=g-import-not-at-top
+  from vdm_jax.sample import stage as stage_lib  # pylint: disable=g-import-not-at-top
   from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(FLAGS.workdir)
   config = run.make_config(workdir, 0)
-  stage = sampling.load_stage(config, os.path.join(workdir, "train"), devices=jax.devices()[:1])
+  stage = stage_lib.load_stage(config, os.path.join(workdir, "train"), devices=jax.devices()[:1])
   real = build.load_split_examples(config, "test", 8)
   x = jnp.asarray(real["video"].astype(np.float32) / 127.5 - 1.0)     # [8, 16, 16, 16, 3]
   emb, text_mask = stage.text_encoder.encode(list(real["caption"]))

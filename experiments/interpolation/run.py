@@ -5,7 +5,7 @@
 
 Trains configs/imagen_video.py:stage=tsr1,scale=cpu,final=tsr1,tsr=interp (16 frames 16x16
 @ 8 fps, masked frame interpolation, trained on 8-frame crops) for `--steps` steps on the
-moving_shapes data, then fills held-out (test split) clips with `sampling.fill_masked_frames`:
+moving_shapes data, then fills held-out (test split) clips with `sample.sampler.fill_masked_frames`:
   interpolation  every 2nd frame known (frames 0, 2, ..., 14: the cascade's 8 -> 16 frames)
   extrapolation  the first 8 frames known, the last 8 filled
 and reports the MSE (in [-1, 1] pixel units) of the filled frames against the real frames, with
@@ -68,11 +68,11 @@ def mse(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 
 def fill_all(stage, video, mask, prompts, *, sample_steps: int, **kwargs) -> np.ndarray:
-  from vdm_jax import sampling  # pylint: disable=g-import-not-at-top
+  from vdm_jax.sample import sampler  # pylint: disable=g-import-not-at-top
   out = []
   for i in range(0, len(video), 8):   # chunks of 8: one compiled shape
     sl = slice(i, i + 8)
-    out.append(sampling.fill_masked_frames(
+    out.append(sampler.fill_masked_frames(
         stage, key=jax.random.key(100 + i), video=video[sl], frame_mask=mask[sl],
         prompts=prompts[sl], num_steps=sample_steps, **kwargs))
   return np.concatenate(out)
@@ -99,7 +99,7 @@ def evaluate(stage, real, prompts, *, sample_steps: int, **kwargs) -> dict:
 
 def main(argv):
   del argv
-  from vdm_jax import sampling  # pylint: disable=g-import-not-at-top
+  from vdm_jax.sample import stage as stage_lib  # pylint: disable=g-import-not-at-top
   from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
   from vdm_jax.train import loop  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(_WORKDIR.value)   # orbax wants absolute paths
@@ -117,8 +117,8 @@ def main(argv):
   start = time.perf_counter()
   loop.train_and_evaluate(config, os.path.join(workdir, "train"))
   report["train_seconds"] = time.perf_counter() - start
-  stage = sampling.load_stage(config, os.path.join(workdir, "train"),
-                              devices=jax.devices()[:1])
+  stage = stage_lib.load_stage(config, os.path.join(workdir, "train"),
+                               devices=jax.devices()[:1])
   report["trained"] = evaluate(stage, video, prompts, sample_steps=_SAMPLE_STEPS.value)
   # Known frames given clean (augmentation level logsnr_max) instead of the config's level.
   report["trained_clean_known"] = evaluate(
@@ -126,9 +126,10 @@ def main(argv):
       cond_aug_logsnr=float(config.diffusion.logsnr_max))
 
   # The untrained model: the initial parameters (the step-0 EMA equals them).
-  from vdm_jax.train import objective  # pylint: disable=g-import-not-at-top
+  from vdm_jax.models import registry  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  init = objective.init_params_fn(config, stage.model, batch_like=sampling.example_batch(config))
+  init = registry.family(config.model).init_fn(stage.model, batch_like=registry.family(
+      config.model).example_batch(config))
   stage.params = jax.device_put(nn.unbox(init(jax.random.key(int(config.seed)))),
                                 stage.param_shardings)
   report["untrained"] = evaluate(stage, video, prompts, sample_steps=_SAMPLE_STEPS.value)

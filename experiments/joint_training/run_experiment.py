@@ -80,7 +80,7 @@ def train(images: int, steps: int, out: str) -> dict:
   config, base = run_config(images, steps, out)
   build.build_dataset(base)
   workdir = os.path.join(out, f"k{images}", "base")
-  done = demo._latest_step(workdir)  # pylint: disable=protected-access
+  done = demo.latest_step(workdir)
   if done >= steps:
     print(f"K={images}: already trained to step {done}.", flush=True)
     return {}
@@ -92,8 +92,8 @@ def train(images: int, steps: int, out: str) -> dict:
 
 
 def evaluate(images: int, steps: int, out: str, step: int, root: str = "") -> dict:
-  from vdm_jax import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
-  from vdm_jax import cascade_eval  # pylint: disable=g-import-not-at-top
+  from vdm_jax.cli import cascade_eval  # pylint: disable=g-import-not-at-top
+  from vdm_jax.sample import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
   config, _ = run_config(images, steps, out)
   root = root or os.path.join(out, f"k{images}")
   cascade = cascade_lib.Cascade.from_config(config, root, steps={"base": step})
@@ -114,14 +114,16 @@ def held_out_loss(stage, config, *, num_clips: int, draws: int = 8) -> float:
   noise prior, `diffusion.noise_prior`: the same keys, so correlated noise where it is set)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from vdm_jax import cascade_eval, diffusion, sampling  # pylint: disable=g-import-not-at-top
+  from vdm_jax import diffusion  # pylint: disable=g-import-not-at-top
+  from vdm_jax.cli import cascade_eval  # pylint: disable=g-import-not-at-top
+  from vdm_jax.sample import conditioning as cond_lib  # pylint: disable=g-import-not-at-top
   from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
   from vdm_jax.diffusion import noise as noise_lib  # pylint: disable=g-import-not-at-top
   c = stage.config
   real = build.load_split_examples(c, "test", num_clips)
   clips = cascade_eval.real_at_geometry(real["video"], float(real["fps"][0]), c)
   x = clips.astype(np.float32) / 127.5 - 1.0
-  cond, _ = sampling.stage_conditioning(stage, prompts=list(real["caption"]), n=len(x))
+  cond, _ = cond_lib.stage_conditioning(stage, prompts=list(real["caption"]), n=len(x))
   schedule = diffusion.schedule_from_config(c.diffusion, resolution=c.height)
 
   @jax.jit
@@ -201,7 +203,7 @@ def main(argv):
   if _REFERENCE.value:
     ref = os.path.abspath(_REFERENCE.value)
     from vdm_jax import demo  # pylint: disable=g-import-not-at-top
-    step = demo._latest_step(ref)  # pylint: disable=protected-access
+    step = demo.latest_step(ref)
     print(f"== evaluate the reference {ref} at step {step} ==", flush=True)
     # Cascade.from_config reads <root>/base: a temporary root holding a link to it
     root = os.path.join(out, "reference")
@@ -220,10 +222,10 @@ def main(argv):
         run["train"] = timing
         save()
     if _PHASE.value == "loss":
-      from vdm_jax import sampling  # pylint: disable=g-import-not-at-top
+      from vdm_jax.sample import stage as stage_lib  # pylint: disable=g-import-not-at-top
       for step in eval_steps:
         config, base = run_config(images, steps, out)
-        stage = sampling.load_stage(base, os.path.join(out, f"k{images}", "base"), step=step)
+        stage = stage_lib.load_stage(base, os.path.join(out, f"k{images}", "base"), step=step)
         loss = held_out_loss(stage, config, num_clips=_NUM_VIDEOS.value)
         run.setdefault("eval", {}).setdefault(str(step), {})["held_out_loss"] = loss
         print(f"K={images} step {step}: held-out loss {loss:.4f}", flush=True)

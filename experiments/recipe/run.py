@@ -124,7 +124,7 @@ def train(run_dir: str) -> None:
   _, stage = run_config(run_dir)
   build.build_dataset(stage)
   workdir = workdir_of(run_dir)
-  done = demo._latest_step(workdir)  # pylint: disable=protected-access
+  done = demo.latest_step(workdir)
   if done >= _STEPS.value:
     print(f"{_VARIANT.value}: trained to step {done}.", flush=True)
     return
@@ -158,15 +158,17 @@ def caption_swap_gap(stage, config, *, num_clips: int) -> dict:
   """x-MSE of the EMA model on real test clips with their caption vs one word swapped."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from vdm_jax import cascade_eval, sampling  # pylint: disable=g-import-not-at-top
-  from vdm_jax.data import build, procedural  # pylint: disable=g-import-not-at-top
+  from vdm_jax.cli import cascade_eval  # pylint: disable=g-import-not-at-top
+  from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
+  from vdm_jax.data.moving_shapes import grammar  # pylint: disable=g-import-not-at-top
+  from vdm_jax.sample import conditioning as cond_lib  # pylint: disable=g-import-not-at-top
   c = stage.config
   real = build.load_split_examples(c, "test", num_clips)
   clips = cascade_eval.real_at_geometry(real["video"], float(real["fps"][0]), c)
   x = clips.astype(np.float32) / 127.5 - 1.0
   prompts = list(real["caption"])
   opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
-  colors, shapes = procedural.COLOR_NAMES, tuple(procedural.SHAPES)
+  colors, shapes = grammar.COLOR_NAMES, tuple(grammar.SHAPES)
 
   def swap(p, kind):
     words = p.split(" ")
@@ -200,7 +202,7 @@ def caption_swap_gap(stage, config, *, num_clips: int) -> dict:
     other = [swap(prompts[i], kind) for i in rows]
     errs = {}
     for label, caps in (("own", own), ("swapped", other)):
-      cond, _ = sampling.stage_conditioning(stage, prompts=caps, n=len(rows))
+      cond, _ = cond_lib.stage_conditioning(stage, prompts=caps, n=len(rows))
       for lam in _SWAP_LOGSNR:
         alpha = np.sqrt(1 / (1 + np.exp(-lam)))
         sigma = np.sqrt(1 / (1 + np.exp(lam)))
@@ -218,8 +220,10 @@ def sr_eval(config, c, workdir: str, step: int) -> dict:
   """An SR stage fed the real low-res test clips: MSE to the real clip and detector reads."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from vdm_jax import cascade_eval, sampling  # pylint: disable=g-import-not-at-top
+  from vdm_jax.cli import cascade_eval  # pylint: disable=g-import-not-at-top
   from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
+  from vdm_jax.sample import sampler  # pylint: disable=g-import-not-at-top
+  from vdm_jax.sample import stage as stage_lib  # pylint: disable=g-import-not-at-top
   names = list(config.cascade.order)
   prev = config.cascade.stages[names[names.index(_STAGE.value) - 1]]
   real = build.load_split_examples(c, "test", _EVAL_VIDEOS.value)
@@ -227,9 +231,9 @@ def sr_eval(config, c, workdir: str, step: int) -> dict:
   high = cascade_eval.real_at_geometry(real["video"], fps, c).astype(np.float32) / 127.5 - 1
   low = cascade_eval.real_at_geometry(real["video"], fps, prev).astype(np.float32) / 127.5 - 1
   captions = list(real["caption"])
-  stage = sampling.load_stage(c, workdir, step=step)
-  videos = sampling.sample_stage_batched(stage, key=jax.random.key(0), prompts=captions,
-                                         lowres=low, batch_size=16)
+  stage = stage_lib.load_stage(c, workdir, step=step)
+  videos = sampler.sample_stage_batched(stage, key=jax.random.key(0), prompts=captions,
+                                        lowres=low, batch_size=16)
   if low.shape[1] != high.shape[1]:    # the naive upsampling: frame repetition / bilinear
     naive = np.repeat(low, high.shape[1] // low.shape[1], axis=1)
   else:
@@ -244,7 +248,8 @@ def sr_eval(config, c, workdir: str, step: int) -> dict:
 def _read(videos, captions, fps):
   """Detector accuracies of videos (float in [-1, 1]) and their mean object area (px)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from vdm_jax.eval import detectors, evaluate  # pylint: disable=g-import-not-at-top
+  from vdm_jax.data.moving_shapes import detectors  # pylint: disable=g-import-not-at-top
+  from vdm_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
   clips = evaluate.to_uint8(videos)
   result = evaluate.evaluate_videos(clips, captions, fps=fps, compute_fvd=False)
   areas = [float(np.nanmean(d.objects[0].areas)) for d in detectors.detect_batch(clips, fps)
@@ -257,8 +262,8 @@ def _read(videos, captions, fps):
 
 def evaluate(run_dir: str, step: int) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from vdm_jax import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
-  from vdm_jax import cascade_eval, sampling  # pylint: disable=g-import-not-at-top
+  from vdm_jax.cli import cascade_eval  # pylint: disable=g-import-not-at-top
+  from vdm_jax.sample import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
   config, stage_cfg = run_config(run_dir)
   workdir = workdir_of(run_dir)
   out = {"variant": _VARIANT.value, "stage": _STAGE.value, "step": step, "set": _SET.value,
@@ -297,7 +302,7 @@ def main(argv):
     train(run_dir)
   if _PHASE.value in ("eval", "all"):
     from vdm_jax import demo  # pylint: disable=g-import-not-at-top
-    done = demo._latest_step(workdir_of(run_dir))  # pylint: disable=protected-access
+    done = demo.latest_step(workdir_of(run_dir))
     for step in _eval_steps():
       if step > done:
         print(f"step {step} not trained yet (latest {done}); skipped.", flush=True)

@@ -15,8 +15,9 @@ import time
 import jax
 import numpy as np
 
-from vdm_jax.models import unet_presets
-from vdm_jax.models import unet_spec
+from vdm_jax.models import registry
+from vdm_jax.models.unet import presets as unet_presets
+from vdm_jax.models.unet import spec as unet_spec
 
 
 def stage_rows():
@@ -25,9 +26,9 @@ def stage_rows():
     cfg = unet_presets.imagen_video_stage(name)
     spec = unet_spec.UNetSpec.from_config(cfg)
     start = time.time()
-    tree = unet_presets.abstract_params(cfg, frames=geo["frames"], height=geo["height"],
-                                        width=geo["width"],
-                                        lowres=unet_presets.lowres_shape(name))
+    tree = registry.family(cfg).abstract_params(frames=geo["frames"], height=geo["height"],
+                                                width=geo["width"],
+                                                lowres=unet_presets.lowres_shape(name))
     parts = breakdown(tree)
     n = sum(parts.values())
     rows.append(dict(

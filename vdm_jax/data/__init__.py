@@ -1,8 +1,7 @@
 """Datasets and input pipelines.
 
-procedural    the moving-shapes domain: vocabulary, specs, captions, labels, renderer (numpy)
-raster        anti-aliased shape rasterization used by the renderer
-moving_shapes tfds builders `moving_shapes` and `moving_shapes_images` (array_record, no TF)
+moving_shapes the procedural moving-shapes domain (package): caption grammar, renderer, tfds
+              builders `moving_shapes` / `moving_shapes_images`, detectors, caption accuracy
 video_folder  tfds builder `video_folder` for a directory of the user's captioned videos
 video_io      video decoding, frame picking by timestamp, resizing and cropping
 build         build_dataset / make_builder / load_split_examples for an experiment config

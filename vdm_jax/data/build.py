@@ -5,12 +5,37 @@ it builds `config.data.name` (moving_shapes | moving_shapes_images | video_folde
 `config.data.data_dir` as array_record files, printing progress. `make_builder(config)` opens
 the same build for reading (`builder.as_data_source()`), and `load_split_examples` returns raw
 decoded clips, captions and labels (the FVD reference set, galleries).
+`validate_data_config(config)` lists the errors of the `data` section (for
+`config_utils.validate_config`).
 """
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 
+from vdm_jax.data.moving_shapes import grammar
+
 DATASETS = ("moving_shapes", "moving_shapes_images", "video_folder")
+SHORT_CLIPS = ("pad", "skip")                        # data.video_short_clips (video_folder)
+IMAGE_SOURCES = ("frames", "moving_shapes_images")   # data.image_source (joint training)
+
+
+def validate_data_config(config) -> List[str]:
+  """The errors of an experiment config's `data` section: unknown choices, a vocabulary that
+  names words outside the moving-shapes grammar."""
+  d = config.data
+  errors = []
+  for key, choices in (("name", DATASETS), ("video_short_clips", SHORT_CLIPS),
+                       ("image_source", IMAGE_SOURCES)):
+    value = d.get(key)
+    if value is not None and value not in choices:
+      errors.append(f"data.{key}={value!r} is not one of {choices}")
+  vocabulary = d.get("vocabulary", None)
+  if vocabulary is not None and str(d.get("name", "")).startswith("moving_shapes"):
+    try:
+      grammar.check_vocabulary(dict(vocabulary.items()))
+    except ValueError as e:
+      errors.append(f"data.vocabulary: {e}")
+  return errors
 
 
 def builder_config(config, *, check_video_dir: bool = True):
@@ -30,8 +55,8 @@ def builder_config(config, *, check_video_dir: bool = True):
         fps=d.source_fps, default_fps=d.video_default_fps,
         clips_per_video=d.video_clips_per_video, short_clips=d.video_short_clips,
         test_fraction=d.video_test_fraction, check_dir=check_video_dir)
-  from vdm_jax.data import moving_shapes  # pylint: disable=g-import-not-at-top
-  return moving_shapes.make_config(
+  from vdm_jax.data.moving_shapes import builder  # pylint: disable=g-import-not-at-top
+  return builder.make_config(
       frames=d.source_frames, height=res, width=res, fps=d.source_fps,
       num_train=d.num_train_examples, num_test=d.num_eval_examples, seed=d.build_seed,
       held_out=tuple(d.held_out), test_held_out_fraction=d.test_held_out_fraction,
@@ -44,11 +69,11 @@ def builder_class(name: str):
   if name == "video_folder":
     from vdm_jax.data import video_folder  # pylint: disable=g-import-not-at-top
     return video_folder.VideoFolder
-  from vdm_jax.data import moving_shapes  # pylint: disable=g-import-not-at-top
+  from vdm_jax.data.moving_shapes import builder  # pylint: disable=g-import-not-at-top
   if name == "moving_shapes":
-    return moving_shapes.MovingShapes
+    return builder.MovingShapes
   if name == "moving_shapes_images":
-    return moving_shapes.MovingShapesImages
+    return builder.MovingShapesImages
   raise ValueError(f"Unknown dataset {name!r}; expected one of {DATASETS}.")
 
 
@@ -88,7 +113,8 @@ def build_dataset(config):
   return builder
 
 
-def _decode_text(value) -> str:
+def decode_text(value) -> str:
+  """A stored text feature (bytes from an array_record source, or str) as str."""
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
@@ -115,8 +141,8 @@ def load_split_examples(config, split: str, n: int, *, name: Optional[str] = Non
   for key in sorted(records[0]):
     if key not in skip:
       values = [r[key] for r in records]
-      labels[key] = (np.array([_decode_text(v) for v in values]) if isinstance(values[0], bytes)
+      labels[key] = (np.array([decode_text(v) for v in values]) if isinstance(values[0], bytes)
                      else np.asarray(values))
-  return {"video": video, "caption": [_decode_text(r["caption"]) for r in records],
+  return {"video": video, "caption": [decode_text(r["caption"]) for r in records],
           "fps": np.asarray([r["fps"] for r in records], np.float32),
           "is_image": np.full((len(records),), is_image), "labels": labels}

@@ -48,12 +48,14 @@ import dataclasses
 from typing import Optional
 
 import grain
+import jax
+from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 
-from vdm_jax.data import IMAGE_PREFIX
 from vdm_jax.data import build
-from vdm_jax.data import procedural
+from vdm_jax.data import IMAGE_PREFIX
 from vdm_jax.data import video_io
+from vdm_jax.data.moving_shapes import grammar
 
 
 class IndexedSource:
@@ -180,16 +182,12 @@ def crop_row(row: dict, g: Geometry, rng: np.random.Generator) -> dict:
   return out
 
 
-def _text(value) -> str:
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def image_caption(record) -> str:
   """A caption for a single frame of `record`: motion-free for procedural clips."""
   if "obj0_shape" in record and "video" in record:
-    spec = procedural.labels_from_dict(record, fps=1.0, frames=1, height=8, width=8)
-    return procedural.caption(spec, with_motion=False)
-  return _text(record["caption"])
+    spec = grammar.labels_from_dict(record, fps=1.0, frames=1, height=8, width=8)
+    return grammar.caption(spec, with_motion=False)
+  return build.decode_text(record["caption"])
 
 
 def temporal_crop(video, *, source_fps: float, fps: float, frames: int, rng):
@@ -225,17 +223,18 @@ class MakeRows(grain.transforms.RandomMap):
     return row
 
   def _record_row(self, record, rng):
+    caption = build.decode_text(record["caption"])
     if "image" in record:
-      return self._image_row(record["image"], _text(record["caption"]), record["_index"], rng)
+      return self._image_row(record["image"], caption, record["_index"], rng)
     clip, fps = temporal_crop(record["video"], source_fps=float(record["fps"]), fps=self.g.fps,
                               frames=self.g.frames, rng=rng)
-    return self._row(clip, fps, False, _text(record["caption"]), record["_index"], rng)
+    return self._row(clip, fps, False, caption, record["_index"], rng)
 
   def _extra_image_row(self, rng):
     lo, hi = self.image_range
     record = self.image_source[int(rng.integers(lo, hi))]
     if "image" in record:
-      image, caption = record["image"], _text(record["caption"])
+      image, caption = record["image"], build.decode_text(record["caption"])
     else:   # a random frame of a clip, with the motion-free caption of its labels
       image = record["video"][int(rng.integers(record["video"].shape[0]))]
       caption = image_caption(record)
@@ -289,7 +288,6 @@ def make_data_loader(config, *, split: str = "train", text_store=None,
                      num_epochs: Optional[int] = None) -> grain.DataLoader:
   """The grain DataLoader behind `make_train_iterator` (num_epochs None = forever)."""
   if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
     process_index, process_count = jax.process_index(), jax.process_count()
   g = stage_geometry(config)
   batch = int(config.train.batch_size)
@@ -340,8 +338,6 @@ def to_global_batch(local_batch: dict, mesh, *, batch_axes=("data", "fsdp")) -> 
   Every array's leading (batch) dimension is split over the mesh axes `batch_axes` (those the
   mesh has); the global batch is the concatenation of all hosts' local batches.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
   axes = tuple(a for a in batch_axes if a in mesh.axis_names)
   sharding = NamedSharding(mesh, PartitionSpec(axes or None))
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))

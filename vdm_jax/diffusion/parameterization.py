@@ -41,17 +41,21 @@ def predict_eps_from_x(*, z: jax.Array, x: jax.Array, logsnr: jax.Array) -> jax.
   return jnp.sqrt(1.0 + jnp.exp(l)) * z - jnp.exp(0.5 * l) * x
 
 
+def _checked_alpha_sigma(a: jax.Array, b: jax.Array, logsnr: jax.Array, what: str):
+  """(alpha, sigma) of `logsnr` broadcast against `a`, after checking that a and b match."""
+  _check(a, b, what)
+  return alpha_sigma(broadcast_logsnr(logsnr, a))
+
+
 def predict_x_from_v(*, z: jax.Array, v: jax.Array, logsnr: jax.Array) -> jax.Array:
   """x = alpha z - sigma v."""
-  _check(z, v, "z and v")
-  alpha, sigma = alpha_sigma(broadcast_logsnr(logsnr, z))
+  alpha, sigma = _checked_alpha_sigma(z, v, logsnr, "z and v")
   return alpha * z - sigma * v
 
 
 def predict_eps_from_v(*, z: jax.Array, v: jax.Array, logsnr: jax.Array) -> jax.Array:
   """eps = sigma z + alpha v."""
-  _check(z, v, "z and v")
-  alpha, sigma = alpha_sigma(broadcast_logsnr(logsnr, z))
+  alpha, sigma = _checked_alpha_sigma(z, v, logsnr, "z and v")
   return sigma * z + alpha * v
 
 
@@ -71,15 +75,13 @@ def predict_v_from_eps(*, z: jax.Array, eps: jax.Array, logsnr: jax.Array) -> ja
 
 def predict_v_from_x_and_eps(*, x: jax.Array, eps: jax.Array, logsnr: jax.Array) -> jax.Array:
   """v = alpha eps - sigma x."""
-  _check(x, eps, "x and eps")
-  alpha, sigma = alpha_sigma(broadcast_logsnr(logsnr, x))
+  alpha, sigma = _checked_alpha_sigma(x, eps, logsnr, "x and eps")
   return alpha * eps - sigma * x
 
 
 def predict_z_from_x_and_eps(*, x: jax.Array, eps: jax.Array, logsnr: jax.Array) -> jax.Array:
   """z = alpha x + sigma eps (the forward process)."""
-  _check(x, eps, "x and eps")
-  alpha, sigma = alpha_sigma(broadcast_logsnr(logsnr, x))
+  alpha, sigma = _checked_alpha_sigma(x, eps, logsnr, "x and eps")
   return alpha * x + sigma * eps
 
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from vdm_jax import diffusion
 from vdm_jax.diffusion import distillation
 from vdm_jax.diffusion import noise as noise_lib
+from vdm_jax.models import registry
 from vdm_jax.train import inputs
 from vdm_jax.train import objective
 
@@ -90,7 +91,7 @@ def make_distill_loss_fn(config, *, stage: str, student_model, teacher_model,
   def loss_fn(params, teacher, batch, key):
     key = jax.random.fold_in(key, teacher["round"])
     keys = {name: jax.random.fold_in(key, salt) for name, salt in _SALTS.items()}
-    cond = objective.model_inputs(teacher_cfg, batch)
+    cond = registry.family(teacher_cfg).model_inputs(batch)
     if cond_aug and "lowres_video" in cond:
       cond["lowres_video"], cond["cond_aug_logsnr"] = objective.augment_lowres(
           cond["lowres_video"], keys["aug"], schedule=schedule, max_t=max_aug_t)
@@ -152,7 +153,7 @@ def init_params_fn(model_cfg, model, *, batch_like: dict, batch_size: int = 1):
   def init(key):
     small = {k: jnp.zeros((batch_size,) + tuple(v.shape[1:]), v.dtype)
              for k, v in batch_like.items() if k in inputs.TRAIN_KEYS}
-    kw = objective.model_inputs(model_cfg, small)
+    kw = registry.family(model_cfg).model_inputs(small)
     if _flag(model_cfg, "cond_aug_conditioning") and "lowres_video" in kw:
       kw["cond_aug_logsnr"] = jnp.zeros((batch_size,), jnp.float32)
     if _flag(model_cfg, "guidance_weight_conditioning"):

@@ -7,8 +7,10 @@ directory `workdir/rounds/<NN>_<stage>_<steps>/` holding config.json, metrics.js
 checkpoints whose config item records the round (distill.round_*) and sets sample.num_steps to
 the student's step count, so `--mode=sample` on a round directory samples with the right grid.
 `workdir/rounds.json` lists the finished rounds. A rerun resumes: finished rounds are loaded,
-an interrupted one continues from its latest checkpoint (SIGTERM saves one and stops).
+an interrupted one continues from its latest checkpoint (SIGTERM saves one and stops). A
+round's steps are run by `vdm_jax.train.runner.StepRunner`, as training's are.
 """
+import functools
 import json
 import os
 import time
@@ -18,17 +20,17 @@ from absl import logging
 import jax
 import numpy as np
 
-from vdm_jax import sharding as sharding_lib
 from vdm_jax.distill import objective as dobjective
 from vdm_jax.distill import settings
 from vdm_jax.distill import state as dstate
 from vdm_jax.distill import step as dstep
+from vdm_jax.models import registry
 from vdm_jax.train import checkpoint as ckpt_lib
 from vdm_jax.train import inputs
 from vdm_jax.train import loop
 from vdm_jax.train import metrics as metrics_lib
 from vdm_jax.train import optimizer as optimizer_lib
-from vdm_jax.train import preemption
+from vdm_jax.train import runner as runner_lib
 from vdm_jax.train import state as state_lib
 
 MANIFEST = "rounds.json"
@@ -36,6 +38,21 @@ MANIFEST = "rounds.json"
 
 class Preempted(RuntimeError):
   """A signal stopped the run; the interrupted round's checkpoint was saved."""
+
+
+def _raise_preempted(round_name: str, step: int) -> None:
+  raise Preempted(f"Stopped by a signal in round {round_name} at step {step}; the "
+                  "checkpoint is saved and a rerun resumes there.")
+
+
+def _round_scalars(rows: list[dict]) -> dict:
+  """A round's logged scalars (before the rates): the mean finite loss of the window (NaN if
+  none) and the latest step's gradient norm, learning rate and skipped-step count."""
+  finite = [r["loss"] for r in rows if np.isfinite(r["loss"])]
+  last = rows[-1]
+  return dict(loss=float(np.mean(finite)) if finite else float("nan"),
+              grad_norm=last["grad_norm"], lr=last["lr"],
+              nonfinite_count=last["nonfinite_count"])
 
 
 def round_config(config, rnd: settings.Round):
@@ -147,7 +164,7 @@ class DistillationRun:
     data_iter = self.make_batches(rnd)
     checkpointable = hasattr(data_iter, "get_state")
     first = next(data_iter)
-    init_fn = dobjective.init_params_fn(rcfg.model, self.student_model,
+    init_fn = registry.family(rcfg.model).init_fn(self.student_model,
                                         batch_like=inputs.select(first))
     key = jax.random.fold_in(jax.random.key(int(rcfg.seed)), rnd.index)
     checkpointer = ckpt_lib.Checkpointer(os.path.join(round_dir, "checkpoints"),
@@ -165,7 +182,7 @@ class DistillationRun:
           target_state=target, data_iter=data_iter if checkpointable else None, config=rcfg,
           fallback=bool(t.get("checkpoint_fallback", True)))
       first = None if checkpointable else first
-    step = int(np.asarray(state.step.addressable_data(0)))
+    step = runner_lib.state_step(state)
     start_step, start_time, last_loss = step, time.time(), None
     logging.info("Round %s: teacher %d steps -> student %d steps, optimizer steps %d/%d.",
                  rnd.name, rnd.teacher_steps, rnd.student_steps, step, rnd.train_steps)
@@ -189,7 +206,7 @@ class DistillationRun:
   def _train(self, rnd, rcfg, *, state_and_shardings, teacher, data_iter, first, checkpointer,
              checkpointable, round_dir):
     """The optimizer steps of one round; returns (the final state, the mean loss of the last
-    logging window)."""
+    logging window). Raises Preempted after a signal (its checkpoint saved)."""
     t = rcfg.train
     state, shardings = state_and_shardings
     teacher_model, teacher_params, teacher_shardings = teacher
@@ -198,62 +215,18 @@ class DistillationRun:
     step_fn = self._step_fn(rnd, rcfg, teacher_model, shardings, teacher_shardings, batch_spec)
     teacher_in = dstep.teacher_inputs(teacher_params, student_steps=rnd.student_steps,
                                       round_index=rnd.index, mesh=self.mesh)
-    log = _RoundLog(rnd, t, metrics_lib.MetricsWriter(round_dir), checkpointer)
-    watcher = preemption.PreemptionWatcher()
-    step = int(np.asarray(state.step.addressable_data(0)))
     iter_state = data_iter if checkpointable else None
-    pending = None  # host reads of a step's metrics lag one step, so dispatch never waits
-    try:
-      while step < rnd.train_steps:
-        if host is None:
-          host = next(data_iter)
-        batch = sharding_lib.host_to_global(inputs.select(host), self.mesh, self.rules)
-        host = None
-        state, metrics = step_fn(state, teacher_in, batch)
-        step += 1
-        if pending is not None:
-          log.consume(*pending)
-        pending = (step, metrics)
-        stop = watcher.should_stop()
-        if step % int(t.checkpoint_every) == 0 or step == rnd.train_steps or stop:
-          log.consume(*pending)
-          pending = None
-          loop.save_if_good(checkpointer, step, state, iter_state, rcfg)
-        if stop:
-          checkpointer.wait()
-          raise Preempted(f"Stopped by a signal in round {rnd.name} at step {step}; the "
-                          "checkpoint is saved and a rerun resumes there.")
-      if pending is not None:
-        log.consume(*pending)
-    finally:
-      watcher.close()
-      log.writer.close()
-    return state, log.last_mean
-
-
-class _RoundLog:
-  """Host-side bookkeeping of a round's steps: non-finite streaks, log lines, metric files."""
-
-  def __init__(self, rnd: settings.Round, train_cfg, writer, checkpointer):
-    self.rnd, self.t, self.writer, self.checkpointer = rnd, train_cfg, writer, checkpointer
-    self.window, self.last_mean, self.tick = [], None, time.time()
-
-  def consume(self, step: int, metrics: dict) -> None:
-    row = dstep.host_scalars(metrics)
-    self.window.append(row)
-    loop.check_nonfinite_streak(row, step=step, limit=int(self.t.max_consecutive_nonfinite),
-                                checkpointer=self.checkpointer)
-    if step % int(self.t.log_every) and step != self.rnd.train_steps:
-      return
-    finite = [r["loss"] for r in self.window if np.isfinite(r["loss"])]
-    self.last_mean = float(np.mean(finite)) if finite else float("nan")
-    now = time.time()
-    scalars = dict(loss=self.last_mean, grad_norm=row["grad_norm"], lr=row["lr"],
-                   nonfinite_count=row["nonfinite_count"],
-                   steps_per_sec=len(self.window) / max(now - self.tick, 1e-9))
-    scalars["examples_per_sec"] = scalars["steps_per_sec"] * int(self.t.batch_size)
-    if jax.process_index() == 0:
-      logging.info("[%s] %s", self.rnd.name,
-                   metrics_lib.format_log_line(step, self.rnd.train_steps, scalars))
-    self.writer.write_scalars(step, scalars)
-    self.window, self.tick = [], now
+    runner = runner_lib.StepRunner(
+        lambda s, batch: step_fn(s, teacher_in, batch),
+        cadence=runner_lib.Cadence.from_config(t), checkpointer=checkpointer,
+        save=lambda step, s: loop.save_if_good(checkpointer, step, s, iter_state, rcfg),
+        writer=metrics_lib.MetricsWriter(round_dir),
+        throughput=metrics_lib.Throughput(global_batch=int(t.batch_size),
+                                          flops_per_device_step=None,
+                                          peak_flops_per_device=None),
+        put_batch=functools.partial(runner_lib.to_global_batch, mesh=self.mesh,
+                                    rules=self.rules),
+        summarize=_round_scalars, log_prefix=f"[{rnd.name}] ",
+        on_preempted=functools.partial(_raise_preempted, rnd.name))
+    result = runner.run(state, runner_lib.prepend(host, data_iter))
+    return result.state, (result.last_scalars or {}).get("loss")

@@ -18,6 +18,7 @@ from vdm_jax.distill import objective as dobjective
 from vdm_jax.distill import rounds as rounds_lib
 from vdm_jax.distill import settings
 from vdm_jax.distill import state as dstate
+from vdm_jax.models import registry
 from vdm_jax.train import inputs
 from vdm_jax.train import loop
 from vdm_jax.train import metrics as metrics_lib
@@ -64,7 +65,6 @@ def run_distillation(config, workdir: str, teacher_workdir: str) -> DistillResul
     FileNotFoundError when teacher_workdir is not a training workdir, and
     `vdm_jax.train.checkpoint.CheckpointError` when its checkpoint is of another model.
   """
-  from vdm_jax.models.unet import SpaceTimeUNet  # pylint: disable=g-import-not-at-top
   settings.check_distill_config(config)
   loop.check_loop_config(config)
   if os.path.abspath(workdir) == os.path.abspath(teacher_workdir):
@@ -86,10 +86,10 @@ def run_distillation(config, workdir: str, teacher_workdir: str) -> DistillResul
   teacher_cfg = config.copy_and_resolve_references()
   with teacher_cfg.unlocked():
     teacher_cfg.model = dobjective.teacher_model_config(config, first_stage)
-  student_model = SpaceTimeUNet(config=config.model)
-  teacher_model = (SpaceTimeUNet(config=teacher_cfg.model) if first_stage == "guided"
+  student_model = registry.family(config.model).module()
+  teacher_model = (registry.family(teacher_cfg.model).module() if first_stage == "guided"
                    else student_model)  # the same module: one compiled step for all rounds
-  teacher_init = dobjective.init_params_fn(teacher_cfg.model, teacher_model,
+  teacher_init = registry.family(teacher_cfg.model).init_fn(teacher_model,
                                            batch_like=batch_like)
   params, shardings, step = dstate.restore_params(
       workdir=teacher_workdir, config=teacher_cfg, init_params_fn=teacher_init, mesh=mesh,

@@ -25,6 +25,7 @@ import dataclasses
 import math
 
 from vdm_jax import errors as errors_lib
+from vdm_jax.diffusion import losses
 
 MODES = ("progressive", "guided")
 STAGES = ("guided", "progressive")
@@ -100,7 +101,6 @@ def check_distill_config(config) -> None:
                     "guidance contrasts the text and the null text)")
   if d.teacher_clip not in CLIPS:
     errors.append(f"distill.teacher_clip={d.teacher_clip!r} is not one of {CLIPS}")
-  from vdm_jax.diffusion import losses  # pylint: disable=g-import-not-at-top
   if d.loss_weighting not in losses.WEIGHTINGS:
     errors.append(f"distill.loss_weighting={d.loss_weighting!r} is not one of "
                   + " | ".join(losses.WEIGHTINGS))

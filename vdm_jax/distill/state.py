@@ -20,6 +20,7 @@ from vdm_jax import sharding as sharding_lib
 from vdm_jax.train import checkpoint as ckpt_lib
 from vdm_jax.train import optimizer as optimizer_lib
 from vdm_jax.train import state as state_lib
+import orbax.checkpoint as ocp
 
 
 def merge_params(fresh: Any, source: Any) -> Any:
@@ -133,7 +134,6 @@ def restore_params(*, workdir: str, config, init_params_fn: Callable[[jax.Array]
 def read_checkpoint_config(checkpoint_dir: str, step: Optional[int] = None) -> dict:
   """The config item of an orbax checkpoint written by `train.checkpoint.Checkpointer`
   (the latest step when `step` is None), as a dict."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   manager = ocp.CheckpointManager(checkpoint_dir,
                                   item_handlers={ckpt_lib.CONFIG: ocp.JsonCheckpointHandler()})
   try:

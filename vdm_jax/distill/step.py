@@ -73,8 +73,3 @@ def make_distill_step(*, loss_fn: DistillLossFn, tx: optax.GradientTransformatio
   return step_lib.ShardedFn(fn, mesh=mesh, rules=rules, in_shardings=in_shardings,
                             out_shardings=(state_shardings, replicated), donate_argnums=(0,),
                             constrain_activations=constrain_activations)
-
-
-def host_scalars(metrics: dict) -> dict:
-  """Replicated metric scalars -> Python floats (valid with several processes)."""
-  return {k: float(np.asarray(v.addressable_data(0))) for k, v in metrics.items()}

@@ -1,11 +1,13 @@
-"""Evaluation: FVD with the Kinetics-400 I3D, moving-shapes detectors, caption accuracy,
-temporal consistency, video writers and the HTML gallery.
+"""Evaluation: the evaluators `eval.metrics` chooses (FVD with the Kinetics-400 I3D, the
+moving-shapes detectors' caption accuracy and consistency).
 
   safe_pickle   restricted unpickler (numpy arrays and plain containers only)
-  i3d, fvd      Inception-I3D in Flax; I3DFeatureExtractor, frechet_distance, fvd, compute_fvd
-  detectors     detect(video, fps) -> Detection (with shape_fit and motion)
-  accuracy      caption_accuracy(predictions, targets)
-  consistency   clip_consistency(video, detection), summarize
-  gallery       write_video, write_gif, write_mp4, write_gallery
-  evaluate      evaluate_videos(videos, targets, real_videos, extractor, ...)
+  i3d, fvd      Inception-I3D in Flax; I3DFeatureExtractor, frechet_distance, fvd, fvd_of
+  evaluators    the registry of evaluators (fvd, moving_shapes), metrics_from_config,
+                validate_eval_config
+  evaluate      evaluate_videos(videos, targets, real_videos, extractor, metrics=...)
+
+The moving-shapes detectors, caption accuracy and consistency are in `vdm_jax.data.moving_shapes`;
+video files and the HTML gallery in `vdm_jax.media`; the cascade's eval mode in
+`vdm_jax.cli.cascade_eval`.
 """

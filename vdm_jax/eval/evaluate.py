@@ -1,7 +1,8 @@
-"""One call that scores a set of generated moving-shapes videos: FVD, caption accuracy, consistency.
+"""One call that scores a set of generated videos with the evaluators `eval.metrics` chooses.
 
-`evaluate_videos` is what the `eval` mode of main.py runs on a sampled set; it returns a dict and,
-given `out_path`, writes it as JSON (NaN written as null).
+`evaluate_videos` is what the `eval` mode of main.py runs on a sampled set; it returns a dict
+(the figures of every chosen evaluator, see `evaluators`) and, given `out_path`, writes it as
+JSON (NaN written as null, see `jsonable`).
 """
 import json
 import math
@@ -10,11 +11,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from vdm_jax.eval import accuracy
-from vdm_jax.eval import consistency
-from vdm_jax.eval import detectors
-from vdm_jax.eval import fvd as fvd_lib
-from vdm_jax.eval import i3d
+from vdm_jax.eval import evaluators
 
 
 def to_uint8(videos, value_range: Tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
@@ -28,17 +25,13 @@ def to_uint8(videos, value_range: Tuple[float, float] = (-1.0, 1.0)) -> np.ndarr
   return np.clip(np.round((videos - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
 
 
-def extractor_from_config(eval_cfg) -> fvd_lib.I3DFeatureExtractor:
-  """The I3D feature extractor of the `eval` config section (i3d_path, i3d_batch_size)."""
-  return fvd_lib.I3DFeatureExtractor(checkpoint_path=eval_cfg.get("i3d_path", "") or None,
-                                     batch_size=int(eval_cfg.get("i3d_batch_size", 16)))
-
-
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
+  """`x` with numpy scalars as Python numbers, tuples as lists, dict keys as str and
+  non-finite floats as None: what json.dump writes as standard JSON."""
   if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
+    return {str(k): jsonable(v) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
+    return [jsonable(v) for v in x]
   if isinstance(x, (np.floating, float)):
     return None if not math.isfinite(float(x)) else float(x)
   if isinstance(x, np.integer):
@@ -46,76 +39,66 @@ def _jsonable(x: Any) -> Any:
   return x
 
 
-def _check_videos(videos, name: str) -> np.ndarray:
+def check_videos(videos, name: str) -> np.ndarray:
+  """`videos` as uint8 [N, T, H, W, 3] (see `to_uint8`); raises ValueError for another shape."""
   videos = to_uint8(videos)
   if videos.ndim != 5 or videos.shape[-1] != 3:
     raise ValueError(f"{name} must be [N, T, H, W, 3], got shape {videos.shape}")
   return videos
 
 
-def fvd_of(videos: np.ndarray, real_videos: np.ndarray,
-           extractor: fvd_lib.I3DFeatureExtractor, repeat_short: bool = True) -> Dict[str, Any]:
-  """FVD between two uint8 sets, stretching clips shorter than I3D's 9 frames if allowed."""
-  if min(len(videos), len(real_videos)) < 2:
-    return dict(fvd=None, fvd_note="FVD needs at least 2 videos in each set")
-  k = max(-(-i3d.MIN_FRAMES // v.shape[1]) for v in (videos, real_videos))
-  if k > 1 and not repeat_short:
-    raise ValueError(f"clips of {min(videos.shape[1], real_videos.shape[1])} frames are too "
-                     f"short for I3D ({i3d.MIN_FRAMES}); set eval.fvd_repeat_short=True")
-  a = fvd_lib.repeat_frames(videos, i3d.MIN_FRAMES)
-  b = fvd_lib.repeat_frames(real_videos, i3d.MIN_FRAMES)
-  out = dict(fvd=fvd_lib.fvd(extractor.features(a), extractor.features(b)),
-             fvd_num_videos=[len(a), len(b)], fvd_frames=[a.shape[1], b.shape[1]])
-  if min(len(a), len(b)) <= i3d.NUM_CLASSES:
-    out["fvd_note"] = ("fewer videos than I3D features (400): rank-deficient covariances; "
-                       "compare only with FVDs of equally sized sets")
-  return out
-
-
-def evaluate_videos(videos, targets: Sequence[Any], real_videos=None,
-                    extractor: Optional[fvd_lib.I3DFeatureExtractor] = None, *,
-                    fps: Optional[float] = None, compute_fvd: bool = True,
-                    value_range: Tuple[float, float] = (-1.0, 1.0), repeat_short: bool = True,
-                    out_path: Optional[str] = None) -> Dict[str, Any]:
+def evaluate_videos(videos, targets: Optional[Sequence[Any]], real_videos=None,
+                    extractor=None, *, fps: Optional[float] = None,
+                    metrics: Sequence[str] = evaluators.DEFAULT_METRICS,
+                    compute_fvd: bool = True, value_range: Tuple[float, float] = (-1.0, 1.0),
+                    repeat_short: bool = True, out_path: Optional[str] = None
+                    ) -> Dict[str, Any]:
   """Scores generated videos against what they were prompted with and against real clips.
 
   Args:
     videos: generated videos [N, T, H, W, 3], uint8 or float in `value_range`.
-    targets: N prompts: ClipSpecs, captions or labels (see `accuracy.as_target`).
+    targets: N prompts: ClipSpecs, captions or labels (see `moving_shapes.accuracy.as_target`);
+      None when no chosen evaluator reads them.
     real_videos: real clips [M, T', H', W', 3] for FVD (and their consistency as a reference).
-    extractor: an I3DFeatureExtractor; None = one with the packaged weights (if FVD is computed).
+    extractor: an `fvd.I3DFeatureExtractor`; None = one with the packaged weights (if FVD is
+      computed).
     fps: frame rate of `videos` (needed to read speeds); None = the fps of ClipSpec targets.
-    compute_fvd: False skips FVD (and loading I3D).
+    metrics: names of `evaluators.REGISTRY` (see `evaluators.metrics_from_config`).
+    compute_fvd: False drops "fvd" from `metrics` (skips loading I3D).
     value_range: range of float videos.
     repeat_short: stretch clips shorter than 9 frames in time for I3D.
     out_path: if given, the result is also written there as JSON (e.g. ".../eval.json").
   Returns:
-    {"num_videos", "frames", "height", "width", "fps", "caption_accuracy" {attribute: acc, "all"},
-     "consistency" {metric: mean}, "real_consistency" (with real videos), "fvd" (+ details)}.
+    {"num_videos", "frames", "height", "width", "fps"} and the figures of every chosen
+    evaluator: moving_shapes "caption_accuracy" {attribute: acc, "all"}, "consistency"
+    {metric: mean}, "real_consistency" (with real videos); fvd "fvd" (+ details).
   """
-  videos = _check_videos(videos, "videos")
-  if len(targets) != len(videos):
+  metrics = evaluators.check_metrics(metrics)
+  chosen = [e for name, e in evaluators.REGISTRY.items()
+            if name in metrics and (compute_fvd or name != "fvd")]
+  needs = {n for e in chosen for n in e.needs}
+  videos = check_videos(videos, "videos")
+  if targets is not None and len(targets) != len(videos):
     raise ValueError(f"{len(videos)} videos but {len(targets)} targets: one prompt per video")
-  if fps is None:
+  if "targets" in needs and targets is None:
+    raise ValueError(f"metrics {[e.name for e in chosen if 'targets' in e.needs]} need "
+                     "targets: one prompt per video")
+  if fps is None and targets is not None:
     spec_fps = {t.fps for t in targets if hasattr(t, "fps")}
-    if len(spec_fps) != 1:
-      raise ValueError("pass fps=: the videos' frame rate is needed to read speeds")
-    fps = spec_fps.pop()
+    fps = spec_fps.pop() if len(spec_fps) == 1 else None
+  if fps is None and "fps" in needs:
+    raise ValueError("pass fps=: the videos' frame rate is needed to read speeds")
   n, t, h, w, _ = videos.shape
-  dets = detectors.detect_batch(videos, fps)
-  result = dict(num_videos=n, frames=t, height=h, width=w, fps=float(fps),
-                caption_accuracy=accuracy.caption_accuracy(dets, targets, with_motion=t > 1),
-                consistency=consistency.summarize(
-                    [consistency.clip_consistency(v, d) for v, d in zip(videos, dets)]))
   if real_videos is not None:
-    real_videos = _check_videos(real_videos, "real_videos")
-    real_dets = detectors.detect_batch(real_videos, fps)
-    result["real_consistency"] = consistency.summarize(
-        [consistency.clip_consistency(v, d) for v, d in zip(real_videos, real_dets)])
-    if compute_fvd:
-      extractor = extractor or fvd_lib.I3DFeatureExtractor()
-      result.update(fvd_of(videos, real_videos, extractor, repeat_short))
-  result = _jsonable(result)
+    real_videos = check_videos(real_videos, "real_videos")
+  inputs = evaluators.Inputs(videos=videos, targets=targets, fps=fps, real_videos=real_videos,
+                             extractor=extractor, repeat_short=repeat_short)
+  result = dict(num_videos=n, frames=t, height=h, width=w,
+                fps=None if fps is None else float(fps))
+  for e in chosen:
+    if "real_videos" not in e.needs or real_videos is not None:
+      result.update(e.compute(inputs))
+  result = jsonable(result)
   if out_path:
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, "w", encoding="utf-8") as f:

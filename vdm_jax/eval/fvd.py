@@ -15,7 +15,7 @@ orders sets correctly, but its value is biased upward compared with large-N FVD 
 compare FVDs only between sets of the same size. Papers report FVD on 2048 (or 256) videos.
 """
 import functools
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -188,3 +188,32 @@ def fvd(feats_a, feats_b) -> float:
 def compute_fvd(videos_a, videos_b, extractor: I3DFeatureExtractor, **kwargs) -> float:
   """FVD between two sets of videos [N, T, H, W, 3] (see `I3DFeatureExtractor.features`)."""
   return fvd(extractor.features(videos_a, **kwargs), extractor.features(videos_b, **kwargs))
+
+
+def extractor_from_config(eval_cfg) -> I3DFeatureExtractor:
+  """The I3D feature extractor of the `eval` config section (i3d_path, i3d_batch_size)."""
+  return I3DFeatureExtractor(checkpoint_path=eval_cfg.get("i3d_path", "") or None,
+                             batch_size=int(eval_cfg.get("i3d_batch_size", 16)))
+
+
+def fvd_of(videos: np.ndarray, real_videos: np.ndarray,
+           extractor: I3DFeatureExtractor, repeat_short: bool = True) -> Dict[str, Any]:
+  """FVD between two uint8 sets, stretching clips shorter than I3D's 9 frames if allowed.
+
+  Returns {"fvd", "fvd_num_videos", "fvd_frames"} (+ "fvd_note" for small sets), or
+  {"fvd": None, "fvd_note"} when a set has fewer than 2 videos.
+  """
+  if min(len(videos), len(real_videos)) < 2:
+    return dict(fvd=None, fvd_note="FVD needs at least 2 videos in each set")
+  k = max(-(-i3d.MIN_FRAMES // v.shape[1]) for v in (videos, real_videos))
+  if k > 1 and not repeat_short:
+    raise ValueError(f"clips of {min(videos.shape[1], real_videos.shape[1])} frames are too "
+                     f"short for I3D ({i3d.MIN_FRAMES}); set eval.fvd_repeat_short=True")
+  a = repeat_frames(videos, i3d.MIN_FRAMES)
+  b = repeat_frames(real_videos, i3d.MIN_FRAMES)
+  out = dict(fvd=fvd(extractor.features(a), extractor.features(b)),
+             fvd_num_videos=[len(a), len(b)], fvd_frames=[a.shape[1], b.shape[1]])
+  if min(len(a), len(b)) <= i3d.NUM_CLASSES:
+    out["fvd_note"] = ("fewer videos than I3D features (400): rank-deficient covariances; "
+                       "compare only with FVDs of equally sized sets")
+  return out

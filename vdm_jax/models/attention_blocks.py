@@ -17,8 +17,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vdm_jax.models import axes
 from vdm_jax.models import attention
+from vdm_jax.models import axes
 from vdm_jax.models import layers
 
 Dtype = Any

@@ -14,16 +14,16 @@ prompts go through `encode_prompts` (or, before any encoder is loaded,
 index. Cut prompts and characters the tokenizer does not know are warned about, never silent.
 A store file whose checksums do not match raises `CorruptStoreError` (delete it: it is rebuilt).
 """
+from vdm_jax.text.encoder import load_text_encoder
+from vdm_jax.text.encoder import packaged_minilm_dir
 from vdm_jax.text.encoder import PromptTruncatedWarning
 from vdm_jax.text.encoder import PromptUnknownTokensWarning
 from vdm_jax.text.encoder import TextEncoder
-from vdm_jax.text.encoder import load_text_encoder
-from vdm_jax.text.encoder import packaged_minilm_dir
 from vdm_jax.text.store import CorruptStoreError
-from vdm_jax.text.store import TextEmbeddingStore
 from vdm_jax.text.store import load_or_build_store
-from vdm_jax.text.tokenization import EmptyPromptError
+from vdm_jax.text.store import TextEmbeddingStore
 from vdm_jax.text.tokenization import check_prompts
+from vdm_jax.text.tokenization import EmptyPromptError
 
 __all__ = ["CorruptStoreError", "EmptyPromptError", "PromptTruncatedWarning",
            "PromptUnknownTokensWarning", "TextEncoder", "TextEmbeddingStore", "check_prompts",

@@ -230,6 +230,28 @@ def _build(encoder, directory, *, dtype, param_dtype, max_length, batch_size):
                      normalize=normalize)
 
 
+def section_errors(text_cfg, *, needs_text: bool) -> list[str]:
+  """What is wrong with the `text` section (naming the key and the fix); `needs_text`: whether
+  the model reads text (then an encoder must be named; 'none' is for unconditional models)."""
+  encoder, max_length = text_cfg.encoder, text_cfg.max_length
+  if encoder == "none":
+    return ["text.encoder='none' trains unconditionally, but the model reads text "
+            "(model.text_cross_attention or text_pooled_conditioning): name an encoder "
+            f"{ENCODERS} or turn text off"] if needs_text else []
+  if encoder not in ENCODERS:
+    return [f"text.encoder must be one of {ENCODERS + ('none',)}, got {encoder!r}"]
+  errors = []
+  if not isinstance(max_length, int) or max_length < 1:
+    errors.append(f"text.max_length must be a positive int, got {max_length!r}")
+  elif encoder == "minilm" and max_length < 2:
+    errors.append(f"text.max_length must be >= 2 for minilm ([CLS] and [SEP]), got "
+                  f"{max_length}")
+  for key in ("dtype", "param_dtype"):
+    if text_cfg.get(key, "float32") not in _DTYPES:
+      errors.append(f"text.{key} must be one of {tuple(_DTYPES)}, got {text_cfg.get(key)!r}")
+  return errors
+
+
 def load_text_encoder(text_cfg):
   """Builds the `TextEncoder` that `text_cfg` (the config's `text` section) names.
 
@@ -239,17 +261,10 @@ def load_text_encoder(text_cfg):
   Also reads max_length, dtype, param_dtype and batch_size. Bad values raise before any
   weight is read; a missing directory or file raises FileNotFoundError naming it.
   """
-  encoder = text_cfg.encoder
-  if encoder not in ENCODERS:
-    hint = (" ('none' trains unconditionally: do not load an encoder)" if encoder == "none"
-            else "")
-    raise ValueError(f"text.encoder must be one of {ENCODERS}, got {encoder!r}{hint}")
-  max_length = text_cfg.max_length
-  if not isinstance(max_length, int) or max_length < 1:
-    raise ValueError(f"text.max_length must be a positive int, got {max_length!r}")
-  if encoder == "minilm" and max_length < 2:
-    raise ValueError(f"text.max_length must be >= 2 for minilm ([CLS] and [SEP]), got "
-                     f"{max_length}")
+  errors = section_errors(text_cfg, needs_text=True)
+  if errors:
+    raise ValueError(errors[0])
+  encoder, max_length = text_cfg.encoder, text_cfg.max_length
   dtype = _dtype(text_cfg.get("dtype", "float32"), "dtype")
   param_dtype = _dtype(text_cfg.get("param_dtype", "float32"), "param_dtype")
   batch_size = text_cfg.get("batch_size", 64)

@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from vdm_jax import errors
+from vdm_jax.text import encoder as encoder_lib
 
 FORMAT = "vdm_jax.text_embeddings"
 VERSION = "1"
@@ -227,7 +228,6 @@ def load_or_build_store(text_cfg, captions, *, encoder=None):
   store is built (with `encoder`, or one loaded from `text_cfg`) and saved to `store_path`
   when that is set. Returns the store with its encoder attached if one was needed.
   """
-  from vdm_jax.text import encoder as encoder_lib  # pylint: disable=g-import-not-at-top
   path = text_cfg.get("store_path", "")
   captions = list(dict.fromkeys(c for c in captions if c != ""))
   if path and os.path.isfile(path):

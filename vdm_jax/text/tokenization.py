@@ -10,6 +10,7 @@ does (the special tokens, [CLS] ... [SEP] or ... </s>, are kept), counting the t
 guidance); `check_prompts(prompts, allow_empty=False)` is the check for prompts a user typed,
 which refuses an empty or blank prompt with `EmptyPromptError` naming its index.
 """
+import json
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -92,7 +93,6 @@ class JsonTokenizer:
 
   def _unk_id(self):
     """The id of the model's unknown token, or None when it has none (byte-level BPE)."""
-    import json  # pylint: disable=g-import-not-at-top
     model = json.loads(self._tok.to_str()).get("model", {})
     if model.get("unk_id") is not None:  # Unigram
       return int(model["unk_id"])

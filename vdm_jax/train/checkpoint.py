@@ -16,8 +16,10 @@ instead). Before restoring, the saved config's `model` section and parameter sha
 with the current ones, so a checkpoint of another model fails with a message that names the
 differences, and nothing is written over it. A save that fails (a full disk) stops the run with
 `CheckpointSaveError`; the newest committed step stays good.
+
+`restore_ema_params(config, workdir, mesh=...)` restores what sampling needs, the EMA
+parameters of a workdir's checkpoint (`vdm_jax.sample.stage.load_stage`).
 """
-import dataclasses
 import json
 import os
 import time
@@ -31,7 +33,10 @@ import orbax.checkpoint as ocp
 
 from vdm_jax import errors
 from vdm_jax import integrity
-from vdm_jax.models import unet_spec
+from vdm_jax import sharding as sharding_lib
+from vdm_jax.models import registry
+from vdm_jax.train import optimizer as optimizer_lib
+from vdm_jax.train import state as state_lib
 
 STATE, DATA, CONFIG, DIGESTS = "state", "data", "config", "digests"
 CORRUPT_PREFIX = "corrupt-"              # a quarantined step: corrupt-<step>-<time>
@@ -72,17 +77,6 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, tuple]:
 def _is_off(value) -> bool:
   """An optional feature switched off: what a key that an older config lacks means."""
   return value is False or value is None or value == "none"
-
-
-def _with_optional_model_keys(model: Mapping[str, Any]) -> dict:
-  """A saved `model` section with the optional keys added since it was written
-  (`UNetSpec.OPTIONAL`) at their defaults, which is what such a checkpoint was trained with."""
-  model = dict(model)
-  defaults = {f.name: f.default for f in dataclasses.fields(unet_spec.UNetSpec)}
-  for key in unet_spec.UNetSpec.OPTIONAL:
-    default = defaults[key]
-    model.setdefault(key, list(default) if isinstance(default, tuple) else default)  # as JSON
-  return model
 
 
 def _dict_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -241,8 +235,8 @@ class Checkpointer:
           f"The checkpoint at {self._where(step)} is unreadable ({type(e).__name__}: "
           f"{e}).") from e
     current_model = config_to_dict(config).get("model", {})
-    diffs = _dict_diff(_with_optional_model_keys(saved_config.get("model", {})),
-                       _with_optional_model_keys(current_model), "model.")
+    diffs = _dict_diff(registry.with_optional_keys(saved_config.get("model", {})),
+                       registry.with_optional_keys(current_model), "model.")
     current_params = _flat(target_state.params)
     diffs += param_shape_diff(saved_params, current_params)
     if diffs:
@@ -347,3 +341,42 @@ class Checkpointer:
       multihost_utils.sync_global_devices(f"vdm_jax_checkpoint_set_aside_{step}")
     self._manager.reload()
     return f"renamed to {dst} (kept, not deleted)"
+
+
+def restore_ema_params(config, workdir: str, *, step: Optional[int] = None,
+                       mesh: Any) -> tuple[Any, Any, int]:
+  """Restores only what sampling needs from `workdir`'s checkpoint `step` (default: the newest
+  good one, falling back past a corrupt newer step unless `train.checkpoint_fallback=False`):
+  returns (the EMA parameters on `mesh`, their shardings, the step).
+
+  Raises NoCheckpointError when the workdir has no checkpoint (or no step `step`) and
+  CheckpointError when it holds another model configuration.
+  """
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise NoCheckpointError(
+        f"No checkpoints under {directory}: train this stage first "
+        f"(python -m vdm_jax.main --mode=train --config=... --workdir={workdir}).")
+  checkpointer = Checkpointer(directory, async_save=False)
+  try:
+    if checkpointer.latest_step() is None:
+      raise NoCheckpointError(f"{directory} holds no complete checkpoint.")
+    if step is not None and int(step) not in checkpointer.all_steps():
+      raise NoCheckpointError(
+          f"{directory} has no step {step}; it holds {checkpointer.all_steps()}.")
+    fam = registry.family(config.model)
+    init_fn = fam.init_fn(fam.module(), batch_like=fam.example_batch(config))
+    target, shardings = state_lib.abstract_train_state(
+        init_params_fn=init_fn, key=jax.random.key(int(config.seed)),
+        tx=optimizer_lib.make_optimizer(config.train), mesh=mesh,
+        rules=sharding_lib.logical_rules(config.sharding))
+    if step is None:    # the newest good step; a corrupt newer one is reported, left in place
+      state, step = checkpointer.restore_latest(
+          target_state=target, data_iter=None, config=config,
+          fallback=bool(config.train.get("checkpoint_fallback", True)))
+    else:               # the step asked for, or a clear error
+      state = checkpointer.restore(int(step), target_state=target, data_iter=None,
+                                   config=config)
+  finally:
+    checkpointer.close()
+  return state.ema_params, shardings.ema_params, int(step)

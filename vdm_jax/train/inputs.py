@@ -8,7 +8,11 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from vdm_jax import sharding as sharding_lib
-from vdm_jax.train import objective
+from vdm_jax import text
+from vdm_jax.data import build
+from vdm_jax.data import IMAGE_PREFIX
+from vdm_jax.data import pipeline
+from vdm_jax.models import registry
 
 # The batch entries the train step reads (the pipeline's debugging 'index' is left out).
 TRAIN_KEYS = ("video", "fps", "is_image", "text_emb", "text_mask", "lowres")
@@ -17,18 +21,17 @@ TRAIN_KEYS = ("video", "fps", "is_image", "text_emb", "text_mask", "lowres")
 def training_captions(config, split: str = "train") -> list[str]:
   """Every caption the pipeline can look up on `split`: the clips' captions and, for joint
   image-video training, the captions of the image rows."""
-  from vdm_jax.data import build, pipeline  # pylint: disable=g-import-not-at-top
   source = build.make_builder(config).as_data_source()[split]
   joint = int(config.data.images_per_video) > 0
   captions = []
   for i in range(len(source)):
     record = source[i]
-    captions.append(pipeline._text(record["caption"]))  # pylint: disable=protected-access
+    captions.append(build.decode_text(record["caption"]))
     if joint and "video" in record:
       captions.append(pipeline.image_caption(record))
   if joint and config.data.get("image_source", "frames") == "moving_shapes_images":
     images = build.make_builder(config, name="moving_shapes_images").as_data_source()[split]
-    captions += [pipeline._text(images[i]["caption"])  # pylint: disable=protected-access
+    captions += [build.decode_text(images[i]["caption"])
                  for i in range(len(images))]
   return list(dict.fromkeys(c for c in captions if c))
 
@@ -37,13 +40,12 @@ def text_conditioning(config) -> tuple[Optional[Any], Optional[Any]]:
   """(text encoder, embedding store of the training captions), or (None, None) when the
   model reads no text. With several processes and `text.store_path`, process 0 builds and
   saves the store first and the others load it."""
-  if not objective.needs_text(config.model):
+  if not registry.family(config.model).needs_text:
     return None, None
   if config.text.encoder == "none":
     raise ValueError("The model reads text (model.text_cross_attention or "
                      "model.text_pooled_conditioning) but text.encoder='none'; choose an "
                      "encoder or turn text conditioning off.")
-  from vdm_jax import text  # pylint: disable=g-import-not-at-top
   encoder = text.load_text_encoder(config.text)
   if encoder.dim != config.model.text_embed_dim:
     raise ValueError(f"text.encoder={config.text.encoder!r} gives {encoder.dim}-dim embeddings "
@@ -63,7 +65,6 @@ def text_conditioning(config) -> tuple[Optional[Any], Optional[Any]]:
 
 def make_data_iterator(config, text_store):
   """The checkpointable grain iterator of this process's rows of each global batch."""
-  from vdm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   return pipeline.make_train_iterator(config, split="train", text_store=text_store,
                                       process_index=jax.process_index(),
                                       process_count=jax.process_count())
@@ -72,7 +73,6 @@ def make_data_iterator(config, text_store):
 def select(host_batch: dict) -> dict:
   """The entries of a pipeline batch that the train step reads (the extra images of joint
   training, under IMAGE_PREFIX, included)."""
-  from vdm_jax.data import IMAGE_PREFIX  # pylint: disable=g-import-not-at-top
   def wanted(k):
     return k.removeprefix(IMAGE_PREFIX) in TRAIN_KEYS
   return {k: v for k, v in host_batch.items() if wanted(k)}

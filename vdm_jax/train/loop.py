@@ -5,81 +5,51 @@ train state, compiles the train step once (its XLA FLOPs give TFLOP/s and MFU), 
 metrics every `train.log_every` steps, checkpoints every `train.checkpoint_every`, samples
 from the EMA parameters every `train.sample_every`. SIGTERM saves a checkpoint and returns;
 `train.max_consecutive_nonfinite` skipped (NaN/Inf) steps in a row stop with NonFiniteError,
-leaving the last good checkpoint as the newest one.
+leaving the last good checkpoint as the newest one. The steps themselves are run by
+`runner.StepRunner`, which the other trainers share.
 
 Workdir layout: config.json, metrics.jsonl, tensorboard/, checkpoints/<step>/,
 samples/step_XXXXXX/{000.gif, 000.mp4, ..., prompts.txt}.
 """
+import functools
 import json
 import os
-import sys
 from typing import Optional
 
 from absl import logging
 import jax
-import numpy as np
 
 from vdm_jax import errors
 from vdm_jax import sharding as sharding_lib
+from vdm_jax.diffusion import config_checks as diffusion_checks
+from vdm_jax.models import registry
 from vdm_jax.train import checkpoint as ckpt_lib
+from vdm_jax.train import config_checks
 from vdm_jax.train import flops as flops_lib
 from vdm_jax.train import inputs
 from vdm_jax.train import metrics as metrics_lib
 from vdm_jax.train import objective
 from vdm_jax.train import optimizer as optimizer_lib
 from vdm_jax.train import preemption
+from vdm_jax.train import runner as runner_lib
+from vdm_jax.train import samples
 from vdm_jax.train import state as state_lib
 from vdm_jax.train import step as step_lib
 from vdm_jax.train import workdir_lock
 
 
-class NonFiniteError(errors.UserError, RuntimeError):
-  """Too many consecutive train steps had a NaN/Inf loss or gradient."""
+# Defined with the step runner; their names here stay for the modules that use them.
+NonFiniteError = runner_lib.NonFiniteError
+save_if_good = runner_lib.save_if_good
+check_nonfinite_streak = runner_lib.check_nonfinite_streak
 
 
 def check_loop_config(config) -> None:
-  """Raises ValueError naming the key for loop settings that cannot work (before compiling)."""
-  t = config.train
-  optimizer_lib.check_train_config(t)
-  for key in ("batch_size", "num_steps", "log_every", "checkpoint_every",
-              "max_consecutive_nonfinite"):
-    if int(t[key]) < 1:
-      raise errors.ConfigError(f"train.{key}={t[key]} must be >= 1.")
-  for key in ("sample_every", "keep_every", "keep_last"):
-    if int(t[key]) < 0:
-      raise errors.ConfigError(f"train.{key}={t[key]} must be >= 0 (0 turns it off).")
-  if not 0.0 <= float(config.diffusion.cond_drop_prob) < 1.0:
-    raise errors.ConfigError(
-        f"diffusion.cond_drop_prob={config.diffusion.cond_drop_prob} must be in "
-        "[0, 1).")
-
-
-def save_if_good(checkpointer: ckpt_lib.Checkpointer, step: int, state, data_iter,
-                 config) -> bool:
-  """Saves `state` as `step` unless it sits in a non-finite streak (its last step was skipped);
-  then the last good checkpoint stays the newest. Returns whether a save started."""
-  if int(np.asarray(state.consecutive_nonfinite.addressable_data(0))) > 0:
-    logging.warning("Not checkpointing step %d: it follows skipped non-finite steps.", step)
-    return False
-  return checkpointer.save(step, state, data_iter, config)
-
-
-def check_nonfinite_streak(row: dict, *, step: int, limit: int,
-                           checkpointer: ckpt_lib.Checkpointer) -> None:
-  """Raises NonFiniteError once `limit` steps in a row were skipped as NaN/Inf (`row` holds the
-  host metrics of `step`), naming the last good checkpoint."""
-  if row["consecutive_nonfinite"] < limit:
-    return
-  checkpointer.wait()
-  latest = checkpointer.latest_step()
-  where = (f"step {latest} in {checkpointer.directory}" if latest is not None
-           else "none (no checkpoint was written yet)")
-  raise NonFiniteError(
-      f"Stopping at step {step}: the loss or gradient norm was NaN/Inf for "
-      f"{int(row['consecutive_nonfinite'])} consecutive steps "
-      f"(train.max_consecutive_nonfinite={limit}); those updates were skipped. The last good "
-      f"checkpoint is {where}. Lower train.lr, check the data, or raise "
-      "train.max_consecutive_nonfinite.")
+  """Raises ConfigError naming the key for train settings that cannot work (before compiling)."""
+  problems = config_checks.train_errors(config) + diffusion_checks.diffusion_errors(
+      config.diffusion)
+  if problems:
+    raise errors.ConfigError(problems[0] + ".")
 
 
 def _write_config(config, workdir: str) -> None:
@@ -89,35 +59,10 @@ def _write_config(config, workdir: str) -> None:
       json.dump(ckpt_lib.config_to_dict(config), f, indent=2, sort_keys=True)
 
 
-class _Window:
-  """Host metrics of the steps since the last log line."""
-
-  def __init__(self):
-    self.rows: list[dict] = []
-
-  def add(self, row: dict) -> None:
-    self.rows.append(row)
-
-  def summary(self) -> dict:
-    """Means over the window of finite values; counters and schedules at the latest step."""
-    out = {}
-    last = self.rows[-1]
-    for k in last:
-      if k in ("nonfinite_count", "consecutive_nonfinite", "lr", "ema_decay"):
-        out[k] = last[k]
-      elif k != "finite":
-        vals = [r[k] for r in self.rows if k in r and np.isfinite(r[k])]
-        if vals or k == "loss":  # loss is reported even when NaN; others only when present
-          out[k] = float(np.mean(vals)) if vals else float("nan")
-    self.rows = []
-    return out
-
-
 class Trainer:
   """Owns the pieces of one training run; `run()` steps until done, preempted or diverged."""
 
   def __init__(self, config, workdir: str):
-    from vdm_jax.models.unet import SpaceTimeUNet  # pylint: disable=g-import-not-at-top
     check_loop_config(config)
     self.config, self.workdir = config, workdir
     self.mesh = sharding_lib.create_mesh(config.sharding)
@@ -129,10 +74,10 @@ class Trainer:
     self.encoder, store = inputs.text_conditioning(config)
     self.data_iter = inputs.make_data_iterator(config, store)
     self._pending = next(self.data_iter)  # the first batch; fixes the step's input layout
-    self.model = SpaceTimeUNet(config=config.model)
+    self.model = registry.family(config.model).module()
     t = config.train
     self.tx = optimizer_lib.make_optimizer(t)
-    init_fn = objective.init_params_fn(config, model=self.model,
+    init_fn = registry.family(config.model).init_fn(self.model,
                                        batch_like=inputs.select(self._pending))
     self.checkpointer = ckpt_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep_last=int(t.keep_last),
@@ -169,98 +114,38 @@ class Trainer:
     self.writer = metrics_lib.MetricsWriter(workdir)
     self.sampler = None
     if int(t.sample_every) > 0:
-      from vdm_jax.train import samples  # pylint: disable=g-import-not-at-top
       self.sampler = samples.PeriodicSampler(
           config, self.model, workdir=workdir, mesh=self.mesh,
           param_shardings=self.shardings.ema_params, text_encoder=self.encoder)
 
-  def _next_host_batch(self) -> dict:
-    if self._pending is not None:
-      batch, self._pending = self._pending, None
-      return batch
-    return next(self.data_iter)
+  def _save(self, step: int, state) -> bool:
+    return save_if_good(self.checkpointer, step, state, self.data_iter, self.config)
 
-  def _save(self, step: int) -> bool:
-    return save_if_good(self.checkpointer, step, self.state, self.data_iter, self.config)
-
-  def _consume(self, step: int, metrics: dict, window: _Window, progress) -> None:
-    """Host-side bookkeeping of one finished step: divergence check, logs, metric files."""
-    row = step_lib.host_scalars(metrics)
-    window.add(row)
-    t = self.config.train
-    check_nonfinite_streak(row, step=step, limit=int(t.max_consecutive_nonfinite),
-                           checkpointer=self.checkpointer)
-    if step % int(t.log_every) == 0 or step == int(t.num_steps):
-      scalars = {**window.summary(), **self.throughput.update(step)}
-      line = metrics_lib.format_log_line(step, int(t.num_steps), scalars)
-      if jax.process_index() == 0:
-        logging.info("%s", line)
-        if progress is not None:
-          progress.set_postfix_str(f"loss {scalars.get('loss', float('nan')):.4f}")
-      self.writer.write_scalars(step, scalars)
+  def _sample(self, step: int, state, host: dict) -> None:
+    paths = self.sampler(step, state.ema_params, batch=host)
+    logging.info("Wrote %d sample files for step %d.", len(paths), step)
 
   def run(self, watcher: Optional[preemption.PreemptionWatcher] = None
           ) -> state_lib.TrainState:
     """Trains to `train.num_steps`; returns the final state (also on preemption). `watcher`:
     one installed before the setup (so a SIGTERM while compiling is honoured too)."""
     t = self.config.train
-    total = int(t.num_steps)
-    step = int(np.asarray(self.state.step.addressable_data(0)))
-    watcher = watcher or preemption.PreemptionWatcher()
-    if watcher.should_stop():      # signalled during setup: nothing new to save
-      watcher.close()
-      self.writer.close()
-      self.checkpointer.close()
-      logging.warning("Stopped by a signal before the first step (during setup or "
-                      "compilation) at step %d; the checkpoints are unchanged. Run the same "
-                      "command again to resume.", step)
-      return self.state
-    progress = None
-    if jax.process_index() == 0 and sys.stderr.isatty():
-      import tqdm  # pylint: disable=g-import-not-at-top
-      progress = tqdm.tqdm(total=total, initial=step, unit="step", dynamic_ncols=True)
-    window, lagged = _Window(), None
-    self.throughput.reset(step)
+    hooks = []
+    if self.sampler is not None:
+      hooks.append(runner_lib.Hook(every=int(t.sample_every), fn=self._sample))
+    runner = runner_lib.StepRunner(
+        self.compiled, cadence=runner_lib.Cadence.from_config(t),
+        checkpointer=self.checkpointer, save=self._save, writer=self.writer,
+        throughput=self.throughput,
+        put_batch=functools.partial(runner_lib.to_global_batch, mesh=self.mesh,
+                                    rules=self.rules),
+        hooks=hooks, progress_bar=True)
+    batches = runner_lib.prepend(self._pending, self.data_iter)
+    self._pending = None
     try:
-      while step < total:
-        host = self._next_host_batch()
-        batch = sharding_lib.host_to_global(inputs.select(host), self.mesh, self.rules)
-        self.state, metrics = self.compiled(self.state, batch)
-        step += 1
-        if lagged is not None:  # the previous step has finished by now or soon
-          self._consume(*lagged, window, progress)
-        lagged = (step, metrics)
-        if progress is not None:
-          progress.update(1)
-        if step % int(t.checkpoint_every) == 0 or step == total:
-          self._consume(*lagged, window, progress)
-          lagged = None
-          self._save(step)
-        if self.sampler is not None and step % int(t.sample_every) == 0:
-          if lagged is not None:
-            self._consume(*lagged, window, progress)
-            lagged = None
-          paths = self.sampler(step, self.state.ema_params, batch=host)
-          logging.info("Wrote %d sample files for step %d.", len(paths), step)
-          self.throughput.reset(step)
-        if watcher.should_stop():
-          if lagged is not None:
-            self._consume(*lagged, window, progress)
-            lagged = None
-          self._save(step)
-          self.checkpointer.wait()
-          latest = self.checkpointer.latest_step()
-          logging.warning("Preempted: checkpoint of step %s saved; exiting cleanly at step %d.",
-                          latest, step)
-          break
-      if lagged is not None:
-        self._consume(*lagged, window, progress)
-      self.checkpointer.wait()
+      runner.run(self.state, batches, watcher or preemption.PreemptionWatcher())
     finally:
-      watcher.close()
-      if progress is not None:
-        progress.close()
-      self.writer.close()
+      self.state = runner.state  # the latest state, also after an error
       self.checkpointer.close()
     return self.state
 

@@ -58,6 +58,22 @@ class Throughput:
     return out
 
 
+def window_means(rows: list[dict]) -> dict:
+  """The scalars of a logging window (host metric rows of its steps, oldest first): means of
+  the finite values; the counters and schedules (nonfinite_count, consecutive_nonfinite, lr,
+  ema_decay) at the latest step. 'loss' is reported (NaN) even when no step had a finite one."""
+  out = {}
+  last = rows[-1]
+  for k in last:
+    if k in ("nonfinite_count", "consecutive_nonfinite", "lr", "ema_decay"):
+      out[k] = last[k]
+    elif k != "finite":
+      vals = [r[k] for r in rows if k in r and np.isfinite(r[k])]
+      if vals or k == "loss":  # loss is reported even when NaN; others only when present
+        out[k] = float(np.mean(vals)) if vals else float("nan")
+  return out
+
+
 def format_log_line(step: int, total: int, scalars: Mapping[str, float]) -> str:
   """'step 120/1000 | loss 0.1234 | 3.21 steps/s | 25.7 ex/s | 12.3 TFLOP/s/dev | MFU 41.2%'."""
   parts = [f"step {step}/{total}"]

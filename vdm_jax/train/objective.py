@@ -1,7 +1,7 @@
-"""The training objective of a SpaceTimeUNet stage: batch -> U-Net inputs -> diffusion loss.
+"""The diffusion objective of a stage: batch -> model inputs -> diffusion loss.
 
-`model_inputs` maps a pipeline batch onto exactly the keyword inputs the model config uses
-(the U-Net rejects inputs it would ignore); `make_loss_fn` closes over the model and the
+The model's family (`vdm_jax.models.registry.family(config.model)`) maps a pipeline batch onto
+exactly the keyword inputs the model takes; `make_loss_fn` closes over the model and the
 diffusion settings and returns a `LossFn` for `vdm_jax.train.step.train_step`.
 
 Masked frame interpolation (Make-A-Video; `model.frame_mask_conditioning`): the loss draws a
@@ -32,20 +32,7 @@ from vdm_jax import diffusion
 from vdm_jax.data import IMAGE_PREFIX
 from vdm_jax.diffusion import noise as noise_lib
 from vdm_jax.models import conditioning
-
-
-def _flag(model_cfg, key: str) -> bool:
-  return bool(model_cfg.get(key, False))
-
-
-def needs_text(model_cfg) -> bool:
-  """Whether the model reads text embeddings (cross-attention or pooled conditioning)."""
-  return _flag(model_cfg, "text_cross_attention") or _flag(model_cfg, "text_pooled_conditioning")
-
-
-def uses_frame_masks(model_cfg) -> bool:
-  """Whether the model takes known frames and a frame mask (masked frame interpolation)."""
-  return _flag(model_cfg, "frame_mask_conditioning")
+from vdm_jax.models import registry
 
 
 def split_joint_batch(batch: dict) -> tuple[dict, dict]:
@@ -54,35 +41,6 @@ def split_joint_batch(batch: dict) -> tuple[dict, dict]:
   videos = {k: v for k, v in batch.items() if not k.startswith(IMAGE_PREFIX)}
   images = {k[len(IMAGE_PREFIX):]: v for k, v in batch.items() if k.startswith(IMAGE_PREFIX)}
   return videos, images
-
-
-def model_inputs(model_cfg, batch: dict) -> dict:
-  """The U-Net keyword inputs from a batch: text_emb/text_mask [B, L(, D)], fps [B],
-  is_image [B], lowres_video [B, T', H', W', C], and for masked frame interpolation
-  frame_mask [B, T] (from the batch) with frame_cond = the batch video at its known frames
-  [B, T, H, W, C], as the model config asks for them."""
-  kw = {}
-  if needs_text(model_cfg):
-    kw["text_emb"] = batch["text_emb"]
-    kw["text_mask"] = batch["text_mask"].astype(jnp.bool_)
-  if _flag(model_cfg, "fps_conditioning"):
-    kw["fps"] = batch["fps"].astype(jnp.float32)
-  if "is_image" in batch:
-    kw["is_image"] = batch["is_image"].astype(jnp.bool_)
-  if model_cfg.get("lowres_conditioning", "none") != "none":
-    if "lowres" not in batch:
-      raise ValueError("model.lowres_conditioning is set but the batch has no 'lowres' video; "
-                       "train an SR stage on a pipeline that yields it (data section).")
-    kw["lowres_video"] = batch["lowres"]
-  if uses_frame_masks(model_cfg):
-    if "frame_mask" not in batch:
-      raise ValueError("model.frame_mask_conditioning is set but the batch has no 'frame_mask' "
-                       "[B, T]; draw one with draw_frame_masks (the training loss does).")
-    mask = batch["frame_mask"].astype(jnp.bool_)
-    kw["frame_mask"] = mask
-    kw["frame_cond"] = jnp.where(mask[:, :, None, None, None],
-                                 batch["video"].astype(jnp.float32), 0.0)
-  return kw
 
 
 def residual_scale(config) -> float:
@@ -162,14 +120,14 @@ _IMAGE_SALT = 0x696d6773  # fold_in salt of the extra images' draws (the videos'
 
 
 def make_loss_fn(config, model) -> Callable[[Any, dict, jax.Array], tuple]:
-  """LossFn(params, batch, key) -> (loss, aux) of `model` (a SpaceTimeUNet) on a batch with
+  """LossFn(params, batch, key) -> (loss, aux) of `model` (of the config's model family) on a batch with
   'video' [B, T, H, W, C] in [-1, 1] and the conditioning the model config asks for."""
-  m, d = config.model, config.diffusion
+  d, fam = config.diffusion, registry.family(config.model)
   schedule = diffusion.schedule_from_config(d, resolution=config.height)
   noise_fn = noise_lib.noise_fn_from_config(d)   # None: i.i.d. noise
-  cond_aug = _flag(m, "cond_aug_conditioning")
+  cond_aug = fam.takes_cond_aug
   max_aug_t = float(config.train.get("cond_aug_max_t", 1.0))
-  masks = frame_mask_settings(config.train) if uses_frame_masks(m) else None
+  masks = frame_mask_settings(config.train) if fam.takes_frame_masks else None
 
   def group_loss(params, batch, key):
     """The diffusion loss of one group of rows (the videos, or the extra images)."""
@@ -181,7 +139,7 @@ def make_loss_fn(config, model) -> Callable[[Any, dict, jax.Array], tuple]:
       if "is_image" in batch:   # independent images: nothing to interpolate from
         mask = mask & ~batch["is_image"].astype(jnp.bool_)[:, None]
       batch = dict(batch, frame_mask=mask)
-    cond = model_inputs(m, batch)
+    cond = fam.model_inputs(batch)
     x = batch["video"].astype(jnp.float32)
     if "lowres" in batch:   # an SR stage diffusing its residual (lowres_residual_scale > 0)
       x = to_residual(config, x, batch["lowres"])
@@ -216,24 +174,3 @@ def make_loss_fn(config, model) -> Callable[[Any, dict, jax.Array], tuple]:
     return (loss * n_vid + img_loss * n_img) / (n_vid + n_img), aux
 
   return loss_fn
-
-
-def init_params_fn(config, model, *, batch_like: dict, batch_size: int = 1):
-  """key -> boxed params of `model`, traced on a `batch_size` slice of a batch's shapes."""
-  def sds(x, dtype=None):
-    return jnp.zeros((batch_size,) + tuple(x.shape[1:]), dtype or x.dtype)
-
-  def init(key):
-    small = {k: sds(v) for k, v in split_joint_batch(batch_like)[0].items()}
-    if uses_frame_masks(config.model):
-      small["frame_mask"] = jnp.zeros(small["video"].shape[:2], jnp.bool_)
-    kw = model_inputs(config.model, small)
-    if _flag(config.model, "cond_aug_conditioning") and (
-        "lowres_video" in kw or "frame_cond" in kw):
-      kw["cond_aug_logsnr"] = jnp.zeros((batch_size,), jnp.float32)
-    if _flag(config.model, "guidance_weight_conditioning"):   # a guided-distillation student
-      kw["guidance_weight"] = jnp.zeros((batch_size,), jnp.float32)
-    x = small["video"].astype(jnp.float32)
-    return model.init({"params": key}, x, jnp.zeros((batch_size,), jnp.float32), **kw)["params"]
-
-  return init

@@ -1,4 +1,6 @@
 """The optax optimizer and learning-rate schedule that `config.train` describes."""
+import math
+
 import jax
 import optax
 
@@ -8,30 +10,34 @@ OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("warmup_cosine", "constant")
 
 
+def optimizer_errors(train_cfg) -> list[str]:
+  """What is wrong with the optimizer / schedule keys of `train` (naming the key and the fix)."""
+  t, errors = train_cfg, []
+  if t.optimizer not in OPTIMIZERS:
+    errors.append(f"train.optimizer={t.optimizer!r} is not one of {OPTIMIZERS}")
+  if t.lr_schedule not in LR_SCHEDULES:
+    errors.append(f"train.lr_schedule={t.lr_schedule!r} is not one of {LR_SCHEDULES}")
+  if not (isinstance(t.lr, (int, float)) and math.isfinite(t.lr) and t.lr > 0):
+    errors.append(f"train.lr={t.lr} must be a positive number")
+  if t.warmup_steps < 0:
+    errors.append(f"train.warmup_steps={t.warmup_steps} must be >= 0")
+  if t.grad_clip < 0:
+    errors.append(f"train.grad_clip={t.grad_clip} must be >= 0 (0 disables)")
+  if not 0.0 <= t.ema_decay < 1.0:
+    errors.append(f"train.ema_decay={t.ema_decay} must be in [0, 1)")
+  if t.grad_accum_steps < 1:
+    errors.append(f"train.grad_accum_steps={t.grad_accum_steps} must be >= 1")
+  if t.optimizer == "adam" and t.weight_decay:
+    errors.append("train.weight_decay needs train.optimizer='adamw' (plain adam has no "
+                  "decoupled weight decay)")
+  return errors
+
+
 def check_train_config(train_cfg) -> None:
-  """Raises ValueError naming the key and the fix for a bad optimizer / schedule setting."""
-  if train_cfg.optimizer not in OPTIMIZERS:
-    raise errors_lib.ConfigError(
-        f"train.optimizer={train_cfg.optimizer!r} is not one of {OPTIMIZERS}.")
-  if train_cfg.lr_schedule not in LR_SCHEDULES:
-    raise errors_lib.ConfigError(f"train.lr_schedule={train_cfg.lr_schedule!r} is not one of "
-                                 f"{LR_SCHEDULES}.")
-  if not train_cfg.lr > 0:
-    raise errors_lib.ConfigError(f"train.lr={train_cfg.lr} must be positive.")
-  if train_cfg.warmup_steps < 0:
-    raise errors_lib.ConfigError(f"train.warmup_steps={train_cfg.warmup_steps} must be >= 0.")
-  if train_cfg.grad_clip < 0:
-    raise errors_lib.ConfigError(
-        f"train.grad_clip={train_cfg.grad_clip} must be >= 0 (0 disables).")
-  if not 0.0 <= train_cfg.ema_decay < 1.0:
-    raise errors_lib.ConfigError(f"train.ema_decay={train_cfg.ema_decay} must be in [0, 1).")
-  if train_cfg.grad_accum_steps < 1:
-    raise errors_lib.ConfigError(
-        f"train.grad_accum_steps={train_cfg.grad_accum_steps} must be >= 1.")
-  if train_cfg.optimizer == "adam" and train_cfg.weight_decay:
-    raise errors_lib.ConfigError(
-        "train.weight_decay needs train.optimizer='adamw' (plain adam has no "
-                     "decoupled weight decay).")
+  """Raises ConfigError naming the key and the fix for a bad optimizer / schedule setting."""
+  errors = optimizer_errors(train_cfg)
+  if errors:
+    raise errors_lib.ConfigError(errors[0] + ".")
 
 
 def learning_rate_schedule(train_cfg) -> optax.Schedule:

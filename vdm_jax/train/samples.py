@@ -1,6 +1,7 @@
-"""Periodic samples during training: the EMA parameters, the diffusion sampler with the
-config's `sample` section, the text encoder on `sample.prompts`, written as GIF + MP4 under
-`workdir/samples/step_XXXXXX/` with a `prompts.txt` (process 0 writes; all processes sample)."""
+"""Periodic samples during training: the EMA parameters, the stage's sampler with the config's
+`sample` section (`stage_sampler.py`, shared with vdm_jax.sample), the text encoder on
+`sample.prompts`, written as GIF + MP4 under `workdir/samples/step_XXXXXX/` with a
+`prompts.txt` (process 0 writes; all processes sample)."""
 import os
 from typing import Any, Optional
 
@@ -12,11 +13,12 @@ import numpy as np
 
 from vdm_jax import diffusion
 from vdm_jax import sharding as sharding_lib
-from vdm_jax.diffusion import noise as noise_lib
+from vdm_jax.media import writer
 from vdm_jax.models import conditioning
+from vdm_jax.models import registry
 from vdm_jax.text import tokenization
 from vdm_jax.train import objective
-from vdm_jax.train import video_writer
+from vdm_jax.train import stage_sampler
 
 
 def sample_dir(workdir: str, step: int) -> str:
@@ -41,9 +43,9 @@ class PeriodicSampler:
       raise ValueError("train.sample_every > 0 needs at least one sample.prompts entry.")
     self.is_sr = config.model.get("lowres_conditioning", "none") != "none"
     # Frame-mask (interpolation) stages sample from training rows too: their known frames.
-    self.uses_frame_masks = objective.uses_frame_masks(config.model)
+    self.uses_frame_masks = registry.family(config.model).takes_frame_masks
     self.is_sr = self.is_sr or self.uses_frame_masks
-    self.uses_text = objective.needs_text(config.model)
+    self.uses_text = registry.family(config.model).needs_text
     if self.uses_text and text_encoder is None and not self.is_sr:
       raise ValueError("Sampling a text-conditioned model needs a text encoder (text.encoder).")
     self._text = None
@@ -51,43 +53,29 @@ class PeriodicSampler:
       self._text = text_encoder.encode(
           tokenization.check_prompts(self.prompts, allow_empty=False))
     self.schedule = diffusion.schedule_from_config(config.diffusion, resolution=config.height)
+    self.settings = stage_sampler.sample_settings(config)
     replicated = NamedSharding(mesh, PartitionSpec())
     self._sample = jax.jit(self._sample_fn, in_shardings=(param_shardings, replicated, replicated),
                            out_shardings=replicated)
 
-  def _model_fn(self, params, z, logsnr, cond):
-    return self.model.apply({"params": params}, z, logsnr, **cond, train=False)
-
   def _sample_fn(self, params, step, cond):
-    s = self.config.sample
+    """The stage's sampler on `cond` (n rows) with key fold_in(key(seed + 1), step), guided
+    against the null text; an SR stage's lowres_video bounds and completes its residual."""
     key = jax.random.fold_in(jax.random.key(int(self.config.seed) + 1), step)
     n = next(iter(jax.tree.leaves(cond))).shape[0] if cond else len(self.prompts)
+    has_uncond = self.uses_text and self.settings["guidance_weight"] != 0.0
     uncond = None
-    guidance = float(s.guidance_weight) if self.uses_text else 0.0
-    if self.uses_text and guidance != 0.0:
+    if has_uncond:
       uncond = dict(cond)
       uncond["text_emb"] = jnp.zeros_like(cond["text_emb"])
       uncond["text_mask"] = jnp.zeros_like(cond["text_mask"])
     c = self.config
-    clip_range = None
-    if "lowres_video" in cond and objective.residual_scale(c) > 0 and s.clip == "static":
-      up = objective.lowres_upsampled(c, cond["lowres_video"],
-                                      (n, c.frames, c.height, c.width, c.channels))
-      clip_range = (objective.residual_scale(c) * (-1.0 - up),
-                    objective.residual_scale(c) * (1.0 - up))
-    out = diffusion.sample(
-        model_fn=lambda z, l, cd: self._model_fn(params, z, l, cd),
-        shape=(n, c.frames, c.height, c.width, c.channels), key=key,
-        num_steps=int(s.num_steps), schedule=self.schedule, sampler=s.sampler, eta=float(s.eta),
-        prediction=c.diffusion.prediction, cond=cond, uncond=uncond, guidance_weight=guidance,
-        guidance_schedule=s.guidance_schedule, clip=s.clip,
-        dynamic_percentile=float(s.dynamic_percentile),
-        noise_fn=noise_lib.noise_fn_from_config(c.diffusion), clip_range=clip_range)
-    if "lowres_video" in cond:   # an SR stage diffusing its residual: back to the video
-      out = objective.from_residual(c, out, cond["lowres_video"])
-    return out
+    run = stage_sampler.make_sample_fn(c, self.model, self.settings,
+                                       shape=(n, c.frames, c.height, c.width, c.channels),
+                                       has_uncond=has_uncond)
+    return run(params, key, cond, uncond, None, lowres=cond.get("lowres_video"))
 
-  def _conditioning(self, batch: Optional[dict]):
+  def sample_conditioning(self, batch: Optional[dict]):
     """(cond dict of host arrays with leading dim n, the prompt lines for prompts.txt)."""
     n = len(self.prompts)
     if self.is_sr:
@@ -99,7 +87,7 @@ class PeriodicSampler:
         pattern = next((p for p in patterns if p != "none"), "none")
         known = conditioning.frame_mask_pattern(pattern, int(self.config.frames))
         rows["frame_mask"] = np.broadcast_to(known, (len(rows["video"]), known.shape[0]))
-      cond = objective.model_inputs(self.config.model, rows)
+      cond = registry.family(self.config.model).model_inputs(rows)
       cond = {k: np.asarray(v) for k, v in cond.items()}
       if self.config.model.get("cond_aug_conditioning", False):
         cond["cond_aug_logsnr"] = np.full((len(rows["video"]),), self.schedule(0.0), np.float32)
@@ -118,12 +106,12 @@ class PeriodicSampler:
 
   def __call__(self, step: int, ema_params: Any, batch: Optional[dict] = None) -> list[str]:
     """Samples with the key fold_in(key(seed + 1), step) and writes the videos (process 0)."""
-    cond, lines = self._conditioning(batch)
+    cond, lines = self.sample_conditioning(batch)
     args = sharding_lib.replicate((np.int32(step), cond), self.mesh)
     with jax.set_mesh(self.mesh):
       videos = self._sample(ema_params, *args)
     videos = np.asarray(videos.addressable_data(0))  # replicated: every process has it all
     if jax.process_index() != 0:
       return []
-    return video_writer.write_videos(sample_dir(self.workdir, step), list(videos),
-                                     fps=float(self.config.fps), prompts=lines)
+    return writer.write_videos(sample_dir(self.workdir, step), list(videos),
+                               fps=float(self.config.fps), prompts=lines)

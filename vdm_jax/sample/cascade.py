@@ -14,7 +14,7 @@ Each stage samples with its own `sample` section: steps, guidance weight and sch
 cascade seed + the stage's index). The stage after stage i gets stage i's output as `lowres`.
 A temporal SR stage is either Imagen Video's (model.lowres_conditioning='temporal') or masked
 frame interpolation (Make-A-Video: model.frame_mask_conditioning; the previous frames are kept
-at frames 0, s, 2s, ... and the rest filled, see vdm_jax/sampling.py).
+at frames 0, s, 2s, ... and the rest filled, see vdm_jax/sample/sampler.py).
 """
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ from absl import logging
 import jax
 import numpy as np
 
-from vdm_jax import sampling
+from vdm_jax.media import writer
+from vdm_jax.sample import sampler
+from vdm_jax.sample import stage as stage_lib
 
 
 def is_cascade_config(config) -> bool:
@@ -60,7 +62,7 @@ def check_chain(named: Sequence[tuple[str, Any]]) -> None:
   """
   errors = []
   for i, (name, c) in enumerate(named):
-    sr = sampling.is_sr_config(c)
+    sr = stage_lib.is_sr_config(c)
     if i == 0:
       if sr or c.stage != "base":
         errors.append(f"{name}: the first stage must be a base stage (stage='base', no lowres "
@@ -99,7 +101,7 @@ def check_chain(named: Sequence[tuple[str, Any]]) -> None:
       if c.frames % p.frames or abs(c.fps * p.frames - p.fps * c.frames) > 1e-6 * c.fps:
         errors.append(f"{name} (tsr): {c.frames} frames at {c.fps} fps must be a whole "
                       f"multiple k of {prev_name}'s {p.frames} frames at k x {p.fps} fps")
-      elif sampling.is_interpolation_stage(c):
+      elif stage_lib.is_interpolation_stage(c):
         stride = f"stride:{c.frames // p.frames}"
         if stride not in tuple(c.train.get("frame_mask_patterns", ())):
           errors.append(f"{name} (tsr, interpolation): fills {c.frames // p.frames - 1} of every "
@@ -141,7 +143,7 @@ class StageSampling:
   @classmethod
   def from_config(cls, stage_config, *, index: int, cascade_seed: int) -> "StageSampling":
     s = stage_config.sample
-    sr = sampling.is_sr_config(stage_config)
+    sr = stage_lib.is_sr_config(stage_config)
     seed = int(s.get("seed", -1))
     return cls(num_steps=int(s.num_steps), guidance_weight=float(s.guidance_weight),
                guidance_schedule=str(s.guidance_schedule),
@@ -150,6 +152,17 @@ class StageSampling:
                                 if sr else None),
                seed=seed if seed >= 0 else int(cascade_seed) + index,
                shared_init_noise=bool(s.get("shared_init_noise", False)))
+
+  @classmethod
+  def of_student(cls, stage_config, student: stage_lib.Stage, *, index: int,
+                 cascade_seed: int) -> "StageSampling":
+    """How a distilled `student` samples in place of the stage `stage_config`: the stage's
+    settings at the student's step count, with a constant guidance weight for a guided student
+    (the weight is its input)."""
+    base = cls.from_config(stage_config, index=index, cascade_seed=cascade_seed)
+    schedule = "constant" if student.takes_guidance_weight else base.guidance_schedule
+    return dataclasses.replace(base, num_steps=int(student.config.sample.num_steps),
+                               guidance_schedule=schedule)
 
   def sampler_kwargs(self) -> dict:
     return dict(num_steps=self.num_steps, guidance_weight=self.guidance_weight,
@@ -162,13 +175,13 @@ class StageSampling:
 def distilled_stage(stage_config, round_dir: str, *, index: int, cascade_seed: int,
                     text_encoder: Optional[Any] = None,
                     devices: Optional[Sequence[Any]] = None
-                    ) -> tuple[sampling.Stage, StageSampling]:
+                    ) -> tuple[stage_lib.Stage, StageSampling]:
   """A distillation round's student (`<distill workdir>/rounds/<round>`, see vdm_jax/distill)
   in place of the stage `stage_config`: its own config (geometry checked against the stage's),
   its student step count, and the stage's guidance weight, given to a guided student as an
   input (one network evaluation per step, a constant weight)."""
-  stage = sampling.load_stage_from_workdir(round_dir, text_encoder=text_encoder,
-                                           devices=devices)
+  stage = stage_lib.load_stage_from_workdir(round_dir, text_encoder=text_encoder,
+                                            devices=devices)
   c = stage.config
   mine = (int(c.frames), int(c.height), int(c.width), float(c.fps))
   want = (int(stage_config.frames), int(stage_config.height), int(stage_config.width),
@@ -176,16 +189,14 @@ def distilled_stage(stage_config, round_dir: str, *, index: int, cascade_seed: i
   if mine != want:
     raise ValueError(f"The distilled student in {round_dir} samples (frames, height, width, fps)"
                      f" = {mine}, but the cascade stage it replaces has {want}.")
-  base = StageSampling.from_config(stage_config, index=index, cascade_seed=cascade_seed)
-  schedule = "constant" if stage.takes_guidance_weight else base.guidance_schedule
-  return stage, dataclasses.replace(base, num_steps=int(c.sample.num_steps),
-                                    guidance_schedule=schedule)
+  return stage, StageSampling.of_student(stage_config, stage, index=index,
+                                         cascade_seed=cascade_seed)
 
 
 class Cascade:
   """Loaded stages run in order: base from text, every later stage from its predecessor."""
 
-  def __init__(self, names: Sequence[str], stages: Sequence[sampling.Stage],
+  def __init__(self, names: Sequence[str], stages: Sequence[stage_lib.Stage],
                settings: Sequence[StageSampling]):
     if not len(names) == len(stages) == len(settings) or not names:
       raise ValueError("Give one name, stage and StageSampling per stage (at least one).")
@@ -219,9 +230,9 @@ class Cascade:
         stage, stage_settings = distilled_stage(c, distilled[name], index=i, cascade_seed=seed,
                                                 text_encoder=enc, devices=devices)
       else:
-        stage = sampling.load_stage(c, stage_workdir(root, name),
-                                    step=(steps or {}).get(name), text_encoder=enc,
-                                    devices=devices)
+        stage = stage_lib.load_stage(c, stage_workdir(root, name),
+                                     step=(steps or {}).get(name), text_encoder=enc,
+                                     devices=devices)
         stage_settings = StageSampling.from_config(c, index=i, cascade_seed=seed)
       if stage.text_encoder is not None:
         encoders.setdefault(text_key, stage.text_encoder)
@@ -229,7 +240,7 @@ class Cascade:
       settings.append(stage_settings)
     return cls([n for n, _ in named], stages, settings)
 
-  def with_stage(self, name: str, stage: sampling.Stage, settings: StageSampling) -> "Cascade":
+  def with_stage(self, name: str, stage: stage_lib.Stage, settings: StageSampling) -> "Cascade":
     """This cascade with stage `name` replaced (e.g. by its distilled student)."""
     if name not in self.names:
       raise ValueError(f"{name!r} is not a stage of this cascade {self.names}.")
@@ -250,7 +261,7 @@ class Cascade:
     for name, stage, s in zip(self.names, self.stages, self.settings):
       stage_seed = s.seed + (0 if seed is None else int(seed))
       start = time.perf_counter()
-      videos = sampling.sample_stage_batched(
+      videos = sampler.sample_stage_batched(
           stage, key=jax.random.key(stage_seed), prompts=prompts, batch_size=batch_size,
           lowres=videos if stage.is_sr else None, **s.sampler_kwargs())
       logging.info("cascade: %s -> %s in %.1fs", name, videos.shape, time.perf_counter() - start)
@@ -260,7 +271,7 @@ class Cascade:
     return out
 
   @property
-  def final(self) -> sampling.Stage:
+  def final(self) -> stage_lib.Stage:
     return self.stages[-1]
 
 
@@ -272,19 +283,17 @@ def write_stage_videos(out_dir: str, cascade: Cascade, videos: Mapping[str, np.n
                        prompts: Sequence[str]) -> dict[str, list[str]]:
   """Writes every stage's videos (GIF + MP4 + prompts.txt) to `out_dir/<i>_<name>/` and the
   last stage's again to `out_dir/final/`; returns {directory name: paths}."""
-  from vdm_jax.train import video_writer  # pylint: disable=g-import-not-at-top
   written = {}
   dirs = _stage_dirs(out_dir, cascade.names)
   for name, stage in zip(cascade.names, cascade.stages):
     if name in videos:
-      written[name] = video_writer.write_videos(dirs[name], list(videos[name]),
-                                                fps=float(stage.config.fps), prompts=prompts)
+      written[name] = writer.write_videos(dirs[name], list(videos[name]),
+                                          fps=float(stage.config.fps), prompts=prompts)
   last = cascade.names[-1]
   if last in videos:
-    written["final"] = video_writer.write_videos(os.path.join(out_dir, "final"),
-                                                 list(videos[last]),
-                                                 fps=float(cascade.final.config.fps),
-                                                 prompts=prompts)
+    written["final"] = writer.write_videos(os.path.join(out_dir, "final"), list(videos[last]),
+                                           fps=float(cascade.final.config.fps),
+                                           prompts=prompts)
   return written
 
 

@@ -1,4 +1,4 @@
-"""The validated, hashable form of the `model` config section of a SpaceTimeUNet.
+"""The validated, hashable form of the `model` config section of a SpaceTimeUNet (family 'unet').
 
 `UNetSpec.from_config(config.model)` checks every key before anything is traced or compiled
 and says what is wrong and what to do. `validate_model_config(config.model)` is the same check
@@ -17,6 +17,14 @@ LOWRES_CONDITIONING = ("none", "spatial", "temporal")
 LOWRES_TEMPORAL_UPSAMPLE = ("repeat", "linear")
 ATTENTION_IMPLS = ("xla", "cudnn", "splash")
 REMAT = ("none", "block", "full")
+# Each keyword input of the U-Net and the spec field that switches it on (None: always taken;
+# needs_text covers text_cross_attention or text_pooled_conditioning).
+INPUT_FLAGS = {
+    "text_emb": "needs_text", "text_mask": "needs_text", "fps": "fps_conditioning",
+    "cond_aug_logsnr": "cond_aug_conditioning", "lowres_video": "lowres_conditioning",
+    "guidance_weight": "guidance_weight_conditioning", "frame_cond": "frame_mask_conditioning",
+    "frame_mask": "frame_mask_conditioning", "is_image": None,
+}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 # Remat policies per `model.remat`:
@@ -108,6 +116,22 @@ class UNetSpec:
   def needs_text(self):
     return self.text_cross_attention or self.text_pooled_conditioning
 
+  @property
+  def inputs(self) -> frozenset:
+    """The keyword inputs the U-Net takes besides (x, logsnr, train); see
+    `vdm_jax.models.family`. `is_image` is always optional."""
+    return frozenset(name for name, flag in INPUT_FLAGS.items()
+                     if flag is None or getattr(self, flag) not in (False, "none"))
+
+  def geometry_errors(self, *, frames: int, height: int, width: int) -> list[str]:
+    """What keeps a video of this geometry from passing through the U-Net ([] when fine)."""
+    del frames   # time is never downsampled
+    down = 2 ** (self.num_levels - 1)
+    if height % down or width % down:
+      return [f"height x width = {height}x{width} must be divisible by {down} (the U-Net halves "
+              f"space {self.num_levels - 1} times); change the size or model.channel_mult"]
+    return []
+
   def cross_attention_at(self, level) -> bool:
     """Whether level `level` has text cross-attention."""
     if not self.text_cross_attention:
@@ -130,57 +154,65 @@ class UNetSpec:
       return channels // self.head_dim, self.head_dim
     return self.num_heads, self.head_dim
 
-  def _validate(self):
-    def fail(msg):
-      raise ValueError(f"bad model config: {msg}")
-
+  def errors(self) -> list[str]:
+    """Every problem of this section, each naming its key and the fix ([] when valid)."""
+    errors = []
+    fail = errors.append
     n = self.num_levels
     if n < 1:
-      fail("channel_mult is empty; give one multiplier per level, e.g. (1, 2, 4)")
+      return ["model.channel_mult is empty; give one multiplier per level, e.g. (1, 2, 4)"]
     if any((not isinstance(m, int)) or m < 1 for m in self.channel_mult):
-      fail(f"channel_mult entries must be positive ints, got {self.channel_mult}")
+      return [f"model.channel_mult entries must be positive ints, got {self.channel_mult}"]
     for key in ("spatial_attention", "temporal_mixing"):
       if len(getattr(self, key)) != n:
-        fail(f"{key} has {len(getattr(self, key))} entries but channel_mult has {n} levels; "
-             "give one entry per level")
+        fail(f"model.{key} has {len(getattr(self, key))} entries but model.channel_mult has {n} "
+             "levels; give one entry per level")
     for i, mode in enumerate(self.temporal_mixing):
       if mode not in TEMPORAL_MIXING:
-        fail(f"temporal_mixing[{i}] = {mode!r}; use one of {TEMPORAL_MIXING}")
+        fail(f"model.temporal_mixing entry {mode!r} (temporal_mixing[{i}]) is not one of "
+             f"{TEMPORAL_MIXING}")
     for key in ("base_channels", "num_res_blocks", "num_groups", "cond_embed_dim",
                 "text_embed_dim", "out_channels"):
       if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-        fail(f"{key} must be a positive int, got {getattr(self, key)!r}")
+        fail(f"model.{key} must be a positive int, got {getattr(self, key)!r}")
+    if errors:
+      return errors
     if self.base_channels % self.num_groups:
-      fail(f"base_channels={self.base_channels} is not divisible by num_groups="
+      fail(f"model.base_channels={self.base_channels} is not divisible by model.num_groups="
            f"{self.num_groups}")
     if self.cond_embed_dim % 2:
-      fail(f"cond_embed_dim must be even (sinusoidal embedding), got {self.cond_embed_dim}")
+      fail(f"model.cond_embed_dim must be even (sinusoidal embedding), got "
+           f"{self.cond_embed_dim}")
     if self.num_heads < 0 or self.head_dim < 0 or (self.num_heads == 0 and self.head_dim == 0):
-      fail("set num_heads and/or head_dim (> 0); 0 in one of them derives it from channels")
-    for level in range(n):
-      if self.spatial_attention[level] or self.temporal_mixing[level] in ("attention",
-                                                                          "spacetime"):
-        c = self.level_channels(level)
-        heads, dim = self.heads(c)
-        if heads < 1 or dim < 1 or (self.head_dim == 0 and c % self.num_heads) or (
-            self.num_heads == 0 and c % self.head_dim):
-          fail(f"level {level} has {c} channels, which do not split into num_heads="
-               f"{self.num_heads} x head_dim={self.head_dim}")
+      fail("set model.num_heads and/or model.head_dim (> 0); 0 in one of them derives it from "
+           "channels")
+    else:
+      for level in range(n):
+        if self.spatial_attention[level] or self.temporal_mixing[level] in ("attention",
+                                                                            "spacetime"):
+          c = self.level_channels(level)
+          heads, dim = self.heads(c)
+          if heads < 1 or dim < 1 or (self.head_dim == 0 and c % self.num_heads) or (
+              self.num_heads == 0 and c % self.head_dim):
+            fail(f"level {level} has {c} channels, which do not split into model.num_heads="
+                 f"{self.num_heads} x model.head_dim={self.head_dim}")
     if not 0.0 <= float(self.dropout) < 1.0:
-      fail(f"dropout must be in [0, 1), got {self.dropout}")
+      fail(f"model.dropout must be in [0, 1), got {self.dropout}")
     if self.rel_pos_buckets < 4 or self.rel_pos_buckets % 2:
-      fail(f"rel_pos_buckets must be an even number >= 4, got {self.rel_pos_buckets}")
+      fail(f"model.rel_pos_buckets must be an even number >= 4, got {self.rel_pos_buckets}")
     if self.rel_pos_max_distance <= self.rel_pos_buckets // 4:
-      fail(f"rel_pos_max_distance must exceed rel_pos_buckets // 4, got "
+      fail(f"model.rel_pos_max_distance must exceed rel_pos_buckets // 4, got "
            f"{self.rel_pos_max_distance}")
     if self.cross_attention_levels and len(self.cross_attention_levels) != n:
-      fail(f"cross_attention_levels has {len(self.cross_attention_levels)} entries for {n} "
-           "levels; give one bool per level, or () for the levels with spatial attention")
-    if any(self.cross_attention_levels) and not self.text_cross_attention:
-      fail("cross_attention_levels marks levels but text_cross_attention=False; set it True")
-    if self.text_cross_attention and not any(self.cross_attention_at(l) for l in range(n)):
-      fail("text_cross_attention=True but no level has cross-attention: by default it sits "
-           "beside spatial attention, so enable spatial attention on a level, or name the "
+      fail(f"model.cross_attention_levels has {len(self.cross_attention_levels)} entries for "
+           f"{n} levels; give one bool per level, or () for the levels with spatial attention")
+    elif any(self.cross_attention_levels) and not self.text_cross_attention:
+      fail("model.cross_attention_levels marks levels but text_cross_attention=False; set it "
+           "True")
+    elif self.text_cross_attention and len(self.spatial_attention) == n and not any(
+        self.cross_attention_at(l) for l in range(n)):
+      fail("model.text_cross_attention=True but no level has cross-attention: by default it "
+           "sits beside spatial attention, so enable spatial attention on a level, or name the "
            "levels in cross_attention_levels, or set text_cross_attention=False (pooled text "
            "still conditions the model)")
     choices = (("lowres_conditioning", LOWRES_CONDITIONING),
@@ -191,11 +223,17 @@ class UNetSpec:
                ("frame_position", FRAME_POSITIONS))
     for key, allowed in choices:
       if getattr(self, key) not in allowed:
-        fail(f"{key} = {getattr(self, key)!r}; use one of {allowed}")
+        fail(f"model.{key}={getattr(self, key)!r} is not one of {allowed}")
     if not isinstance(self.frame_mask_conditioning, bool):
-      fail(f"frame_mask_conditioning must be True or False, got "
+      fail(f"model.frame_mask_conditioning must be True or False, got "
            f"{self.frame_mask_conditioning!r}")
-    if self.frame_mask_conditioning and self.lowres_conditioning != "none":
-      fail(f"frame_mask_conditioning=True and lowres_conditioning={self.lowres_conditioning!r} "
-           "are two ways to give the model known frames; use one (a masked-interpolation "
-           "temporal SR stage sets lowres_conditioning='none')")
+    elif self.frame_mask_conditioning and self.lowres_conditioning != "none":
+      fail(f"model.frame_mask_conditioning=True and model.lowres_conditioning="
+           f"{self.lowres_conditioning!r} are two ways to give the model known frames; use one "
+           "(a masked-interpolation temporal SR stage sets lowres_conditioning='none')")
+    return errors
+
+  def _validate(self):
+    errors = self.errors()
+    if errors:
+      raise ValueError("bad model config: " + "; ".join(errors))

@@ -16,10 +16,21 @@ import os
 import time
 from typing import Any, Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax import cascade as cascade_lib
-from vdm_jax import sampling
+from vdm_jax.data import build
+from vdm_jax.data.moving_shapes import accuracy
+from vdm_jax.data.moving_shapes import consistency
+from vdm_jax.data.moving_shapes import detectors
+from vdm_jax.data.moving_shapes import grammar
+from vdm_jax.data.moving_shapes import render
+from vdm_jax.eval import evaluate
+from vdm_jax.eval import evaluators
+from vdm_jax.eval import fvd
+from vdm_jax.media import gallery
+from vdm_jax.sample import cascade as cascade_lib
 
 GALLERY_SCALE = 4     # GIF pixels per video pixel of the final stage
 
@@ -28,16 +39,15 @@ def spec_for_prompt(prompt: str, *, frames: int, height: int, width: int, fps: f
                     seed: int = 0):
   """A moving-shapes ClipSpec that `prompt` describes (a random start position from `seed`),
   or None when the prompt is outside the one-object caption grammar."""
-  from vdm_jax.data import procedural  # pylint: disable=g-import-not-at-top
   try:
-    parsed = procedural.parse_caption(prompt)
+    parsed = grammar.parse_caption(prompt)
   except ValueError:
     return None
   if len(parsed["objects"]) != 1 or parsed["objects"][0]["motion"] is None:
     return None
   obj = parsed["objects"][0]
   words = [obj[k] for k in ("shape", "color", "size", "motion", "speed") if obj[k]]
-  return procedural.sample_spec(  # a held-out combo fixes every attribute of object 0
+  return grammar.sample_spec(  # a held-out combo fixes every attribute of object 0
       np.random.default_rng(seed), frames=frames, height=height, width=width, fps=fps,
       num_objects=1, held_out=[tuple(words) + (parsed["background"],)],
       include_held_out=True)
@@ -46,9 +56,8 @@ def spec_for_prompt(prompt: str, *, frames: int, height: int, width: int, fps: f
 def real_clip_for_prompt(prompt: str, *, frames: int, height: int, width: int, fps: float,
                          seed: int = 0) -> Optional[np.ndarray]:
   """A rendered clip uint8 [T, H, W, 3] of `spec_for_prompt` (None outside the grammar)."""
-  from vdm_jax.data import procedural  # pylint: disable=g-import-not-at-top
   spec = spec_for_prompt(prompt, frames=frames, height=height, width=width, fps=fps, seed=seed)
-  return None if spec is None else procedural.render(spec)
+  return None if spec is None else render.render(spec)
 
 
 def real_at_geometry(videos: np.ndarray, source_fps: float, stage_config) -> np.ndarray:
@@ -56,8 +65,21 @@ def real_at_geometry(videos: np.ndarray, source_fps: float, stage_config) -> np.
   frames/fps/size (frame stride round(source_fps / fps), then a bilinear resize)."""
   stride = max(1, int(round(float(source_fps) / float(stage_config.fps))))
   c = stage_config
-  return sampling._resize_like(np.asarray(videos)[:, ::stride],  # pylint: disable=protected-access
-                               (c.frames, c.height, c.width))
+  return resize_like(np.asarray(videos)[:, ::stride], (c.frames, c.height, c.width))
+
+
+def resize_like(videos: np.ndarray, thw: tuple) -> np.ndarray:
+  """uint8 real clips [N, T0, H0, W0, 3] at the stage's fps -> its first T frames at its size."""
+  t, h, w = thw
+  v = np.asarray(videos)
+  if v.shape[1] < t:
+    raise ValueError(f"Real clips have {v.shape[1]} frames at the stage's fps; need {t}.")
+  v = v[:, :t]
+  if v.shape[2:4] != (h, w):
+    v = np.asarray(jax.image.resize(jnp.asarray(v, jnp.float32), v.shape[:2] + (h, w, v.shape[4]),
+                                    "linear"))
+    v = np.clip(np.round(v), 0, 255).astype(np.uint8)
+  return v
 
 
 def _scale(stage_config, final_config) -> int:
@@ -69,7 +91,6 @@ def gallery_entries(out_dir: str, cascade: cascade_lib.Cascade, videos: dict,
                     prefix: str, limit: int = 16) -> list[dict]:
   """Writes GIFs of every stage (each scaled to the final size on screen) and of the real clip
   for the first `limit` prompts; returns `gallery.write_gallery` entries."""
-  from vdm_jax.eval import evaluate, gallery  # pylint: disable=g-import-not-at-top
   final = cascade.final.config
   entries = []
   for i, prompt in enumerate(list(prompts)[:limit]):
@@ -97,7 +118,6 @@ def read_videos(videos: np.ndarray, prompts: Sequence[str], fps: float,
   """Detector scores of videos [N, T, H, W, 3] (float in [-1, 1] or uint8) against their
   prompts: caption accuracy (all, and split into regular / held-out prompts when `held_out`
   [N] bool is given) and temporal consistency. The detectors run once per video."""
-  from vdm_jax.eval import accuracy, consistency, detectors, evaluate  # pylint: disable=g-import-not-at-top
   videos = evaluate.to_uint8(videos)
   dets = detectors.detect_batch(videos, fps)
   motion = videos.shape[1] > 1
@@ -115,23 +135,24 @@ def read_videos(videos: np.ndarray, prompts: Sequence[str], fps: float,
 
 def score_stages(cascade: cascade_lib.Cascade, videos: dict, prompts: Sequence[str], *,
                  real_final: np.ndarray, held_out: Optional[np.ndarray] = None,
-                 compute_fvd: bool = True) -> dict:
-  """Detector scores of every stage's videos, the real clips' scores (the ceiling) and the
-  FVD of the final stage against `real_final` (uint8 [N, T, H, W, 3] at the final geometry)."""
-  from vdm_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
+                 compute_fvd: bool = True, detect: bool = True) -> dict:
+  """Detector scores of every stage's videos and the real clips' scores (the ceiling), when
+  `detect` (the `moving_shapes` evaluator), and the FVD of the final stage against
+  `real_final` (uint8 [N, T, H, W, 3] at the final geometry), when `compute_fvd`."""
   final = cascade.final.config
   out: dict[str, Any] = {"stages": {}}
   for name, stage in zip(cascade.names, cascade.stages):
-    if name in videos:
+    if detect and name in videos:
       out["stages"][name] = read_videos(videos[name], prompts, float(stage.config.fps),
                                         held_out)
-  out["real"] = read_videos(real_final, prompts, float(final.fps), held_out)
+  if detect:
+    out["real"] = read_videos(real_final, prompts, float(final.fps), held_out)
   last = cascade.names[-1]
   if compute_fvd and last in videos:
-    extractor = evaluate.extractor_from_config(cascade.final.config.eval)
-    out.update(evaluate.fvd_of(evaluate.to_uint8(videos[last]), real_final, extractor,
-                               bool(final.eval.get("fvd_repeat_short", True))))
-  return evaluate._jsonable(out)  # pylint: disable=protected-access
+    extractor = fvd.extractor_from_config(cascade.final.config.eval)
+    out.update(fvd.fvd_of(evaluate.to_uint8(videos[last]), real_final, extractor,
+                          bool(final.eval.get("fvd_repeat_short", True))))
+  return evaluate.jsonable(out)
 
 
 def accuracy_table(scores: dict) -> dict:
@@ -145,7 +166,7 @@ def accuracy_table(scores: dict) -> dict:
         rows[f"{name} ({part} prompts)"] = {k: v for k, v in sub.items() if k != "num_clips"}
   for key, label in (("caption_accuracy", "real clips (detector ceiling)"),
                      ("caption_accuracy_held_out", "real clips (held_out prompts)")):
-    if scores["real"].get(key):
+    if scores.get("real", {}).get(key):
       rows[label] = {k: v for k, v in scores["real"][key].items() if k != "num_clips"}
   return rows
 
@@ -155,18 +176,18 @@ def score_held_out(config, cascade: cascade_lib.Cascade, *, num_videos: Optional
   """Samples the first `num_videos` (default `eval.num_videos`) test prompts through `cascade`
   and scores them (`score_stages`, plus counts, sampling time per video and checkpoint steps).
   Returns (scores, {stage: videos}, prompts, the real clips at the final geometry)."""
-  from vdm_jax.data import build  # pylint: disable=g-import-not-at-top
   final = cascade.final.config
   n = int(num_videos or config.eval.num_videos)
   real = build.load_split_examples(final, "test", n)
   prompts = list(real["caption"])
-  held = np.asarray(real["labels"].get("held_out", np.zeros(len(prompts))), bool)
+  held = np.asarray(real.get("labels", {}).get("held_out", np.zeros(len(prompts))), bool)
   start = time.perf_counter()
   videos = cascade.sample(prompts, batch_size=batch_size)
   seconds = time.perf_counter() - start
   real_final = real_at_geometry(real["video"], float(real["fps"][0]), final)
+  metrics = evaluators.metrics_from_config(config.eval)
   scores = score_stages(cascade, videos, prompts, real_final=real_final, held_out=held,
-                        compute_fvd=bool(config.eval.get("fvd", True)))
+                        compute_fvd="fvd" in metrics, detect="moving_shapes" in metrics)
   scores.update(num_videos=len(prompts), num_held_out=int(held.sum()),
                 sample_seconds=seconds, seconds_per_video=seconds / len(prompts),
                 steps={n_: s.step for n_, s in zip(cascade.names, cascade.stages)})
@@ -180,7 +201,6 @@ def evaluate_cascade(config, root: str, *, out_dir: Optional[str] = None,
                      extra_figures: Optional[dict] = None, title: Optional[str] = None) -> dict:
   """The `eval` mode of a cascade config (see the module docstring). `extra_entries` and
   `extra_figures` are added to the gallery page (the demo's own prompts and timings)."""
-  from vdm_jax.eval import gallery  # pylint: disable=g-import-not-at-top
   cascade = cascade or cascade_lib.Cascade.from_config(config, root)
   scores, videos, prompts, real_final = score_held_out(config, cascade, num_videos=num_videos,
                                                        batch_size=batch_size)

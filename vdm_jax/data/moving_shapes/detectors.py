@@ -1,7 +1,7 @@
 """Detectors that read a moving-shapes clip from its pixels alone.
 
-`detect(video, fps)` recovers what the caption says (`procedural.caption`): the background, the
-objects (at most `procedural.MAX_OBJECTS`) and, for each, colour, shape, size, motion and speed.
+`detect(video, fps)` recovers what the caption says (`grammar.caption`): the background, the
+objects (at most `grammar.MAX_OBJECTS`) and, for each, colour, shape, size, motion and speed.
 It knows the domain's vocabulary and drawing model (colours, unit shapes, sizes, coverage
 anti-aliasing: a pixel is `alpha * colour + (1 - alpha) * background`) but nothing of the clip:
 
@@ -23,9 +23,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from vdm_jax.data import procedural
-from vdm_jax.eval import motion as motion_lib
-from vdm_jax.eval import shape_fit
+from vdm_jax.data.moving_shapes import grammar
+from vdm_jax.data.moving_shapes import motion as motion_lib
+from vdm_jax.data.moving_shapes import shape_fit
 
 MIN_ALPHA_MEMBER = 0.25      # a pixel this covered can vote for a colour
 MIN_ALPHA_CONFIDENT = 0.5    # pixels this covered give an object's mean colour
@@ -35,8 +35,8 @@ MIN_COVERAGE = 0.02          # alpha below this is not part of an object
 TOUCH_ALPHA = 0.1            # coverage that counts when deciding whether two objects touch
 MIN_CLEAN_FRAMES = 3         # untouched frames needed to leave the touching ones out
 
-_COLOUR_RGB = np.stack([procedural.COLORS[n] for n in procedural.COLOR_NAMES]).astype(np.float32)
-_BG_RGB = np.stack([procedural.BACKGROUNDS[n] for n in procedural.BACKGROUND_NAMES]
+_COLOUR_RGB = np.stack([grammar.COLORS[n] for n in grammar.COLOR_NAMES]).astype(np.float32)
+_BG_RGB = np.stack([grammar.BACKGROUNDS[n] for n in grammar.BACKGROUND_NAMES]
                    ).astype(np.float32)
 
 
@@ -84,8 +84,8 @@ def _colour_alphas(video: np.ndarray, bg: np.ndarray):
 
 
 def _smallest_area_px(height: int, width: int) -> float:
-  r = min(procedural.SIZES.values()) * min(height, width)
-  return min(shape_fit.unit_shape_stats(s)[0] for s in procedural.SHAPES) * r * r
+  r = min(grammar.SIZES.values()) * min(height, width)
+  return min(shape_fit.unit_shape_stats(s)[0] for s in grammar.SHAPES) * r * r
 
 
 def _segment(alpha, resid, member, colours: List[int], height: int, width: int):
@@ -145,7 +145,7 @@ def detect(video, fps: float) -> Detection:
   video = video.astype(np.float32)
   t_count, height, width, _ = video.shape
   bg = np.median(video.reshape(t_count, -1, 3), axis=1)                    # [T, 3]
-  bg_name = procedural.BACKGROUND_NAMES[
+  bg_name = grammar.BACKGROUND_NAMES[
       int(np.argmin(((_BG_RGB - np.median(bg, 0)) ** 2).sum(-1)))]
   alpha, resid = _colour_alphas(video, bg)
   # Each pixel's best colour (smallest residual); a member of it if covered enough.
@@ -156,7 +156,7 @@ def detect(video, fps: float) -> Detection:
   mass = np.array([alpha[k][member == k].sum() for k in range(len(_COLOUR_RGB))])
   need = MIN_COLOUR_FRACTION * _smallest_area_px(height, width) * t_count
   order = [int(k) for k in np.argsort(-mass, kind="stable") if mass[k] >= need]
-  colours = order[:procedural.MAX_OBJECTS]
+  colours = order[:grammar.MAX_OBJECTS]
   maps = _segment(alpha, resid, member, colours, height, width)
   touching = _touching(maps)
   pad = shape_fit.window_half(height, width)
@@ -184,7 +184,7 @@ def detect(video, fps: float) -> Detection:
     else:
       motion, speed, velocity = None, None, np.zeros(2)
     objects.append(DetectedObject(
-        color=procedural.COLOR_NAMES[k], shape=fit["shape"], size=fit["size"], motion=motion,
+        color=grammar.COLOR_NAMES[k], shape=fit["shape"], size=fit["size"], motion=motion,
         speed=speed, centers=centers, areas=areas, mean_colors=mean_colors,
         frame_shapes=fit["frame_shapes"], velocity=velocity))
   # Objects come in decreasing coverage mass (a caption's order is not visible in pixels).

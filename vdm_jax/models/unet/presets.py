@@ -1,9 +1,9 @@
 """U-Net `model` configs: a tiny one for tests and the seven Imagen Video stage shapes.
 
-    cfg = unet_presets.tiny()                           # a `model` ConfigDict
-    cfg = unet_presets.imagen_video_stage("ssr1")       # paper-scale model section
-    geometry = unet_presets.IMAGEN_VIDEO_STAGES["ssr1"] # frames, height, width, fps, ...
-    n = unet_presets.count_params(cfg, frames=..., height=..., width=...)  # no allocation
+    cfg = presets.tiny()                           # a `model` ConfigDict
+    cfg = presets.imagen_video_stage("ssr1")       # paper-scale model section
+    geometry = presets.IMAGEN_VIDEO_STAGES["ssr1"] # frames, height, width, fps, ...
+    n = registry.family(cfg).count_params(frames=..., height=..., width=...)  # no allocation
 
 The Imagen Video paper (Ho et al. 2022, Fig. 6) publishes, per stage, the output geometry and
 the parameter count, and (Sec. 2.3) which stages use temporal attention (base), temporal
@@ -11,11 +11,7 @@ convolutions (the SR stages) and spatial attention (base and the first two SSR s
 not publish channel widths, multipliers or block counts: those below are ours, chosen so each
 stage's count lands near the published one. experiments/unet_params/ sets them side by side.
 """
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 T5_XXL_DIM = 4096
 
@@ -49,30 +45,52 @@ _WIDTHS = {
 }
 
 
-def _model_section():
-  """A model section with every key of configs/default.py's `model` (its default values).
-
-  Spelled out here because the library does not import `configs`; a test checks that the key
-  sets agree.
-  """
-  return ml_collections.ConfigDict(dict(
-      base_channels=32, channel_mult=(1, 2), num_res_blocks=1,
-      spatial_attention=(False, True), temporal_mixing=("attention", "attention"),
-      temporal_conv_in_resblock=False, num_heads=4, head_dim=32, dropout=0.0, num_groups=8,
-      rel_pos_buckets=32, rel_pos_max_distance=128, temporal_position="bias",
-      frame_position="none",
-      cond_embed_dim=128, text_embed_dim=384,
-      text_cross_attention=True, cross_attention_levels=(), text_pooled_conditioning=True,
-      fps_conditioning=True,
-      lowres_conditioning="none", lowres_temporal_upsample="repeat",
-      cond_aug_conditioning=False, guidance_weight_conditioning=False,
-      frame_mask_conditioning=False, attention_impl="xla",
-      dtype="float32", param_dtype="float32", remat="none", out_channels=3))
+def default_section():
+  """The U-Net family's `model` section: every key at its default (what configs/default.py
+  and every variant config start from)."""
+  m = ml_collections.ConfigDict()
+  m.family = "unet"                       # the model family (vdm_jax/models/registry.py)
+  m.base_channels = 32
+  m.channel_mult = (1, 2)
+  m.num_res_blocks = 1
+  m.spatial_attention = (False, True)     # per level
+  m.temporal_mixing = ("attention", "attention")  # per level: attention | conv | none |
+  #   spacetime (full attention over the level's T*H*W tokens; only for a small coarse level)
+  m.temporal_conv_in_resblock = False     # 3x1x1 conv inside every ResBlock (SR stages)
+  m.num_heads = 4                         # 0: channels // head_dim heads per level
+  m.head_dim = 32                         # 0: channels // num_heads features per head
+  m.dropout = 0.0
+  m.num_groups = 8
+  m.rel_pos_buckets = 32
+  m.rel_pos_max_distance = 128
+  m.temporal_position = "bias"            # temporal attention's frame order: bias (T5-style
+  #   scalar per offset bucket) | shaw (+ Shaw et al. relative key/value vectors, as VDM cites)
+  m.frame_position = "none"               # none (the papers) | sinusoidal: each frame's absolute
+  #   index embedded and added to its FiLM embedding (AnimateDiff-style absolute time)
+  m.cond_embed_dim = 128
+  m.text_embed_dim = 384
+  m.text_cross_attention = True           # beside spatial attention, on its levels
+  m.cross_attention_levels = ()           # or one bool per level (also levels without spatial)
+  m.text_pooled_conditioning = True       # masked-mean text embedding added to the FiLM input
+  m.fps_conditioning = True
+  m.lowres_conditioning = "none"          # none | spatial | temporal
+  m.lowres_temporal_upsample = "repeat"   # temporal SR: repeat | linear (frame interpolation)
+  m.cond_aug_conditioning = False
+  m.guidance_weight_conditioning = False  # guided distillation students
+  m.attention_impl = "xla"                # xla | cudnn | splash
+  m.dtype = "float32"                     # compute dtype (bfloat16 on accelerators)
+  m.param_dtype = "float32"
+  m.remat = "none"                        # none | block | full (spec.py)
+  m.out_channels = 3                      # channels the U-Net predicts
+  m.frame_mask_conditioning = False       # masked frame interpolation (Make-A-Video): C + 1
+  #   extra input channels (known frames, frame mask); with stage='tsr' and
+  #   lowres_conditioning='none' an interpolation TSR stage (imagen_video.py:...,tsr=interp)
+  return m
 
 
 def tiny(**overrides):
   """A CPU-sized base model: 8 channels, 2 levels, 1 res block, temporal attention."""
-  m = _model_section()
+  m = default_section()
   m.base_channels = 8
   m.channel_mult = (1, 2)
   m.num_res_blocks = 1
@@ -95,7 +113,7 @@ def imagen_video_stage(name, **overrides):
     raise ValueError(f"unknown Imagen Video stage {name!r}; one of {tuple(_WIDTHS)}")
   base, mult, blocks, spatial = _WIDTHS[name]
   kind = IMAGEN_VIDEO_STAGES[name]["kind"]
-  m = _model_section()
+  m = default_section()
   m.base_channels = base
   m.channel_mult = mult
   m.num_res_blocks = blocks
@@ -131,42 +149,3 @@ def lowres_shape(name, batch=1, channels=3):
     return None
   prev = IMAGEN_VIDEO_STAGES[order[i - 1]]
   return (batch, prev["frames"], prev["height"], prev["width"], channels)
-
-
-def example_inputs(model_cfg, *, frames, height, width, batch=1, channels=3, text_length=8,
-                   lowres=None):
-  """Abstract (jax.ShapeDtypeStruct) inputs for `SpaceTimeUNet(model_cfg)`; for eval_shape."""
-  f32 = jnp.float32
-  sds = jax.ShapeDtypeStruct
-  kw = {}
-  if model_cfg.text_cross_attention or model_cfg.text_pooled_conditioning:
-    kw["text_emb"] = sds((batch, text_length, model_cfg.text_embed_dim), f32)
-    kw["text_mask"] = sds((batch, text_length), jnp.bool_)
-  for key, flag in (("fps", "fps_conditioning"), ("cond_aug_logsnr", "cond_aug_conditioning"),
-                    ("guidance_weight", "guidance_weight_conditioning")):
-    if model_cfg[flag]:
-      kw[key] = sds((batch,), f32)
-  if model_cfg.lowres_conditioning != "none":
-    if lowres is None:
-      raise ValueError("give the lowres video shape for an SR stage")
-    kw["lowres_video"] = sds(lowres, f32)
-  x = sds((batch, frames, height, width, channels), f32)
-  return x, sds((batch,), f32), kw
-
-
-def abstract_params(model_cfg, *, frames, height, width, channels=3, lowres=None):
-  """The parameter tree of SpaceTimeUNet(model_cfg) as ShapeDtypeStructs (jax.eval_shape)."""
-  from vdm_jax.models.unet import SpaceTimeUNet  # pylint: disable=g-import-not-at-top
-  model = SpaceTimeUNet(config=model_cfg)
-  x, logsnr, kw = example_inputs(model_cfg, frames=frames, height=height, width=width,
-                                 channels=channels, lowres=lowres)
-  shapes = jax.eval_shape(lambda x, logsnr, kw: model.init(jax.random.key(0), x, logsnr, **kw),
-                          x, logsnr, kw)
-  return nn.unbox(shapes)["params"]
-
-
-def count_params(model_cfg, *, frames, height, width, channels=3, lowres=None):
-  """Number of parameters of SpaceTimeUNet(model_cfg), from jax.eval_shape (no allocation)."""
-  tree = abstract_params(model_cfg, frames=frames, height=height, width=width,
-                         channels=channels, lowres=lowres)
-  return int(sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree)))

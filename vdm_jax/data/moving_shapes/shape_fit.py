@@ -2,7 +2,7 @@
 
 Analysis by synthesis: for every shape of the vocabulary, the size whose area matches the
 measured coverage is chosen, the shape's coverage is rendered at the measured centroid of every
-frame (anti-aliased, as `procedural.render` draws it) and compared with the measured alpha maps;
+frame (anti-aliased, as `render.render` draws it) and compared with the measured alpha maps;
 the (shape, size) with the smallest squared error wins. At 16x16 a small object is ~3 pixels
 across, where hand-made features (fill ratio, corners) cannot tell a circle from a hexagon, but
 coverage values of the edge pixels can.
@@ -13,7 +13,8 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from vdm_jax.data import procedural
+from vdm_jax.data.moving_shapes import grammar
+from vdm_jax.data.moving_shapes import render
 
 
 @functools.lru_cache(maxsize=None)
@@ -21,7 +22,7 @@ def unit_shape_stats(shape: str) -> Tuple[float, float, float]:
   """(area, centroid x, centroid y) of the unit shape (half-extent 1), exact (shoelace)."""
   if shape == "circle":
     return math.pi, 0.0, 0.0
-  v = procedural.POLYGONS[shape]
+  v = render.POLYGONS[shape]
   x, y = v[:, 0], v[:, 1]
   xn, yn = np.roll(x, -1), np.roll(y, -1)
   cross = x * yn - xn * y
@@ -32,12 +33,12 @@ def unit_shape_stats(shape: str) -> Tuple[float, float, float]:
 
 def radius_px(size: str, height: int, width: int) -> float:
   """Half-extent in pixels of an object of `size` in a height x width frame."""
-  return procedural.SIZES[size] * min(height, width)
+  return grammar.SIZES[size] * min(height, width)
 
 
 def window_half(height: int, width: int) -> int:
   """Half-size in pixels of a square that holds any object around its centroid."""
-  r = max(procedural.SIZES.values()) * min(height, width)
+  r = max(grammar.SIZES.values()) * min(height, width)
   return int(math.ceil(1.5 * r)) + 2
 
 
@@ -52,7 +53,7 @@ def render_coverage(shape: str, centers: np.ndarray, radius: float, origins: np.
   sub = (np.arange(size * s) + 0.5) / s                            # [size*s]
   xs = origins[:, 0:1] + sub[None] - centers[:, 0:1]                # [T, size*s]
   ys = origins[:, 1:2] + sub[None] - centers[:, 1:2]
-  mask = procedural.inside_shape(shape, xs[:, None, :] / radius, ys[:, :, None] / radius)
+  mask = render.inside_shape(shape, xs[:, None, :] / radius, ys[:, :, None] / radius)
   t = centers.shape[0]
   return mask.reshape(t, size, s, size, s).mean(axis=(2, 4))
 
@@ -90,10 +91,10 @@ def fit_shape(alpha: np.ndarray, centroids: np.ndarray, valid: np.ndarray,
                       for i, o in zip(pick, origins)])                     # [F, size, size]
   outside = alpha[pick].sum(axis=(1, 2)) - patches.sum(axis=(1, 2))      # coverage missed
   errors, per_frame = {}, {}
-  for shape in procedural.SHAPES:
+  for shape in grammar.SHAPES:
     unit_area, ox, oy = unit_shape_stats(shape)
     # The size whose area is closest (in log) to the measured mean area.
-    r2 = {z: radius_px(z, height, width) ** 2 for z in procedural.SIZE_NAMES}
+    r2 = {z: radius_px(z, height, width) ** 2 for z in grammar.SIZE_NAMES}
     mean_area = max(float(np.mean(area)), 1e-6)
     z = min(r2, key=lambda k: abs(math.log(unit_area * r2[k] / mean_area)))
     r = math.sqrt(r2[z])

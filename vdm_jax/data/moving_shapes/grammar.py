@@ -1,6 +1,6 @@
-"""The procedural "moving shapes" domain: vocabulary, clip specs, captions, labels, renderer.
+"""The procedural "moving shapes" domain: vocabulary, clip specs, captions (grammar), labels.
 
-Pure numpy (no tfds / grain), so detectors in `vdm_jax/eval` can import it freely.
+Pure numpy (no tfds / grain), so the renderer (`render`) and the detectors import it freely.
 
 Geometry, exactly (a detector inverts these definitions):
   * A frame is `height` x `width` pixels. Positions are FRAME FRACTIONS: `x` in [0, 1] runs from
@@ -12,7 +12,7 @@ Geometry, exactly (a detector inverts these definitions):
     axis-aligned bounding box: every shape lies inside the square [cx - r, cx + r] x
     [cy - r, cy + r] (circle, square, diamond, cross and triangle touch all four sides; the star
     touches the top, the hexagon the left and right). Shapes are never rotated; the triangle
-    and the star point up; unit polygons are in `POLYGONS` (raster.py). In frame fractions
+    and the star point up; unit polygons are in `render.POLYGONS`. In frame fractions
     the half-extents are `rx = r_px / W`, `ry = r_px / H`.
   * Time of frame k is `t_k = k / fps` seconds (t_0 = 0). Each object moves with a constant
     velocity `(vx, vy)` in FRAME FRACTIONS PER SECOND (x to the right, y DOWN): its unfolded
@@ -25,10 +25,11 @@ Geometry, exactly (a detector inverts these definitions):
     coordinate is folded into [r, 1 - r] (a triangle wave, see `object_centers`). "still"
     objects have v = 0 and no speed.  Because positions depend on continuous time, the same
     spec rendered at twice the fps with 2T - 1 frames gives the original frames at even indices.
-  * Rendering: each object is drawn with coverage anti-aliasing (`supersample` x `supersample`
-    sub-samples per pixel): `pixel = alpha * COLORS[color] + (1 - alpha) * below`, where
-    `below` is the background (`BACKGROUNDS[background]`) or an earlier object; object 0 is
-    drawn first, object 1 on top. Fully covered pixels have exactly the object's colour.
+  * Rendering (`render.render`): each object is drawn with coverage anti-aliasing
+    (`supersample` x `supersample` sub-samples per pixel):
+    `pixel = alpha * COLORS[color] + (1 - alpha) * below`, where `below` is the background
+    (`BACKGROUNDS[background]`) or an earlier object; object 0 is drawn first, object 1 on top.
+    Fully covered pixels have exactly the object's colour.
   * Two objects in one clip have different colours and are sampled (when possible) so that
     their bounding disks of radius `r_px` never overlap during the clip.
 """
@@ -38,8 +39,6 @@ import re
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
-
-from vdm_jax.data import raster
 
 # ----------------------------------------------------------------------------- vocabulary
 
@@ -56,9 +55,7 @@ BACKGROUNDS = {  # name -> RGB uint8; far from every object colour
     "gray": np.array([110, 110, 110], np.uint8),
     "white": np.array([255, 255, 255], np.uint8),
 }
-SHAPES = raster.SHAPES  # circle, square, triangle, diamond, cross, star, hexagon
-POLYGONS = raster.POLYGONS  # unit polygons (half-extent 1) of every shape but the circle
-inside_shape = raster.inside_shape  # (shape, u, v) -> bool mask, u, v = offset / radius
+SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star", "hexagon")  # render.POLYGONS
 SIZES = {"small": 0.1, "medium": 0.15, "large": 0.2}  # bounding half-extent / min(H, W)
 _S2 = 1.0 / math.sqrt(2.0)
 MOTIONS = {  # name -> unit direction (dx, dy), y down; None = random oblique direction
@@ -438,21 +435,3 @@ def labels_from_dict(d: dict, *, fps: float, frames: int, height: int, width: in
     objects.append(ObjectSpec(**attrs))
   return ClipSpec(objects=tuple(objects), background=BACKGROUND_NAMES[int(d["background"])],
                   fps=float(fps), frames=int(frames), height=int(height), width=int(width))
-
-
-# ----------------------------------------------------------------------------- rendering
-
-
-def render(spec: ClipSpec, supersample: int = 4) -> np.ndarray:
-  """Renders the clip: uint8 [T, H, W, 3] (T = spec.frames; an image spec gives T = 1)."""
-  t_count, h, w = spec.frames, spec.height, spec.width
-  video = np.empty((t_count, h, w, 3), np.float32)
-  video[:] = BACKGROUNDS[spec.background].astype(np.float32)
-  centers = object_centers(spec) * np.array([w, h])  # [T, N, 2] in pixels (edge-based)
-  for n, o in enumerate(spec.objects):
-    r = SIZES[o.size] * min(h, w)
-    color = COLORS[o.color].astype(np.float32)
-    for t in range(t_count):
-      raster.draw_shape(video[t], o.shape, center=centers[t, n], radius=r, color=color,
-                        supersample=supersample)
-  return np.clip(np.round(video), 0, 255).astype(np.uint8)

@@ -1,14 +1,15 @@
-"""Anti-aliased rasterization of the procedural shapes (pure numpy).
+"""The moving-shapes renderer: anti-aliased rasterization of the shapes and `render(spec)`.
 
 Unit shapes have half-extent 1 (they fit in [-1, 1]^2), x to the right, y DOWN; they are
 scaled by a radius in pixels and placed at a centre in EDGE-BASED pixel coordinates (the frame
-spans [0, W] x [0, H]; pixel (i, j) covers [j, j+1] x [i, i+1]).
+spans [0, W] x [0, H]; pixel (i, j) covers [j, j+1] x [i, i+1]). `render` draws a clip as the
+module docstring of `grammar` defines it. Pure numpy.
 """
 import math
 
 import numpy as np
 
-SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star", "hexagon")
+from vdm_jax.data.moving_shapes import grammar
 
 
 def _regular(n, radius=1.0, phase=-90.0):
@@ -31,6 +32,7 @@ POLYGONS = {  # unit shapes (half-extent 1), x right, y down
     "star": _star(),
     "hexagon": _regular(6, 1.0, 0.0),
 }
+assert set(POLYGONS) | {"circle"} == set(grammar.SHAPES)
 
 
 def inside_shape(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -46,8 +48,6 @@ def inside_shape(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     x_at = x1 + (v - y1) * (x2 - x1) / (y2 - y1)
     inside ^= crosses & (u < x_at)
   return inside
-
-
 
 
 def draw_shape(frame: np.ndarray, shape: str, *, center, radius: float, color,
@@ -70,3 +70,18 @@ def draw_shape(frame: np.ndarray, shape: str, *, center, radius: float, color,
   alpha = mask.reshape(r1 - r0, s, c1 - c0, s).mean(axis=(1, 3))[..., None]
   region = frame[r0:r1, c0:c1]
   frame[r0:r1, c0:c1] = alpha * np.asarray(color, np.float32) + (1.0 - alpha) * region
+
+
+def render(spec: grammar.ClipSpec, supersample: int = 4) -> np.ndarray:
+  """Renders the clip: uint8 [T, H, W, 3] (T = spec.frames; an image spec gives T = 1)."""
+  t_count, h, w = spec.frames, spec.height, spec.width
+  video = np.empty((t_count, h, w, 3), np.float32)
+  video[:] = grammar.BACKGROUNDS[spec.background].astype(np.float32)
+  centers = grammar.object_centers(spec) * np.array([w, h])  # [T, N, 2] in pixels (edge-based)
+  for n, o in enumerate(spec.objects):
+    r = grammar.SIZES[o.size] * min(h, w)
+    color = grammar.COLORS[o.color].astype(np.float32)
+    for t in range(t_count):
+      draw_shape(video[t], o.shape, center=centers[t, n], radius=r, color=color,
+                 supersample=supersample)
+  return np.clip(np.round(video), 0, 255).astype(np.uint8)

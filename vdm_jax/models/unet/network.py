@@ -47,7 +47,7 @@ from vdm_jax.models import attention_blocks
 from vdm_jax.models import axes
 from vdm_jax.models import conditioning
 from vdm_jax.models import layers
-from vdm_jax.models import unet_spec
+from vdm_jax.models.unet import spec as unet_spec
 
 
 class SpaceTimeUNet(nn.Module):
@@ -219,22 +219,16 @@ def _check_inputs(spec, x, logsnr, **inputs):
                      f"(2 ** (levels - 1) for {spec.num_levels} levels)")
   if logsnr.shape != (b,):
     raise ValueError(f"logsnr must have shape [B] = ({b},), got {logsnr.shape}")
-  required = {
-      "text_emb": (spec.needs_text, "text_cross_attention or text_pooled_conditioning"),
-      "fps": (spec.fps_conditioning, "fps_conditioning"),
-      "cond_aug_logsnr": (spec.cond_aug_conditioning, "cond_aug_conditioning"),
-      "lowres_video": (spec.lowres_conditioning != "none", "lowres_conditioning"),
-      "guidance_weight": (spec.guidance_weight_conditioning, "guidance_weight_conditioning"),
-      "frame_cond": (spec.frame_mask_conditioning, "frame_mask_conditioning"),
-      "frame_mask": (spec.frame_mask_conditioning, "frame_mask_conditioning"),
-      "is_image": (None, ""),
-  }
-  for name, (needed, flag) in required.items():
-    value = inputs[name]
+  why = {"text_emb": "text_cross_attention or text_pooled_conditioning",
+         "text_mask": "text_cross_attention or text_pooled_conditioning"}
+  for name, flag in unet_spec.INPUT_FLAGS.items():
+    if flag is None or name == "text_mask":   # optional inputs
+      continue
+    needed, value, flag = name in spec.inputs, inputs[name], why.get(name, flag)
     if needed and value is None:
       raise ValueError(f"SpaceTimeUNet needs `{name}` because model.{flag} is set; pass it "
                        f"(or turn the option off)")
-    if needed is False and value is not None:
+    if not needed and value is not None:
       raise ValueError(f"SpaceTimeUNet got `{name}` but model.{flag} is off, so it would be "
                        f"ignored; drop it or turn the option on")
   if inputs["text_mask"] is not None and inputs["text_emb"] is None:

@@ -1,8 +1,8 @@
 """Caption accuracy: do the attributes read from a video match what it was prompted with?
 
-Targets may be given as a `procedural.ClipSpec`, a caption string (`procedural.parse_caption`),
+Targets may be given as a `grammar.ClipSpec`, a caption string (`grammar.parse_caption`),
 a parsed caption dict {"background", "objects": [...]}, or the flat labels of
-`procedural.labels_to_dict`. Predictions are `detectors.Detection`s or the same dict form.
+`grammar.labels_to_dict`. Predictions are `detectors.Detection`s or the same dict form.
 
 Per clip, the predicted objects are matched to the target objects (the one-to-one assignment
 agreeing on the most attributes); a target object with no partner gets every attribute wrong.
@@ -12,7 +12,7 @@ that speed None is the right answer for a "still" object.
 import itertools
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from vdm_jax.data import procedural
+from vdm_jax.data.moving_shapes import grammar
 
 OBJECT_ATTRIBUTES = ("color", "shape", "size", "motion", "speed")
 CLIP_ATTRIBUTES = ("background", "num_objects")
@@ -24,18 +24,18 @@ def as_target(target: Any, with_motion: bool = True) -> Dict[str, Any]:
 
   with_motion=False drops motion and speed (single-frame videos show none).
   """
-  if isinstance(target, procedural.ClipSpec):
+  if isinstance(target, grammar.ClipSpec):
     out = dict(background=target.background, objects=[o.attributes() for o in target.objects])
     with_motion = with_motion and not target.is_image
   elif isinstance(target, str):
-    out = procedural.parse_caption(target)
+    out = grammar.parse_caption(target)
   elif hasattr(target, "attributes") and callable(target.attributes):  # a Detection
     out = target.attributes()
   elif isinstance(target, Mapping) and "objects" in target:
     out = dict(background=target["background"], objects=[dict(o) for o in target["objects"]])
   elif isinstance(target, Mapping) and "num_objects" in target:
     # Geometry is a placeholder: only the attributes are read.
-    spec = procedural.labels_from_dict(target, fps=1.0, frames=2, height=16, width=16)
+    spec = grammar.labels_from_dict(target, fps=1.0, frames=2, height=16, width=16)
     out = dict(background=spec.background, objects=[o.attributes() for o in spec.objects])
   else:
     raise TypeError(f"cannot read attributes from a {type(target).__name__}: pass a ClipSpec, "

@@ -1,9 +1,11 @@
-"""Writes a directory of sample videos with their prompts (GIF + MP4 through the eval
-gallery's writers, `vdm_jax.eval.gallery.write_video`)."""
+"""Writes a directory of sample videos with their prompts (GIF + MP4 through the gallery's
+writers, `vdm_jax.media.gallery.write_video`)."""
 import os
 from typing import Sequence
 
 import numpy as np
+
+from vdm_jax.media import gallery
 
 
 def to_uint8(video: np.ndarray) -> np.ndarray:
@@ -20,7 +22,6 @@ def write_videos(directory: str, videos: Sequence[np.ndarray], *, fps: float,
   """Writes `videos[i]` ([T, H, W, 3] in [-1, 1]) as `directory/{i:03d}.{gif,mp4}`, upscaled
   by `scale`, and the prompts (one a line, numbered) to `directory/prompts.txt`.
   Returns the written paths."""
-  from vdm_jax.eval import gallery  # pylint: disable=g-import-not-at-top
   os.makedirs(directory, exist_ok=True)
   paths = []
   for i, video in enumerate(videos):

@@ -1,6 +1,6 @@
 """Conditional sampling of a trained stage by reconstruction guidance or replacement (VDM 3.1).
 
-    stage = sampling.load_stage(config, workdir)
+    stage = stage_lib.load_stage(config, workdir)   # vdm_jax.sample.stage
     videos, boundaries = extend_video(stage, key=key, prompts=prompts, num_frames=32, overlap=4)
     filled = fill_frames(stage, key=key, prompts=prompts, video=video, frame_mask=mask)
     hires = super_resolve_by_guidance(stage, key=key, prompts=prompts, lowres=lowres)
@@ -10,7 +10,7 @@ sample (`diffusion.Observation`): known frames (extension, filling) or a downsam
 (super-resolution with a stage trained at the high resolution), by VDM's reconstruction
 guidance (`method='reconstruction'`, weight w_r) or the replacement baseline
 (`method='replacement'`). The sampler settings are the stage's `config.sample` with overrides,
-as in `sampling.sample_stage`; every call of one shape and method compiles once (the jitted
+as in `sampler.sample_stage`; every call of one shape and method compiles once (the jitted
 sampler is cached on the Stage, and w_r is traced, so every weight shares it).
 """
 from __future__ import annotations
@@ -18,12 +18,13 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import jax
-from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 
 from vdm_jax import diffusion
-from vdm_jax import sampling
-from vdm_jax import sharding as sharding_lib
+from vdm_jax.sample import conditioning as cond_lib
+from vdm_jax.sample import sampler
+from vdm_jax.sample import stage as stage_lib
+from vdm_jax.train import stage_sampler
 
 # VDM's w_r in the alpha_t / 2 form. On the Gaussian toy of tests/test_reconstruction_guidance.py
 # samples come closest to the true conditional near 5 (1 under-corrects, 10-20 overshoot);
@@ -31,16 +32,17 @@ from vdm_jax import sharding as sharding_lib
 DEFAULT_RECONSTRUCTION_WEIGHT = 5.0
 
 
-def _check_stage(stage: sampling.Stage) -> None:
+def _check_stage(stage: stage_lib.Stage) -> None:
   if stage.is_sr:
     raise ValueError(f"The {stage.config.stage} stage samples from a low-resolution input; "
                      "conditional sampling by guidance needs a stage that samples from text "
                      "alone (e.g. a base stage, or one trained at the high resolution for SR).")
 
 
-def _make_fn(stage: sampling.Stage, settings: dict, shape: tuple, has_uncond: bool,
+def _make_fn(stage: stage_lib.Stage, settings: dict, shape: tuple, has_uncond: bool,
              method: str, factor: int):
-  run = sampling.stage_sampler(stage, settings, shape, has_uncond)
+  run = stage_sampler.make_sample_fn(stage.config, stage.model, settings, shape=shape,
+                                     has_uncond=has_uncond)
 
   def fn(params, key, cond, uncond, init_noise, values, mask, weight):
     return run(params, key, cond, uncond, init_noise,
@@ -49,7 +51,7 @@ def _make_fn(stage: sampling.Stage, settings: dict, shape: tuple, has_uncond: bo
   return fn
 
 
-def sample_observed(stage: sampling.Stage, *, key: jax.Array, values: np.ndarray,
+def sample_observed(stage: stage_lib.Stage, *, key: jax.Array, values: np.ndarray,
                     mask: Optional[np.ndarray] = None, factor: int = 1,
                     method: str = "reconstruction",
                     reconstruction_weight: float = DEFAULT_RECONSTRUCTION_WEIGHT,
@@ -61,12 +63,12 @@ def sample_observed(stage: sampling.Stage, *, key: jax.Array, values: np.ndarray
   Args:
     stage: a loaded stage that samples from text (or nothing) alone.
     key: sampler key; the initial noise is `init_noise` or drawn from fold_in(key, 2) as in
-      `sampling.sample_stage` (so equal keys give equal noise for every method).
+      `sampler.sample_stage` (so equal keys give equal noise for every method).
     values: y, float in [-1, 1]: [N, T, H, W, C] (factor 1) or [N, T, H/f, W/f, C].
     mask: 1 where y is observed, [N, T] (frames) or y's shape; None = all of y.
     factor: A's spatial average-pool factor (1 = identity).
     method: 'reconstruction' (weight `reconstruction_weight`) or 'replacement' (factor 1).
-    prompts / num_videos, fps: as `sampling.sample_stage`; overrides: `config.sample` settings.
+    prompts / num_videos, fps: as `sampler.sample_stage`; overrides: `config.sample` settings.
   """
   _check_stage(stage)
   diffusion.reconstruction.check_observation_method(method)
@@ -82,29 +84,21 @@ def sample_observed(stage: sampling.Stage, *, key: jax.Array, values: np.ndarray
   mask = None if mask is None else np.asarray(mask).astype(bool)
   diffusion.reconstruction.check_observation(
       diffusion.Observation(values=values, mask=mask, factor=int(factor)), shape)
-  settings = sampling.sample_settings(c, overrides)
-  cond, uncond = sampling.stage_conditioning(stage, prompts=prompts, n=n, fps=fps)
+  settings = stage_sampler.sample_settings(c, overrides)
+  cond, uncond = cond_lib.stage_conditioning(stage, prompts=prompts, n=n, fps=fps)
   has_uncond = uncond is not None and settings["guidance_weight"] != 0.0
-  noise = sampling.initial_noise(c, jax.random.fold_in(key, 2), shape, init_noise=init_noise,
+  noise = cond_lib.initial_noise(c, jax.random.fold_in(key, 2), shape, init_noise=init_noise,
                                  shared_init_noise=shared_init_noise)
   cache_key = ("observation", method, int(factor), None if mask is None else mask.shape,
                tuple(sorted(settings.items())), shape, has_uncond)
-  jitted = stage.jit_cache.get(cache_key)
-  if jitted is None:
-    fn = _make_fn(stage, settings, shape, has_uncond, method, int(factor))
-    rep = NamedSharding(stage.mesh, PartitionSpec())
-    jitted = jax.jit(fn, in_shardings=(stage.param_shardings,) + (rep,) * 7,
-                     out_shardings=rep)
-    stage.jit_cache[cache_key] = jitted
   weight = np.full((n,), reconstruction_weight, np.float32)
-  args = sharding_lib.replicate((cond, uncond if has_uncond else None, noise, values, mask,
-                                 weight), stage.mesh)
-  with jax.set_mesh(stage.mesh):
-    out = jitted(stage.params, key, *args)
-  return np.asarray(jax.device_get(out))
+  return sampler.call_jitted(
+      stage, cache_key,
+      lambda: _make_fn(stage, settings, shape, has_uncond, method, int(factor)),
+      key, cond, uncond if has_uncond else None, noise, values, mask, weight)
 
 
-def extend_video(stage: sampling.Stage, *, key: jax.Array, num_frames: int, overlap: int,
+def extend_video(stage: stage_lib.Stage, *, key: jax.Array, num_frames: int, overlap: int,
                  prompts: Optional[Sequence[str]] = None, num_videos: Optional[int] = None,
                  init_video: Optional[np.ndarray] = None, method: str = "reconstruction",
                  reconstruction_weight: float = DEFAULT_RECONSTRUCTION_WEIGHT,
@@ -112,7 +106,7 @@ def extend_video(stage: sampling.Stage, *, key: jax.Array, num_frames: int, over
   """Extends videos autoregressively to `num_frames` frames with a stage of T frames.
 
   The first block is `init_video` [N, T0, H, W, C] (T0 >= overlap, kept exactly) or, when None,
-  T frames sampled by `sampling.sample_stage` with key fold_in(key, 0). Block i >= 1 (key
+  T frames sampled by `sampler.sample_stage` with key fold_in(key, 0). Block i >= 1 (key
   fold_in(key, i)) is sampled with its first `overlap` frames observed: the last `overlap`
   frames of the video so far; its T - overlap new frames are appended (the last block's cut to
   fit). Returns (videos float32 [N, num_frames, H, W, C], boundaries): boundaries[k] is the
@@ -126,8 +120,8 @@ def extend_video(stage: sampling.Stage, *, key: jax.Array, num_frames: int, over
     raise ValueError(f"overlap={overlap} must lie in [1, {frames - 1}] for a stage of "
                      f"{frames} frames (each block adds frames - overlap new frames).")
   if init_video is None:
-    video = sampling.sample_stage(stage, key=jax.random.fold_in(key, 0), prompts=prompts,
-                                  num_videos=num_videos, fps=fps, **overrides)
+    video = sampler.sample_stage(stage, key=jax.random.fold_in(key, 0), prompts=prompts,
+                                 num_videos=num_videos, fps=fps, **overrides)
   else:
     video = np.asarray(init_video, np.float32)
     if video.ndim != 5 or video.shape[2:] != (c.height, c.width, c.channels):
@@ -157,7 +151,7 @@ def extend_video(stage: sampling.Stage, *, key: jax.Array, num_frames: int, over
   return video, boundaries
 
 
-def fill_frames(stage: sampling.Stage, *, key: jax.Array, video: np.ndarray,
+def fill_frames(stage: stage_lib.Stage, *, key: jax.Array, video: np.ndarray,
                 frame_mask: np.ndarray, prompts: Optional[Sequence[str]] = None,
                 method: str = "reconstruction",
                 reconstruction_weight: float = DEFAULT_RECONSTRUCTION_WEIGHT,
@@ -177,7 +171,7 @@ def fill_frames(stage: sampling.Stage, *, key: jax.Array, video: np.ndarray,
                          num_videos=len(video), fps=fps, **overrides)
 
 
-def super_resolve_by_guidance(stage: sampling.Stage, *, key: jax.Array, lowres: np.ndarray,
+def super_resolve_by_guidance(stage: stage_lib.Stage, *, key: jax.Array, lowres: np.ndarray,
                               factor: Optional[int] = None,
                               prompts: Optional[Sequence[str]] = None,
                               reconstruction_weight: float = DEFAULT_RECONSTRUCTION_WEIGHT,

@@ -6,17 +6,21 @@ from `np.random.default_rng([seed, split_id, i])`, so builds are byte-for-byte r
 independent of the order examples are generated in.
 
 Features of `moving_shapes`:
-  video     uint8 [T, H, W, 3]   the rendered clip (see `procedural.render`), zlib-compressed
-  caption   text                 `procedural.caption(spec)`
+  video     uint8 [T, H, W, 3]   the rendered clip (see `render.render`), zlib-compressed
+  caption   text                 `grammar.caption(spec)`
   fps       float32              frames per second of the stored clip
   held_out  int32                1 if an object carries a held-out attribute combo
-  + the flat labels of `procedural.labels_to_dict` (num_objects, background, obj{i}_*).
+  + the flat labels of `grammar.labels_to_dict` (num_objects, background, obj{i}_*).
 `moving_shapes_images` stores `image` uint8 [H, W, 3] instead of `video`, a caption without
 motion, fps = 0 and all objects "still".
 
 Splits: `train` never contains a held-out combo; `test` holds
 `round(num_test * test_held_out_fraction)` examples that do (object 0 carries one, chosen
 uniformly) followed by regular ones (before tfds's deterministic shuffle of record order).
+
+Builds live in `<data_dir>/<tfds name>/<config name>/1.0.0`: the class names (tfds names
+`moving_shapes`, `moving_shapes_images`) and `make_config`'s naming must not change, or builds
+made earlier stop loading.
 """
 import dataclasses
 import hashlib
@@ -25,8 +29,9 @@ import json
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vdm_jax.data import procedural
 from vdm_jax.data import tfds_compat
+from vdm_jax.data.moving_shapes import grammar
+from vdm_jax.data.moving_shapes import render
 
 SPLIT_IDS = {"train": 0, "test": 1}
 
@@ -50,14 +55,14 @@ class MovingShapesConfig(tfds.core.BuilderConfig):
 def parse_vocabulary(vocabulary) -> tuple:
   """A vocabulary mapping (kind -> allowed words; empty = all) as the sorted, hashable tuple of
   its restricted kinds, ((kind, words), ...); () when nothing is restricted."""
-  full = procedural.check_vocabulary(vocabulary)
-  return tuple((k, w) for k, w in sorted(full.items()) if w != procedural.VOCABULARY[k])
+  full = grammar.check_vocabulary(vocabulary)
+  return tuple((k, w) for k, w in sorted(full.items()) if w != grammar.VOCABULARY[k])
 
 
 def parse_combos(held_out) -> tuple:
   """Accepts combos as word tuples or space-separated strings ("red triangle")."""
   combos = tuple(tuple(c.split()) if isinstance(c, str) else tuple(c) for c in held_out)
-  return procedural.check_combos(combos)
+  return grammar.check_combos(combos)
 
 
 def make_config(*, frames=16, height=32, width=32, fps=8.0, num_train=2048, num_test=256,
@@ -65,21 +70,21 @@ def make_config(*, frames=16, height=32, width=32, fps=8.0, num_train=2048, num_
                 two_object_prob=0.3, vocabulary=None) -> MovingShapesConfig:
   """A validated config whose name encodes its parameters (a new directory per change).
 
-  `vocabulary` ({kind: words}, see `procedural.check_vocabulary`) restricts the words clips
+  `vocabulary` ({kind: words}, see `grammar.check_vocabulary`) restricts the words clips
   use, e.g. {"speed": ("fast",)}; held-out combos must use allowed words.
   """
   held_out = parse_combos(held_out)
   vocab = parse_vocabulary(vocabulary)
-  allowed = procedural.check_vocabulary(dict(vocab))
+  allowed = grammar.check_vocabulary(dict(vocab))
   for combo in held_out:
-    outside = [w for w in combo if w not in allowed[procedural.ATTRIBUTE_OF[w]]]
+    outside = [w for w in combo if w not in allowed[grammar.ATTRIBUTE_OF[w]]]
     if outside:
       raise ValueError(f"Held-out combo {combo} uses {outside}, outside the vocabulary "
                        f"{dict(vocab)}: it could never appear in the test split.")
   if two_object_prob > 0 and len(allowed["color"]) < 2:
     raise ValueError(f"two_object_prob={two_object_prob} needs at least two colours in the "
                      f"vocabulary, got {allowed['color']}.")
-  procedural.validate_geometry(frames=frames, fps=fps, height=height, width=width)
+  grammar.validate_geometry(frames=frames, fps=fps, height=height, width=width)
   if num_train < 1 or num_test < 1:
     raise ValueError(f"num_train={num_train} and num_test={num_test} must be positive.")
   if not 0.0 <= test_held_out_fraction <= 1.0:
@@ -101,22 +106,22 @@ def num_held_out_test(cfg: MovingShapesConfig) -> int:
 
 
 def sample_example_spec(cfg: MovingShapesConfig, split: str, index: int,
-                        image: bool = False) -> procedural.ClipSpec:
+                        image: bool = False) -> grammar.ClipSpec:
   """The spec of example `index` of `split` (a pure function of the config)."""
   rng = np.random.default_rng([cfg.seed, SPLIT_IDS[split], index, int(image)])
   combos = cfg.held_out
   if image:  # motion words cannot apply to images
     combos = tuple(c for c in combos
-                   if not any(procedural.ATTRIBUTE_OF[w] in ("motion", "speed") for w in c))
+                   if not any(grammar.ATTRIBUTE_OF[w] in ("motion", "speed") for w in c))
   include = split == "test" and bool(combos) and index < num_held_out_test(cfg)
-  return procedural.sample_spec(
+  return grammar.sample_spec(
       rng, frames=cfg.frames, height=cfg.height, width=cfg.width, fps=cfg.fps,
       two_object_prob=cfg.two_object_prob, held_out=combos, include_held_out=include,
       image=image, vocabulary=dict(cfg.vocabulary))
 
 
 def _label_features() -> dict:
-  return {k: tfds.features.Scalar(dtype=v) for k, v in procedural.label_keys().items()}
+  return {k: tfds.features.Scalar(dtype=v) for k, v in grammar.label_keys().items()}
 
 
 class _ProceduralBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -156,12 +161,12 @@ class _ProceduralBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     count = cfg.num_train if split == "train" else cfg.num_test
     for index in range(count):
       spec = sample_example_spec(cfg, split, index, image=self.IMAGE)
-      pixels = procedural.render(spec)
+      pixels = render.render(spec)
       example = {
-          "caption": procedural.caption(spec),
+          "caption": grammar.caption(spec),
           "fps": np.float32(0.0 if self.IMAGE else cfg.fps),
-          "held_out": np.int32(procedural.is_held_out(spec, cfg.held_out)),
-          **procedural.labels_to_dict(spec),
+          "held_out": np.int32(grammar.is_held_out(spec, cfg.held_out)),
+          **grammar.labels_to_dict(spec),
       }
       if self.IMAGE:
         example["image"] = pixels[0]

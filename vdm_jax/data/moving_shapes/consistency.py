@@ -17,7 +17,7 @@ from typing import Dict, Sequence
 
 import numpy as np
 
-from vdm_jax.eval import detectors
+from vdm_jax.data.moving_shapes import detectors
 
 METRICS = ("color_std", "area_cv", "shape_agreement", "flicker", "frame_diff")
 

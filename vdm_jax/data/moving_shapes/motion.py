@@ -1,9 +1,9 @@
 """Motion and speed of a moving-shapes object from its centroid track.
 
-The renderer (`procedural`) moves an object with constant velocity in frame fractions per second:
-along one of eight compass directions ("left", ..., "down-right"), not at all ("still"), or
-"bouncing": along a direction 25-65 degrees off the axes, reflected at the frame edges (each
-coordinate a triangle wave). From a track we decide, in this order:
+The renderer (`render`, see `grammar`) moves an object with constant velocity in frame
+fractions per second: along one of eight compass directions ("left", ..., "down-right"), not at
+all ("still"), or "bouncing": along a direction 25-65 degrees off the axes, reflected at the
+frame edges (each coordinate a triangle wave). From a track we decide, in this order:
   1. "bouncing" if some axis is better explained by a reflection (x = a + b |t - t0|) than by a
      line, by more than the noise allows;
   2. "still" if the least-squares speed is below STILL_SPEED;
@@ -17,13 +17,13 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from vdm_jax.data import procedural
+from vdm_jax.data.moving_shapes import grammar
 
-SLOW, FAST = min(procedural.SPEEDS.values()), max(procedural.SPEEDS.values())
+SLOW, FAST = min(grammar.SPEEDS.values()), max(grammar.SPEEDS.values())
 STILL_SPEED = 0.5 * SLOW                    # frame fractions / s
 FAST_SPEED = math.sqrt(SLOW * FAST)         # slow | fast boundary (geometric mean)
 COMPASS = {name: math.degrees(math.atan2(d[1], d[0]))
-           for name, d in procedural.MOTIONS.items() if d is not None and d != (0.0, 0.0)}
+           for name, d in grammar.MOTIONS.items() if d is not None and d != (0.0, 0.0)}
 MIN_BOUNCE_AXIS_SPEED = 0.5 * SLOW * math.sin(math.radians(25.0))  # per axis, frame fractions/s
 NOISE_FLOOR_PX = 0.03       # centroid error of an exact anti-aliased render, pixels
 MIN_ANGLE_TOLERANCE = 1.0   # degrees
