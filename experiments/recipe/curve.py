@@ -28,6 +28,8 @@ def load(path: str, variants: dict) -> dict:
       r = json.loads(line)
       if r["variant"] not in variants.get(r["stage"], "").split("+"):
         continue
+      if any(item.startswith("sample.") for item in r.get("set", [])):
+        continue   # read with other sampler settings: not a point of the training curve
       acc = r.get("caption_accuracy") or r.get("read") or {}
       curves[r["stage"]].append({
           "step": r["step"], "cpu_hours": round(r.get("cpu_s", 0.0) / 3600, 3),
