@@ -1,14 +1,16 @@
-"""Checkpoints restore and sample the same videos as when the golden videos were recorded.
+"""Trained weights written before a change still load and sample the same videos after it.
 
-The tiny test cascade (base -> tsr1 -> ssr1, random weights from fixed seeds) is checkpointed
-into a temporary directory, restored through `Cascade.from_config` (orbax layout, config item,
-checksums, parameter names) and sampled; the videos must equal
-tests/fixtures/checkpoints/tiny_cascade_samples.npz, recorded by make_tiny_cascade.py at the
-commit its metadata names. The same weights exported by the code of an earlier commit
-(tiny_cascade_export/, made by make_tiny_export.py: safetensors + config JSON + manifest) must
-load with today's code and sample the same videos: old configs and parameter names keep
-working. No training run directory is committed. A change of checkpointing, restoring or sampling that alters them breaks users' trained models:
-it needs a migration, not a new golden file.
+The tiny test cascade (base -> tsr1 -> ssr1, random weights from fixed seeds) is
+- checkpointed with orbax into a temporary directory, restored through
+  `Cascade.from_config` (orbax layout, config item, checksums, parameter names) and sampled;
+- loaded from tests/fixtures/tiny_cascade/exported/: the same weights as exported by the code
+  of the commit its manifest names (safetensors + config JSON + manifest; configs from before
+  `model.family` existed), and sampled.
+Both must give the videos of tests/fixtures/tiny_cascade/samples.npz, recorded at the commit
+its `made_by` names. Both fixtures are made by tests/fixtures/tiny_cascade/make_fixtures.py.
+No orbax checkpoint or run directory is committed. A change of checkpointing, restoring or
+sampling that alters these videos breaks users' trained models: it needs a migration, not new
+fixtures.
 """
 import hashlib
 import os
@@ -20,9 +22,9 @@ from cascade_testlib import TEXT_DIM, save_random_checkpoint, tiny_cascade_confi
 from vdm_jax import export
 from vdm_jax.sample import cascade as cascade_lib
 
-GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "checkpoints",
-                      "tiny_cascade_samples.npz")
-EXPORTED = os.path.join(os.path.dirname(GOLDEN), "tiny_cascade_export")
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "tiny_cascade")
+GOLDEN = os.path.join(FIXTURES, "samples.npz")
+EXPORTED = os.path.join(FIXTURES, "exported")
 PROMPTS = ["a large red circle moving left quickly on a black background",
            "a large blue square moving down quickly on a white background"]
 
@@ -59,17 +61,14 @@ def sample_cascade(config, root) -> dict:
 
 def test_checkpoints_restore_and_sample_the_recorded_videos(tmp_path):
   root = str(tmp_path / "cascade")
-  got = sample_cascade(write_checkpoints(root), root)
-  expected = np.load(GOLDEN)
-  assert sorted(got) == sorted(k for k in expected.files if k != "made_by") == [
-      "base", "ssr1", "tsr1"]
-  for name in ("base", "tsr1", "ssr1"):
-    assert got[name].shape == expected[name].shape, name
-    np.testing.assert_allclose(got[name], expected[name], atol=1e-4, rtol=0, err_msg=name)
+  assert_golden(sample_cascade(write_checkpoints(root), root))
 
 
 def assert_golden(got):
+  """Every stage's videos equal the recorded ones."""
   expected = np.load(GOLDEN)
+  assert sorted(got) == sorted(k for k in expected.files if k != "made_by") == [
+      "base", "ssr1", "tsr1"]
   for name in ("base", "tsr1", "ssr1"):
     assert got[name].shape == expected[name].shape, name
     np.testing.assert_allclose(got[name], expected[name], atol=1e-4, rtol=0, err_msg=name)

@@ -7,6 +7,7 @@ import pytest
 
 from configs import default, demo, tiny
 from vdm_jax import config_utils
+from vdm_jax.models import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,6 +31,7 @@ def test_shipped_configs_validate(get_config):
     ("model.lowres_conditioning", "both", "model.lowres_conditioning='both'"),
     ("model.temporal_position", "absolute", "model.temporal_position='absolute'"),
     ("model.frame_position", "learned", "model.frame_position='learned'"),
+    ("model.family", "dit", "model.family = 'dit' is not a known model family; use one of"),
     ("model.temporal_mixing", ("attention", "space"), "temporal_mixing entry 'space'"),
 ])
 def test_bad_values_name_the_key(key, value, fragment):
@@ -42,6 +44,15 @@ def test_bad_values_name_the_key(key, value, fragment):
   with pytest.raises(config_utils.ConfigError, match=fragment.replace(".", r"\.")
                      .replace("(", r"\(").replace(")", r"\)")):
     config_utils.validate_config(c)
+
+
+def test_a_model_section_without_a_family_is_a_unet():
+  """Configs and checkpoints written before `model.family` existed read as U-Nets."""
+  c = tiny.get_config()
+  del c.model["family"]
+  config_utils.validate_config(c)
+  assert registry.family(c.model).name == "unet"
+  assert registry.with_optional_keys(dict(c.model))["family"] == "unet"
 
 
 def test_correlated_noise_prior_needs_a_positive_alpha():

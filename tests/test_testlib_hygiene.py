@@ -8,8 +8,9 @@ another module in tests/: a test module's contents are its own, free to change w
 another file. The check reads the sources with `ast` (nothing is imported or compiled) and also
 reads the scripts that tests embed as strings for a subprocess.
 
-The one intended exception is outside this check: the golden-file generators under
-tests/fixtures/checkpoints/ import test_checkpoint_fixture to reuse the test's recipe.
+The one intended exception is outside this check: the fixture generator
+tests/fixtures/tiny_cascade/make_fixtures.py imports test_checkpoint_fixture to reuse the
+test's recipe.
 """
 import ast
 import glob

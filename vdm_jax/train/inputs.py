@@ -42,10 +42,6 @@ def text_conditioning(config) -> tuple[Optional[Any], Optional[Any]]:
   saves the store first and the others load it."""
   if not registry.family(config.model).needs_text:
     return None, None
-  if config.text.encoder == "none":
-    raise ValueError("The model reads text (model.text_cross_attention or "
-                     "model.text_pooled_conditioning) but text.encoder='none'; choose an "
-                     "encoder or turn text conditioning off.")
   encoder = text.load_text_encoder(config.text)
   if encoder.dim != config.model.text_embed_dim:
     raise ValueError(f"text.encoder={config.text.encoder!r} gives {encoder.dim}-dim embeddings "
