@@ -52,6 +52,7 @@ def get_config(arg=None):
   # --- data ---
   dd = c.data = ml_collections.ConfigDict()
   dd.name = "moving_shapes"               # moving_shapes | moving_shapes_images | video_folder
+  #   | image_folder
   dd.data_dir = "data"                    # where tfds builds live
   dd.num_train_examples = 2048
   dd.num_eval_examples = 256
@@ -59,7 +60,10 @@ def get_config(arg=None):
   dd.source_resolution = 32
   dd.source_fps = 8.0
   dd.video_dir = ""                       # video_folder: the user's directory
+  dd.image_dir = ""                       # image_folder: the user's directory of images
   dd.images_per_video = 0                 # joint image-video training: extra images per video
+  dd.captions = "use"                     # use | ignore: every clip gets the null condition
+  #   (motion from unlabeled video, Make-A-Video; a video_folder then needs no captions)
   dd.shuffle_seed = 0
   dd.worker_count = 0
   # moving_shapes / moving_shapes_images (vdm_jax/data/moving_shapes/builder.py):
@@ -75,6 +79,9 @@ def get_config(arg=None):
   dd.video_clips_per_video = 1            # clips cut from each video (0 = all that fit)
   dd.video_short_clips = "pad"            # pad | skip: videos shorter than one clip
   dd.video_test_fraction = 0.0            # share of files in a test split (0 = train only)
+  # image_folder (vdm_jax/data/image_folder.py): captioned images, each tiled over the frames
+  # (text-to-image training, Make-A-Video); stored at source_resolution x source_resolution.
+  dd.image_test_fraction = 0.0            # share of images in a test split (0 = train only)
   dd.rebuild = False                      # build_data: overwrite an existing build
   # pipeline (vdm_jax/data/pipeline.py):
   dd.image_source = "frames"              # joint training images: frames | moving_shapes_images
@@ -106,6 +113,12 @@ def get_config(arg=None):
   tr.b2 = 0.99
   tr.grad_clip = 1.0
   tr.grad_accum_steps = 1
+  tr.trainable = "all"                    # all | temporal: only the temporal layers train, the
+  #   spatial ones stay frozen (Make-A-Video's motion step after inflation)
+  # A fresh run (no checkpoint in its workdir) starts from the EMA weights of this training
+  # workdir's newest checkpoint: a text-to-image stage is inflated (its weights copied, new
+  # temporal layers as the identity), a video stage of the same model is copied. "" = random.
+  tr.init_from = ""
   tr.ema_decay = 0.9999
   tr.ema_warmup = True
   tr.log_every = 20

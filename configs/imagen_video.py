@@ -46,6 +46,7 @@ import ml_collections
 
 from configs import default
 from vdm_jax import config_utils
+from vdm_jax.models import conditioning
 from vdm_jax.models.unet import presets as unet_presets
 
 STAGE_ORDER = ("base", "tsr1", "ssr1", "ssr2", "tsr2", "tsr3", "ssr3")
@@ -137,11 +138,11 @@ def _set_data_source(c, scale: str, final: str) -> None:
     d.video_dir = ""          # set --config.data.video_dir=...
 
 
-def _use_interpolation(c) -> None:
+def use_interpolation(c) -> None:
   """Turns a TSR stage config into masked frame interpolation (Make-A-Video): known frames +
   frame mask instead of the lowres video; masks of its factor k (and 2k when it fits), the
   first half of the training window (extrapolation) and none (generation)."""
-  k = c.frames // c.data.lowres_frames
+  k = conditioning.temporal_factor(c.frames, c.data.lowres_frames)
   window = c.data.crop_frames or c.frames
   c.model.lowres_conditioning = "none"
   c.model.frame_mask_conditioning = True
@@ -226,7 +227,7 @@ def stage_config(name: str, scale: str = "cpu", final: str = STAGE_ORDER[-1],
     t.keep_last = 1
     c.eval.num_videos = 16
   if kind == "tsr" and tsr == "interp":
-    _use_interpolation(c)
+    use_interpolation(c)
   return c
 
 
@@ -239,16 +240,22 @@ def cascade_config(scale: str = "cpu", stages=STAGE_ORDER, tsr: str = "lowres"):
     raise ValueError(f"cascade stages {stages} must be a prefix of {STAGE_ORDER} (each stage is "
                      "trained on the previous one's geometry).")
   c = stage_config(stages[-1], scale, stages[-1], tsr)
-  c.cascade = ml_collections.ConfigDict()
-  c.cascade.order = stages
-  c.cascade.scale = scale
-  c.cascade.seed = 0              # stage i samples with seed + i unless its sample.seed >= 0
+  c.cascade = cascade_section({n: stage_config(n, scale, stages[-1], tsr) for n in stages},
+                              scale=scale)
+  return c
+
+
+def cascade_section(stage_configs: dict, *, scale: str) -> ml_collections.ConfigDict:
+  """The `cascade` section over `stage_configs` (name -> config, base first)."""
+  s = ml_collections.ConfigDict()
+  s.order = tuple(stage_configs)
+  s.scale = scale
+  s.seed = 0                      # stage i samples with seed + i unless its sample.seed >= 0
   # Distilled stages replacing trained ones at sampling: "name=<distillation round dir>,..."
   # (e.g. "base=out/base_distill/rounds/03_progressive_0008"); "" = none.
-  c.cascade.distilled = ""
-  c.cascade.stages = ml_collections.ConfigDict(
-      {n: stage_config(n, scale, stages[-1], tsr) for n in stages})
-  return c
+  s.distilled = ""
+  s.stages = ml_collections.ConfigDict(dict(stage_configs))
+  return s
 
 
 def get_config(arg=None):

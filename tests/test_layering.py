@@ -39,7 +39,8 @@ LAZY_OK = ("tensorflow_datasets", "grain", "tensorboardX", "imageio", "imageio_f
            "tokenizers", "sentencepiece", "safetensors", "tqdm", "jax.experimental.pallas",
            "numpy.core", "numpy._core", "subprocess", "importlib",
            # the tfds builders: importing one imports tensorflow_datasets
-           "vdm_jax.data.video_folder", "vdm_jax.data.moving_shapes.builder")
+           "vdm_jax.data.video_folder", "vdm_jax.data.image_folder",
+           "vdm_jax.data.moving_shapes.builder")
 
 
 def library_modules():

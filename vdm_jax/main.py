@@ -6,6 +6,8 @@ Modes:
   sample      sample --prompt=... from the stage trained in --workdir
   eval        evaluate the stage in --workdir on held-out prompts (FVD, caption accuracy)
   distill     progressive / guided distillation of the stage trained in --teacher_workdir
+  inflate     write checkpoint 0 of a video stage in --workdir from the text-to-image stage
+              in --config.train.init_from (Make-A-Video; then --mode=train goes on from it)
 
 Any config value can be overridden: `--config.train.lr=1e-4 --config.train.batch_size=32`.
 All logic lives in importable modules; this file only parses flags and dispatches.
@@ -37,7 +39,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with a variant: configs/x.py:arg.",
     lock_config=True)
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["build_data", "train", "sample", "eval", "distill"], "What to run.")
+    "mode", "train", ["build_data", "train", "sample", "eval", "distill", "inflate"],
+    "What to run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 _PROMPTS = flags.DEFINE_multi_string("prompt", [], "Prompts for --mode=sample (repeatable).")
 _OUT = flags.DEFINE_string("out", None, "Output directory for sample/eval (default: workdir).")
@@ -84,6 +87,9 @@ def _main(argv):
   elif mode == "train":
     sharding.maybe_initialize_distributed()
     loop.train_and_evaluate(config, _require_workdir())
+  elif mode == "inflate":
+    sharding.maybe_initialize_distributed()
+    loop.initialize_workdir(config, _require_workdir())
   elif mode == "sample":
     if not _PROMPTS.value:
       raise app.UsageError('--mode=sample needs at least one --prompt="..."')

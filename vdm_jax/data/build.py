@@ -1,10 +1,11 @@
 """Building and opening the dataset that an experiment config names.
 
 `build_dataset(config)` is what `python -m vdm_jax.main --mode=build_data --config=...` runs:
-it builds `config.data.name` (moving_shapes | moving_shapes_images | video_folder) into
-`config.data.data_dir` as array_record files, printing progress. `make_builder(config)` opens
-the same build for reading (`builder.as_data_source()`), and `load_split_examples` returns raw
-decoded clips, captions and labels (the FVD reference set, galleries).
+it builds `config.data.name` (moving_shapes | moving_shapes_images | video_folder |
+image_folder) into `config.data.data_dir` as array_record files, printing progress.
+`make_builder(config)` opens the same build for reading (`builder.as_data_source()`), and
+`load_split_examples` returns raw decoded clips, captions and labels (the FVD reference set,
+galleries).
 `validate_data_config(config)` lists the errors of the `data` section (for
 `config_utils.validate_config`).
 """
@@ -14,9 +15,16 @@ import numpy as np
 
 from vdm_jax.data.moving_shapes import grammar
 
-DATASETS = ("moving_shapes", "moving_shapes_images", "video_folder")
+DATASETS = ("moving_shapes", "moving_shapes_images", "video_folder", "image_folder")
 SHORT_CLIPS = ("pad", "skip")                        # data.video_short_clips (video_folder)
 IMAGE_SOURCES = ("frames", "moving_shapes_images")   # data.image_source (joint training)
+CAPTION_MODES = ("use", "ignore")                    # data.captions
+
+
+def ignores_captions(config) -> bool:
+  """True when `data.captions='ignore'`: every clip trains with the null condition (a
+  video_folder then needs no captions)."""
+  return config.data.get("captions", "use") == "ignore"
 
 
 def validate_data_config(config) -> List[str]:
@@ -25,10 +33,17 @@ def validate_data_config(config) -> List[str]:
   d = config.data
   errors = []
   for key, choices in (("name", DATASETS), ("video_short_clips", SHORT_CLIPS),
-                       ("image_source", IMAGE_SOURCES)):
+                       ("image_source", IMAGE_SOURCES), ("captions", CAPTION_MODES)):
     value = d.get(key)
     if value is not None and value not in choices:
       errors.append(f"data.{key}={value!r} is not one of {choices}")
+  if d.get("name") == "image_folder" and not d.get("image_dir", ""):
+    errors.append("data.name='image_folder' needs data.image_dir: set it to the folder of your "
+                  "captioned images (captions in sidecar <name>.txt files, captions.jsonl or "
+                  "captions.csv; optional: data.image_test_fraction)")
+  fraction = d.get("image_test_fraction", 0.0)
+  if not 0.0 <= fraction < 1.0:
+    errors.append(f"data.image_test_fraction={fraction} must lie in [0, 1)")
   vocabulary = d.get("vocabulary", None)
   if vocabulary is not None and str(d.get("name", "")).startswith("moving_shapes"):
     try:
@@ -41,8 +56,8 @@ def validate_data_config(config) -> List[str]:
 def builder_config(config, *, check_video_dir: bool = True):
   """The tfds BuilderConfig for `config.data` (an experiment config, see configs/default.py).
 
-  `check_video_dir=False` lets a built video_folder dataset be read after its source
-  directory is gone.
+  `check_video_dir=False` lets a built video_folder (or image_folder) dataset be read after
+  its source directory is gone.
   """
   d = config.data
   if d.name not in DATASETS:
@@ -54,7 +69,13 @@ def builder_config(config, *, check_video_dir: bool = True):
         video_dir=d.video_dir, frames=d.source_frames, height=res, width=res,
         fps=d.source_fps, default_fps=d.video_default_fps,
         clips_per_video=d.video_clips_per_video, short_clips=d.video_short_clips,
-        test_fraction=d.video_test_fraction, check_dir=check_video_dir)
+        test_fraction=d.video_test_fraction, require_captions=not ignores_captions(config),
+        check_dir=check_video_dir)
+  if d.name == "image_folder":
+    from vdm_jax.data import image_folder  # pylint: disable=g-import-not-at-top
+    return image_folder.make_config(
+        image_dir=d.get("image_dir", ""), height=res, width=res,
+        test_fraction=d.get("image_test_fraction", 0.0), check_dir=check_video_dir)
   from vdm_jax.data.moving_shapes import builder  # pylint: disable=g-import-not-at-top
   return builder.make_config(
       frames=d.source_frames, height=res, width=res, fps=d.source_fps,
@@ -69,6 +90,9 @@ def builder_class(name: str):
   if name == "video_folder":
     from vdm_jax.data import video_folder  # pylint: disable=g-import-not-at-top
     return video_folder.VideoFolder
+  if name == "image_folder":
+    from vdm_jax.data import image_folder  # pylint: disable=g-import-not-at-top
+    return image_folder.ImageFolder
   from vdm_jax.data.moving_shapes import builder  # pylint: disable=g-import-not-at-top
   if name == "moving_shapes":
     return builder.MovingShapes
@@ -123,8 +147,8 @@ def load_split_examples(config, split: str, n: int, *, name: Optional[str] = Non
 
   Returns a dict with 'video' uint8 [n, T, H, W, 3] (images: T = 1), 'caption' list[str],
   'fps' float32 [n], 'is_image' bool [n] and 'labels': a dict of [n] arrays for every other
-  scalar feature (the procedural labels, held_out, ...; empty for a video folder but source
-  information). Fewer than `n` when the split is smaller.
+  scalar feature (the procedural labels, held_out, ...; for a video or image folder only its
+  source information). Fewer than `n` when the split is smaller.
   """
   builder = make_builder(config, name=name)
   sources = builder.as_data_source()

@@ -31,6 +31,11 @@ not a clip's (`vdm_jax.train.objective.split_joint_batch`). A `moving_shapes_ima
 as the main source gives image rows tiled over all T frames (`video[r, t] == video[r, 0]`,
 is_image True, fps 0). Temporal SR stages do not take extra images (they learn frame rates).
 
+Captions: every row's text_emb / text_mask is its caption's, looked up in the text store, or
+the null condition (zeros, all-False mask: what classifier-free dropout gives) for a clip
+without a caption and for every row when `data.captions='ignore'` (motion learned from
+unlabeled video, Make-A-Video); the null condition never reaches a caption lookup.
+
 Super-resolution conditioning, made on the fly from the same clip (same uint8 pixels):
   "ssr": lowres = `video_io.resize_frames(clip, data.lowres_height, data.lowres_width)`
          (block average for integer factors), [b, T, h, w, 3];
@@ -56,6 +61,7 @@ from vdm_jax.data import build
 from vdm_jax.data import IMAGE_PREFIX
 from vdm_jax.data import video_io
 from vdm_jax.data.moving_shapes import grammar
+from vdm_jax.models import conditioning
 
 
 class IndexedSource:
@@ -130,7 +136,7 @@ def stage_geometry(config) -> Geometry:
     raise ValueError(f"data.images_per_video={g.images_per_video} on a temporal SR stage: it "
                      "learns to raise the frame rate, which single images do not show; set "
                      "data.images_per_video=0 for stage='tsr'.")
-  if d.name != "moving_shapes_images" and g.frames > int(d.source_frames):
+  if d.name not in ("moving_shapes_images", "image_folder") and g.frames > int(d.source_frames):
     raise ValueError(f"frames={g.frames} exceeds the stored clips' data.source_frames="
                      f"{d.source_frames}; store longer clips or train on fewer frames.")
   if g.stage == "ssr" and not (d.lowres_height and d.lowres_width):
@@ -139,9 +145,13 @@ def stage_geometry(config) -> Geometry:
   if g.stage == "ssr" and (g.lowres_height > g.height or g.lowres_width > g.width):
     raise ValueError(f"ssr: data.lowres_{{height,width}}={g.lowres_height}x{g.lowres_width} "
                      f"must not exceed {g.height}x{g.width}.")
-  if g.stage == "tsr" and (not d.lowres_frames or g.frames % g.lowres_frames):
-    raise ValueError(f"stage='tsr' needs data.lowres_frames (the previous stage's frame count) "
-                     f"dividing frames={g.frames}; got {d.lowres_frames}.")
+  if g.stage == "tsr":
+    try:
+      conditioning.temporal_factor(g.frames, int(d.lowres_frames))
+    except ValueError as e:
+      raise ValueError(f"stage='tsr' needs data.lowres_frames (the previous stage's frame "
+                       f"count) at a regular stride in frames={g.frames}; got "
+                       f"{d.lowres_frames}: {e}.") from e
   _check_crop(g)
   if d.image_source not in ("frames", "moving_shapes_images"):
     raise ValueError(f"data.image_source={d.image_source!r} must be 'frames' or "
@@ -211,9 +221,10 @@ class MakeRows(grain.transforms.RandomMap):
   [K, 1, ...] under IMAGE_PREFIX keys."""
 
   def __init__(self, geometry: Geometry, *, text_store=None, image_source=None,
-               image_range=(0, 0)):
+               image_range=(0, 0), ignore_captions=False):
     self.g, self.text_store = geometry, text_store
     self.image_source, self.image_range = image_source, image_range
+    self.ignore_captions = ignore_captions
 
   def random_map(self, record, rng: np.random.Generator):
     row = self._record_row(record, rng)
@@ -254,14 +265,20 @@ class MakeRows(grain.transforms.RandomMap):
     if g.stage == "ssr":
       row["lowres"] = _to_unit(video_io.resize_frames(clip, g.lowres_height, g.lowres_width))
     elif g.stage == "tsr":
-      row["lowres"] = _to_unit(clip[::g.frames // g.lowres_frames])
+      k = conditioning.temporal_factor(g.frames, g.lowres_frames)
+      row["lowres"] = _to_unit(clip[:k * g.lowres_frames:k])
     if g.cropped:
       row = crop_row(row, g if crop_time else dataclasses.replace(
           g, frames=1, lowres_frames=1, crop_frames=1), rng)
     if self.text_store is not None:
-      emb, mask = self.text_store.lookup(caption)
-      row["text_emb"] = np.asarray(emb, np.float32)
-      row["text_mask"] = np.asarray(mask, bool)
+      if self.ignore_captions or not caption:   # the null condition; no lookup
+        store = self.text_store
+        row["text_emb"] = np.zeros((store.max_length, store.dim), np.float32)
+        row["text_mask"] = np.zeros((store.max_length,), bool)
+      else:
+        emb, mask = self.text_store.lookup(caption)
+        row["text_emb"] = np.asarray(emb, np.float32)
+        row["text_mask"] = np.asarray(mask, bool)
     return row
 
 
@@ -310,7 +327,8 @@ def make_data_loader(config, *, split: str = "train", text_store=None,
       num_records=len(source), shard_options=shard, shuffle=True, num_epochs=num_epochs,
       seed=int(config.data.shuffle_seed))
   operations = [
-      MakeRows(g, text_store=text_store, image_source=image_source, image_range=image_range),
+      MakeRows(g, text_store=text_store, image_source=image_source, image_range=image_range,
+               ignore_captions=build.ignores_captions(config)),
       grain.transforms.Batch(batch_size=batch // process_count, drop_remainder=True),
   ] + ([FlattenGroups()] if g.images_per_video else [])
   return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,

@@ -129,7 +129,7 @@ class DistillationRun:
                                                 student_model=self.student_model,
                                                 teacher_model=teacher_model, teacher_clip=clip)
       self._steps[key] = dstep.make_distill_step(
-          loss_fn=loss_fn, tx=optimizer_lib.make_optimizer(t),
+          loss_fn=loss_fn, tx=optimizer_lib.make_optimizer(t, rcfg.model),
           lr_schedule=optimizer_lib.learning_rate_schedule(t), train_cfg=t,
           seed=int(rcfg.seed), cond_drop_prob=float(rcfg.distill.cond_drop_prob),
           mesh=self.mesh, rules=self.rules, state_shardings=shardings,
@@ -160,7 +160,7 @@ class DistillationRun:
     t = rcfg.train
     round_dir = os.path.join(self.workdir, "rounds", rnd.name)
     self._write_json(os.path.join(round_dir, "config.json"), ckpt_lib.config_to_dict(rcfg))
-    tx = optimizer_lib.make_optimizer(t)
+    tx = optimizer_lib.make_optimizer(t, rcfg.model)
     data_iter = self.make_batches(rnd)
     checkpointable = hasattr(data_iter, "get_state")
     first = next(data_iter)

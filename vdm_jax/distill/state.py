@@ -117,7 +117,7 @@ def restore_params(*, workdir: str, config, init_params_fn: Callable[[jax.Array]
                                        f"{checkpointer.all_steps()}.")
     target, shardings = state_lib.abstract_train_state(
         init_params_fn=init_params_fn, key=jax.random.key(0),
-        tx=optimizer_lib.make_optimizer(cfg.train), mesh=mesh, rules=rules)
+        tx=optimizer_lib.make_optimizer(cfg.train, cfg.model), mesh=mesh, rules=rules)
     if int(step):
       state = checkpointer.restore(int(step), target_state=target, data_iter=None, config=cfg)
     else:

@@ -124,17 +124,28 @@ def frame_mask_table(patterns: Sequence[str], frames: int) -> np.ndarray:
   return np.stack([frame_mask_pattern(p, frames) for p in patterns])
 
 
+def temporal_factor(frames: int, known: int) -> int:
+  """The stride k at which `known` frames sit at 0, k, 2k, ... of `frames`: frames = k * known
+  (Imagen Video's TSR: every k-th frame, the last k - 1 frames after the last known one) or
+  frames = k * (known - 1) + 1 (both ends known: Make-A-Video's 16 -> 76 frames, k = 5).
+  Raises ValueError when neither holds."""
+  frames, known = int(frames), int(known)
+  if known >= 1 and frames % known == 0:
+    return frames // known
+  if known >= 2 and (frames - 1) % (known - 1) == 0:
+    return (frames - 1) // (known - 1)
+  raise ValueError(f"cannot place {known} known frames at a regular stride in {frames} frames: "
+                   f"{frames} is neither k * {known} nor k * ({known} - 1) + 1")
+
+
 def place_known_frames(lowres, *, frames: int):
   """Puts the previous stage's T' frames [B, T', H, W, C] at frames 0, s, 2s, ... of a
-  [B, frames, H, W, C] video (s = frames / T'; zeros elsewhere).
+  [B, frames, H, W, C] video (s = `temporal_factor(frames, T')`; zeros elsewhere).
 
   Returns (frame_cond [B, frames, H, W, C], frame_mask bool [B, frames]).
   """
   b, t = lowres.shape[:2]
-  if t < 1 or frames % t:
-    raise ValueError(f"cannot place {t} known frames at a regular stride in {frames} frames: "
-                     f"{frames} is not a multiple of {t}")
-  stride = frames // t
+  stride = temporal_factor(frames, t)
   cond = jnp.zeros((b, frames) + tuple(lowres.shape[2:]), lowres.dtype)
   cond = cond.at[:, ::stride].set(lowres)
   mask = jnp.broadcast_to(jnp.arange(frames) % stride == 0, (b, frames))

@@ -27,13 +27,16 @@ Inputs a family can take (`ModelInterface.inputs`), with the pipeline batch key 
   guidance_weight       [B]                        drawn by guided distillation / the sampler
 """
 import dataclasses
-from typing import Any, Callable, FrozenSet, Mapping
+from typing import Any, Callable, FrozenSet, Mapping, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vdm_jax.models import inflation
+
+TRAINABLE = ("all", "temporal")      # train.trainable
 INPUTS = ("text_emb", "text_mask", "fps", "is_image", "lowres_video", "frame_cond",
           "frame_mask", "cond_aug_logsnr", "guidance_weight")
 # Inputs the objective or sampler makes up (not read from a batch): zeros at init.
@@ -61,6 +64,12 @@ class ModelFamily:
   module: Callable[[Any], nn.Module]
   default_section: Callable[[], Any]
   optional: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  # Parameter path ("down0_res0/temporal/conv/kernel") -> whether it is temporal: a layer that
+  # mixes frames or reads a video-only input (inflation, train.trainable='temporal'); None
+  # when the family has no such split.
+  temporal_param: Optional[Callable[[str], bool]] = None
+  # New temporal parameters that inflation sets to zero so their layer starts as the identity.
+  zero_when_inflated: Callable[[str], bool] = lambda path: False
 
   def validate(self, model_cfg) -> list[str]:
     """The problems of a `model` section (empty when it is valid)."""
@@ -119,6 +128,27 @@ class ModelInterface:
 
   def module(self) -> nn.Module:
     return self.family.module(self.config)
+
+  def _temporal(self):
+    if self.family.temporal_param is None:
+      raise ValueError(f"model family {self.name!r} does not split its parameters into "
+                       "spatial and temporal ones (no inflation, train.trainable='all' only)")
+    return self.family.temporal_param
+
+  def trainable_labels(self, params: Any, trainable: str = "all") -> Any:
+    """A tree like `params` of "trainable" / "frozen" per parameter, for `train.trainable`:
+    'all', or 'temporal' (the temporal parameters only: the spatial layers stay frozen)."""
+    if trainable not in TRAINABLE:
+      raise ValueError(f"train.trainable={trainable!r} is not one of {TRAINABLE}")
+    is_trainable = (lambda path: True) if trainable == "all" else self._temporal()
+    return inflation.label_tree(params, is_trainable)
+
+  def inflate(self, image_params: Any, video_params: Any):
+    """(params, InflationReport): `video_params` (a fresh init of this model) with every
+    parameter of `image_params` (the same network without temporal layers) copied in; the
+    result computes the image model frame by frame (see vdm_jax.models.inflation)."""
+    return inflation.inflate(image_params, video_params, is_temporal=self._temporal(),
+                             zero_when_new=self.family.zero_when_inflated)
 
   def geometry_errors(self, *, frames: int, height: int, width: int) -> list[str]:
     """What keeps a video of this geometry from passing through the model ([] when fine)."""
@@ -205,6 +235,9 @@ class ModelInterface:
       if lowres is None:
         raise ValueError("give the lowres video shape for a model that takes one (SR stage)")
       kw["lowres_video"] = sds(tuple(lowres), f32)
+    if self.takes_frame_masks:
+      kw["frame_cond"] = sds((batch, frames, height, width, channels), f32)
+      kw["frame_mask"] = sds((batch, frames), jnp.bool_)
     return sds((batch, frames, height, width, channels), f32), sds((batch,), f32), kw
 
   def abstract_params(self, **geometry) -> Any:

@@ -146,6 +146,9 @@ class ResBlock(nn.Module):
   """GroupNorm, SiLU, 3x3 conv, FiLM from the conditioning embedding, GroupNorm, SiLU,
   dropout, 3x3 conv, optional temporal conv (identity at init), residual skip.
 
+  With `temporal_conv_after_each` the first 3x3 conv is followed by a temporal conv too, so
+  that every spatial conv is a pseudo-3D conv (Make-A-Video).
+
   Call: (x [B, T, H, W, Cin], emb [B, E] or per frame [B, T, E], is_image [B] bool)
   -> [B, T, H, W, out_channels].
   """
@@ -153,6 +156,7 @@ class ResBlock(nn.Module):
   num_groups: int
   dropout: float = 0.0
   temporal_conv: bool = False
+  temporal_conv_after_each: bool = False
   deterministic: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -163,6 +167,8 @@ class ResBlock(nn.Module):
     c = self.out_channels
     h = FrameGroupNorm(self.num_groups, name="norm1", **kw)(x)
     h = conv(c, (3, 3), name="conv1", **kw)(nn.silu(h))
+    if self.temporal_conv and self.temporal_conv_after_each:
+      h = h + TemporalConv(self.num_groups, name="temporal_conv1", **kw)(h, is_image)
     film = dense(2 * c, name="film", **kw)(nn.silu(emb))           # [B, 2C] or [B, T, 2C]
     film = film[:, None, None, None] if film.ndim == 2 else film[:, :, None, None]
     scale, shift = jnp.split(film, 2, axis=-1)

@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from vdm_jax.media import writer
+from vdm_jax.models import conditioning as model_conditioning
 from vdm_jax.sample import sampler
 from vdm_jax.sample import stage as stage_lib
 
@@ -98,15 +99,20 @@ def check_chain(named: Sequence[tuple[str, Any]]) -> None:
                                                                                  c.width):
         errors.append(f"{name} (tsr): data.lowres_height/width = {d.lowres_height}x"
                       f"{d.lowres_width} must be 0 or its own {c.height}x{c.width}")
-      if c.frames % p.frames or abs(c.fps * p.frames - p.fps * c.frames) > 1e-6 * c.fps:
+      try:
+        k = model_conditioning.temporal_factor(c.frames, p.frames)
+      except ValueError:
+        k = None
+      if k is None or abs(c.fps - k * p.fps) > 1e-6 * c.fps or (
+          c.frames != k * p.frames and not stage_lib.is_interpolation_stage(c)):
         errors.append(f"{name} (tsr): {c.frames} frames at {c.fps} fps must be a whole "
-                      f"multiple k of {prev_name}'s {p.frames} frames at k x {p.fps} fps")
+                      f"multiple k of {prev_name}'s {p.frames} frames (or k x ({p.frames} - 1) + 1 "
+                      f"for masked interpolation, both ends kept) at k x {p.fps} fps")
       elif stage_lib.is_interpolation_stage(c):
-        stride = f"stride:{c.frames // p.frames}"
+        stride = f"stride:{k}"
         if stride not in tuple(c.train.get("frame_mask_patterns", ())):
-          errors.append(f"{name} (tsr, interpolation): fills {c.frames // p.frames - 1} of every "
-                        f"{c.frames // p.frames} frames, so train.frame_mask_patterns must "
-                        f"include {stride!r}; it is "
+          errors.append(f"{name} (tsr, interpolation): fills {k - 1} of every {k} frames, so "
+                        f"train.frame_mask_patterns must include {stride!r}; it is "
                         f"{tuple(c.train.get('frame_mask_patterns', ()))}")
   if errors:
     raise ValueError("The cascade does not chain:\n  - " + "\n  - ".join(errors))

@@ -43,7 +43,8 @@ def tensor_sha256(array):
   """sha256 hex digest of an array's dtype, shape and C-order bytes."""
   array = np.ascontiguousarray(array)
   digest = hashlib.sha256(f"{array.dtype.str}{list(array.shape)}".encode())
-  digest.update(memoryview(array).cast("B"))
+  if array.size:   # an empty store (captions ignored) has no bytes to hash
+    digest.update(memoryview(array).cast("B"))
   return digest.hexdigest()
 
 

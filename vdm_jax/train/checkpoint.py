@@ -18,7 +18,9 @@ differences, and nothing is written over it. A save that fails (a full disk) sto
 `CheckpointSaveError`; the newest committed step stays good.
 
 `restore_ema_params(config, workdir, mesh=...)` restores what sampling needs, the EMA
-parameters of a workdir's checkpoint (`vdm_jax.sample.stage.load_stage`).
+parameters of a workdir's checkpoint (`vdm_jax.sample.stage.load_stage`);
+`restore_workdir_ema(workdir, mesh=...)` does it with the config the workdir saved
+(`train.init_from`, inflation).
 """
 import json
 import os
@@ -29,6 +31,7 @@ from absl import logging
 import grain
 import jax
 from jax.experimental import multihost_utils
+import ml_collections
 import orbax.checkpoint as ocp
 
 from vdm_jax import errors
@@ -239,6 +242,12 @@ class Checkpointer:
                        registry.with_optional_keys(current_model), "model.")
     current_params = _flat(target_state.params)
     diffs += param_shape_diff(saved_params, current_params)
+    trainable = (saved_config.get("train", {}).get("trainable", "all"),
+                 config.train.get("trainable", "all"))
+    if trainable[0] != trainable[1]:
+      diffs.append(f"train.trainable: {trainable[0]!r} -> {trainable[1]!r} (the optimizer state "
+                   "differs; to go on training with other layers, start a fresh --workdir with "
+                   f"train.init_from={os.path.dirname(self.directory)})")
     if diffs:
       raise CheckpointError(
           f"The checkpoint at {self._where(step)} is from another model configuration:\n  "
@@ -368,7 +377,7 @@ def restore_ema_params(config, workdir: str, *, step: Optional[int] = None,
     init_fn = fam.init_fn(fam.module(), batch_like=fam.example_batch(config))
     target, shardings = state_lib.abstract_train_state(
         init_params_fn=init_fn, key=jax.random.key(int(config.seed)),
-        tx=optimizer_lib.make_optimizer(config.train), mesh=mesh,
+        tx=optimizer_lib.make_optimizer(config.train, config.model), mesh=mesh,
         rules=sharding_lib.logical_rules(config.sharding))
     if step is None:    # the newest good step; a corrupt newer one is reported, left in place
       state, step = checkpointer.restore_latest(
@@ -380,3 +389,21 @@ def restore_ema_params(config, workdir: str, *, step: Optional[int] = None,
   finally:
     checkpointer.close()
   return state.ema_params, shardings.ema_params, int(step)
+
+
+def workdir_config(workdir: str):
+  """The config a training workdir saved (its config.json), as a ConfigDict."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise NoCheckpointError(f"{workdir} is not a training workdir (it needs config.json and "
+                            "checkpoints/): pass the --workdir of a `--mode=train` run.")
+  with open(path, encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def restore_workdir_ema(workdir: str, *, mesh: Any) -> tuple[Any, int, Any]:
+  """(EMA parameters, step, saved config) of the newest good checkpoint of training workdir
+  `workdir`, restored with the config it saved."""
+  config = workdir_config(workdir)
+  params, _, step = restore_ema_params(config, workdir, mesh=mesh)
+  return params, step, config

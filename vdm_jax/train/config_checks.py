@@ -39,13 +39,15 @@ def frame_mask_errors(config) -> list[str]:
   errors = []
   low = int(config.data.get("lowres_frames", 0))
   if config.stage == "tsr":
-    if not low or config.frames % low:
+    try:
+      k = conditioning.temporal_factor(config.frames, low)
+    except ValueError as e:
       errors.append(f"an interpolation TSR stage needs data.lowres_frames (the previous stage's "
-                    f"frames) dividing frames={config.frames}; got {low}")
-    elif f"stride:{config.frames // low}" not in patterns:
-      errors.append(f"train.frame_mask_patterns={patterns} must include "
-                    f"'stride:{config.frames // low}': the interpolation TSR stage samples with "
-                    f"every {config.frames // low}th frame known")
+                    f"frames) at a regular stride in frames={config.frames}; got {low}: {e}")
+    else:
+      if f"stride:{k}" not in patterns:
+        errors.append(f"train.frame_mask_patterns={patterns} must include 'stride:{k}': the "
+                      f"interpolation TSR stage samples with every {k}th frame known")
   return errors
 
 

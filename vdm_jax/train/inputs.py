@@ -20,7 +20,9 @@ TRAIN_KEYS = ("video", "fps", "is_image", "text_emb", "text_mask", "lowres")
 
 def training_captions(config, split: str = "train") -> list[str]:
   """Every caption the pipeline can look up on `split`: the clips' captions and, for joint
-  image-video training, the captions of the image rows."""
+  image-video training, the captions of the image rows; none with `data.captions='ignore'`."""
+  if build.ignores_captions(config):
+    return []
   source = build.make_builder(config).as_data_source()[split]
   joint = int(config.data.images_per_video) > 0
   captions = []

@@ -62,7 +62,7 @@ def _write_config(config, workdir: str) -> None:
 class Trainer:
   """Owns the pieces of one training run; `run()` steps until done, preempted or diverged."""
 
-  def __init__(self, config, workdir: str):
+  def __init__(self, config, workdir: str, *, compile_step: bool = True):
     check_loop_config(config)
     self.config, self.workdir = config, workdir
     self.mesh = sharding_lib.create_mesh(config.sharding)
@@ -76,7 +76,7 @@ class Trainer:
     self._pending = next(self.data_iter)  # the first batch; fixes the step's input layout
     self.model = registry.family(config.model).module()
     t = config.train
-    self.tx = optimizer_lib.make_optimizer(t)
+    self.tx = optimizer_lib.make_optimizer(t, config.model)
     init_fn = registry.family(config.model).init_fn(self.model,
                                        batch_like=inputs.select(self._pending))
     self.checkpointer = ckpt_lib.Checkpointer(
@@ -87,6 +87,9 @@ class Trainer:
     if self.checkpointer.latest_step() is None:
       self.state, self.shardings = state_lib.init_train_state(
           init_params_fn=init_fn, key=key, tx=self.tx, mesh=self.mesh, rules=self.rules)
+      if t.get("init_from", ""):
+        self.state = init_from_workdir(config, t.init_from, self.state, self.shardings,
+                                       self.mesh)
     else:
       target, self.shardings = state_lib.abstract_train_state(
           init_params_fn=init_fn, key=key, tx=self.tx, mesh=self.mesh, rules=self.rules)
@@ -96,6 +99,8 @@ class Trainer:
       self._pending = next(self.data_iter)  # the restored iterator's next batch
     logging.info("Parameters: %d.", state_lib.param_count(self.state.params))
     _write_config(config, workdir)  # after the restore checked that the checkpoint matches
+    if not compile_step:
+      return
 
     batch_spec = inputs.global_batch_spec(self._pending, self.mesh, self.rules)
     step_fn = step_lib.make_train_step(
@@ -118,7 +123,7 @@ class Trainer:
           config, self.model, workdir=workdir, mesh=self.mesh,
           param_shardings=self.shardings.ema_params, text_encoder=self.encoder)
 
-  def _save(self, step: int, state) -> bool:
+  def save(self, step: int, state) -> bool:
     return save_if_good(self.checkpointer, step, state, self.data_iter, self.config)
 
   def _sample(self, step: int, state, host: dict) -> None:
@@ -135,7 +140,7 @@ class Trainer:
       hooks.append(runner_lib.Hook(every=int(t.sample_every), fn=self._sample))
     runner = runner_lib.StepRunner(
         self.compiled, cadence=runner_lib.Cadence.from_config(t),
-        checkpointer=self.checkpointer, save=self._save, writer=self.writer,
+        checkpointer=self.checkpointer, save=self.save, writer=self.writer,
         throughput=self.throughput,
         put_batch=functools.partial(runner_lib.to_global_batch, mesh=self.mesh,
                                     rules=self.rules),
@@ -148,6 +153,60 @@ class Trainer:
       self.state = runner.state  # the latest state, also after an error
       self.checkpointer.close()
     return self.state
+
+
+def init_from_workdir(config, source_workdir: str, state: state_lib.TrainState, shardings,
+                      mesh) -> state_lib.TrainState:
+  """`state` (fresh) with params and EMA set from the EMA weights of the newest good checkpoint
+  of training workdir `source_workdir` (`train.init_from`): a text-to-image stage of the same
+  network inflated (`ModelInterface.inflate`: its weights copied, new temporal layers as the
+  identity), or the same model copied. Raises ConfigError when the two models do not match."""
+  fam = registry.family(config.model)
+  source, step, _ = ckpt_lib.restore_workdir_ema(source_workdir, mesh=mesh)
+  reports = []
+
+  def build(src, fresh):
+    params, report = fam.inflate(src, fresh)
+    reports.append(report)
+    return params
+
+  try:
+    with jax.set_mesh(mesh):
+      params = jax.jit(build, out_shardings=shardings.params)(source, state.params)
+      ema = jax.jit(lambda p: jax.tree.map(lambda x: x + 0, p),
+                    out_shardings=shardings.ema_params)(params)
+  except ValueError as e:
+    raise errors.ConfigError(f"train.init_from={source_workdir}: {e}.") from e
+  logging.info("Initialized from %s (step %d): %s.", source_workdir, step, reports[0].summary())
+  print(f"init_from: {source_workdir} step {step}: {reports[0].summary()}", flush=True)
+  return state.replace(params=params, ema_params=ema)
+
+
+def initialize_workdir(config, workdir: str) -> int:
+  """`--mode=inflate`: writes the train state that `train.init_from` gives (a text-to-image
+  stage inflated into this video stage) as checkpoint 0 of `workdir`, without training; a
+  later `--mode=train` in it resumes from there and `--mode=sample` samples it. Returns 0."""
+  if not config.train.get("init_from", ""):
+    raise errors.ConfigError("--mode=inflate needs --config.train.init_from=<the text-to-image "
+                             "stage's training workdir>.")
+  sharding_lib.maybe_initialize_distributed(config)
+  metrics_lib.quiet_library_logs()
+  with workdir_lock.WorkdirLock(workdir):
+    existing = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+    try:
+      if existing.latest_step() is not None:
+        raise errors.ConfigError(f"{workdir} already holds checkpoints (step "
+                                 f"{existing.latest_step()}); inflate into a fresh --workdir.")
+    finally:
+      existing.close()
+    trainer = Trainer(config, workdir, compile_step=False)
+    try:
+      trainer.save(0, trainer.state)
+    finally:
+      trainer.checkpointer.close()
+  print(f"inflate: wrote step 0 to {os.path.join(workdir, 'checkpoints')}; train with "
+        f"--mode=train --workdir={workdir}", flush=True)
+  return 0
 
 
 def train_and_evaluate(config, workdir: str) -> state_lib.TrainState:

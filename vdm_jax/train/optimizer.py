@@ -5,9 +5,12 @@ import jax
 import optax
 
 from vdm_jax import errors as errors_lib
+from vdm_jax.models import family
+from vdm_jax.models import registry
 
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("warmup_cosine", "constant")
+TRAINABLE = family.TRAINABLE         # train.trainable
 
 
 def optimizer_errors(train_cfg) -> list[str]:
@@ -27,6 +30,8 @@ def optimizer_errors(train_cfg) -> list[str]:
     errors.append(f"train.ema_decay={t.ema_decay} must be in [0, 1)")
   if t.grad_accum_steps < 1:
     errors.append(f"train.grad_accum_steps={t.grad_accum_steps} must be >= 1")
+  if t.get("trainable", "all") not in TRAINABLE:
+    errors.append(f"train.trainable={t.trainable!r} is not one of {TRAINABLE}")
   if t.optimizer == "adam" and t.weight_decay:
     errors.append("train.weight_decay needs train.optimizer='adamw' (plain adam has no "
                   "decoupled weight decay)")
@@ -58,8 +63,14 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(train_cfg) -> optax.GradientTransformation:
-  """Global-norm clipping (if grad_clip > 0) followed by adam or adamw on the lr schedule."""
+def make_optimizer(train_cfg, model_cfg=None) -> optax.GradientTransformation:
+  """Global-norm clipping (if grad_clip > 0) followed by adam or adamw on the lr schedule.
+
+  With `train.trainable='temporal'` (the model section `model_cfg` is then required) only the
+  model's temporal parameters are updated: the rest get zero updates, no optimizer state and no
+  weight decay, and the clipping norm is over the trainable gradients only
+  (`optax.multi_transform`; Make-A-Video's spatial layers frozen while motion is learned).
+  """
   check_train_config(train_cfg)
   schedule = learning_rate_schedule(train_cfg)
   if train_cfg.optimizer == "adam":
@@ -68,5 +79,13 @@ def make_optimizer(train_cfg) -> optax.GradientTransformation:
     opt = optax.adamw(schedule, b1=train_cfg.b1, b2=train_cfg.b2,
                       weight_decay=train_cfg.weight_decay, mask=_decay_mask)
   if train_cfg.grad_clip > 0:
-    return optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), opt)
-  return opt
+    opt = optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), opt)
+  trainable = train_cfg.get("trainable", "all")
+  if trainable == "all":
+    return opt
+  if model_cfg is None:
+    raise errors_lib.ConfigError(f"train.trainable={trainable!r} needs the model section to "
+                                 "tell which parameters train (a bug: pass model_cfg)")
+  fam = registry.family(model_cfg)
+  return optax.multi_transform({"trainable": opt, "frozen": optax.set_to_zero()},
+                               lambda params: fam.trainable_labels(params, trainable))

@@ -53,10 +53,13 @@ def ema_decay_at(step: jax.Array, decay: float, warmup: bool = True) -> jax.Arra
 
 
 def ema_update(ema_params: Any, params: Any, decay: jax.Array) -> Any:
-  """ema <- decay * ema + (1 - decay) * params, leaf by leaf, in the EMA's dtype."""
+  """ema <- decay * ema + (1 - decay) * params, leaf by leaf, in the EMA's dtype.
+
+  Written ema + (1 - decay) * (params - ema), so that the EMA of a parameter that never
+  changes (a frozen layer) stays exactly equal to it."""
   def upd(e, p):
-    return (decay * e.astype(jnp.float32)
-            + (1.0 - decay) * p.astype(jnp.float32)).astype(e.dtype)
+    e32 = e.astype(jnp.float32)
+    return (e32 + (1.0 - decay) * (p.astype(jnp.float32) - e32)).astype(e.dtype)
   return jax.tree.map(upd, ema_params, params)
 
 

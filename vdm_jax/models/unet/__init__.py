@@ -8,6 +8,7 @@ import dataclasses
 
 from vdm_jax.models import family
 from vdm_jax.models.unet import presets
+from vdm_jax.models.unet import spec
 from vdm_jax.models.unet.network import SpaceTimeUNet
 from vdm_jax.models.unet.spec import UNetSpec
 
@@ -18,6 +19,8 @@ FAMILY = family.ModelFamily(
     default_section=presets.default_section,
     optional={f.name: f.default for f in dataclasses.fields(UNetSpec)
               if f.name in UNetSpec.OPTIONAL},
+    temporal_param=spec.is_temporal_param,
+    zero_when_inflated=spec.zero_when_inflated,
 )
 
 __all__ = ["FAMILY", "SpaceTimeUNet", "UNetSpec", "presets"]

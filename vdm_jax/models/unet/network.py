@@ -19,9 +19,10 @@ Layout (levels l = 0..L-1 with channels base_channels * channel_mult[l]):
               ('attention' | 'conv' | 'none'), or SpaceTimeSelfAttention ('spacetime': full
               attention over T*H*W with relative space-time positions, for a coarse level)
   ResBlocks of levels whose temporal_mixing is not 'none' also carry a 3x1x1 temporal conv
-  when temporal_conv_in_resblock is set. Time is never downsampled. Norms and spatial layers
-  see one frame at a time, so with temporal_mixing 'none' everywhere the network is an image
-  model applied per frame, and `is_image` examples (joint image-video training) are processed
+  when temporal_conv_in_resblock is set (after its second 3x3 conv; with pseudo3d_convs after
+  each of its two, Make-A-Video's pseudo-3D convolutions). Time is never downsampled. Norms and
+  spatial layers see one frame at a time, so with temporal_mixing 'none' everywhere the network
+  is an image model applied per frame, and `is_image` examples (joint image-video training) are processed
   exactly that way: temporal attention masked to self, temporal convs bypassed.
 
 Conditioning: FiLM embedding = MLP(sin(logsnr)) + optional fps, conditioning-augmentation
@@ -176,8 +177,8 @@ class _Blocks:
     s = self.spec
     temporal = s.temporal_conv_in_resblock and s.temporal_mixing[level] != "none"
     return self.res_cls(s.level_channels(level), s.num_groups, dropout=s.dropout,
-                        temporal_conv=temporal, deterministic=self.deterministic, name=name,
-                        **self.kw)
+                        temporal_conv=temporal, temporal_conv_after_each=s.pseudo3d_convs,
+                        deterministic=self.deterministic, name=name, **self.kw)
 
   def _attn_kw(self, channels):
     heads, dim = self.spec.heads(channels)

@@ -39,6 +39,28 @@ REMAT_POLICIES = {
 }
 
 
+# Parameter paths of the temporal layers: ResBlock temporal convs ("temporal",
+# "temporal_conv1"), "<prefix>_temporal_attn", "<prefix>_temporal_conv", "<prefix>_spacetime_attn",
+# and the inputs only a video has: the frame-rate embedding "cond/fps" and "frame_position".
+_TEMPORAL_MARKS = ("temporal", "spacetime")
+# New video-only embeddings end in a dense layer "out" that is zeroed when inflated.
+_VIDEO_EMBEDDINGS = ("cond/fps/", "frame_position/")
+
+
+def is_temporal_param(path: str) -> bool:
+  """Whether parameter `path` ("down0_res0/temporal/conv/kernel") belongs to a temporal layer
+  or a video-only input embedding (what an image model of the same spec lacks)."""
+  if path.startswith(_VIDEO_EMBEDDINGS):
+    return True
+  return any(mark in part for part in path.split("/") for mark in _TEMPORAL_MARKS)
+
+
+def zero_when_inflated(path: str) -> bool:
+  """The last layer of a video-only embedding (frame rate, frame position): zero, it adds
+  nothing, so an inflated model computes its image model."""
+  return path.startswith(_VIDEO_EMBEDDINGS) and "/out/" in path
+
+
 @dataclasses.dataclass(frozen=True)
 class UNetSpec:
   """Every U-Net hyper-parameter, checked. Field meanings: configs/default.py, `model`."""
@@ -75,9 +97,12 @@ class UNetSpec:
   # The levels with text cross-attention (one bool per level); () = the levels with spatial
   # attention (beside it), which is what every config before this key meant.
   cross_attention_levels: Tuple[bool, ...] = ()
+  # With temporal_conv_in_resblock: a temporal conv after each of a ResBlock's two spatial
+  # convs (Make-A-Video's pseudo-3D convs) instead of after the second only.
+  pseudo3d_convs: bool = False
 
   OPTIONAL = ("frame_mask_conditioning", "temporal_position", "frame_position",
-              "cross_attention_levels")
+              "cross_attention_levels", "pseudo3d_convs")
 
   @classmethod
   def from_config(cls, config):
@@ -224,6 +249,11 @@ class UNetSpec:
     for key, allowed in choices:
       if getattr(self, key) not in allowed:
         fail(f"model.{key}={getattr(self, key)!r} is not one of {allowed}")
+    if not isinstance(self.pseudo3d_convs, bool):
+      fail(f"model.pseudo3d_convs must be True or False, got {self.pseudo3d_convs!r}")
+    elif self.pseudo3d_convs and not self.temporal_conv_in_resblock:
+      fail("model.pseudo3d_convs=True places the ResBlocks' temporal convs after each spatial "
+           "conv: it needs model.temporal_conv_in_resblock=True")
     if not isinstance(self.frame_mask_conditioning, bool):
       fail(f"model.frame_mask_conditioning must be True or False, got "
            f"{self.frame_mask_conditioning!r}")

@@ -1,0 +1,146 @@
+"""Make-A-Video on moving shapes at equal training compute (configs/make_a_video.py, CPU scale).
+
+    JAX_PLATFORMS=cpu python -m experiments.make_a_video.compare --root=mav_compare \
+        --budget_cpu_s=2600 [--image_share=0.4 --finetune_share=0.2] [--num_videos=64]
+
+Three arms, each given the same CPU seconds of training (user + system time of the training
+processes, compilation included; the persistent compilation cache keeps recompiles out):
+
+  a  text-to-image (image_share of the budget), --mode=inflate, then the temporal layers only
+     on clips whose captions are ignored (the rest)                       [Make-A-Video]
+  b  as (a), but the last finetune_share of the budget trains every layer on captioned clips
+     (train.init_from the motion run)                                      [+ step three]
+  c  the same video U-Net from scratch on captioned clips                  [the baseline]
+
+Training runs in chunks of --chunk steps (a constant learning rate after warm-up, so that a
+chunk boundary changes nothing) until the arm's phase has used its CPU seconds; rerunning goes
+on where it stopped (the state is <root>/state.json, each phase's workdir resumes). Then each
+arm's video base is evaluated on the first --num_videos held-out test prompts with the
+moving-shapes detectors (colour, shape, size, motion, speed, all), temporal consistency and FVD
+(`--mode=eval`). Prints one table and writes <root>/results.json (copy it under
+experiments/make_a_video/ when it should be kept).
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+
+CONFIG = "configs/make_a_video.py"
+
+
+def _cpu_children() -> float:
+  r = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return r.ru_utime + r.ru_stime
+
+
+class Experiment:
+  """The state of the three arms; every command runs as a subprocess of the CLI."""
+
+  def __init__(self, args):
+    self.args = args
+    self.root = os.path.abspath(args.root)
+    os.makedirs(self.root, exist_ok=True)
+    self.path = os.path.join(self.root, "state.json")
+    self.state = json.load(open(self.path)) if os.path.exists(self.path) else {"phases": {}}
+    self.common = [f"--config.data.data_dir={os.path.join(self.root, 'data')}",
+                   f"--config.text.store_path={os.path.join(self.root, 'text_store.safetensors')}",
+                   "--config.train.lr_schedule=constant", "--config.train.sample_every=0",
+                   f"--config.train.checkpoint_every={args.chunk}", "--config.train.keep_last=1",
+                   f"--config.train.log_every={min(50, args.chunk)}"]
+
+  def _save(self):
+    with open(self.path + ".tmp", "w", encoding="utf-8") as f:
+      json.dump(self.state, f, indent=2)
+    os.replace(self.path + ".tmp", self.path)
+
+  def cli(self, mode, variant, workdir=None, extra=()):
+    cmd = [sys.executable, "-m", "vdm_jax.main", f"--mode={mode}", f"--config={CONFIG}:{variant}"]
+    cmd += self.common + list(extra)
+    if workdir:
+      cmd.append(f"--workdir={workdir}")
+    print("$", " ".join(cmd[2:]), flush=True)
+    before = _cpu_children()
+    subprocess.run(cmd, check=True)
+    return _cpu_children() - before
+
+  def train_phase(self, name, variant, budget, extra=()):
+    """Trains phase `name` in chunks until it has used `budget` CPU seconds; returns its
+    workdir."""
+    workdir = os.path.join(self.root, name)
+    p = self.state["phases"].setdefault(name, {"cpu_s": 0.0, "steps": 0, "budget": budget})
+    while p["cpu_s"] < budget:
+      steps = p["steps"] + self.args.chunk
+      p["cpu_s"] += self.cli("train", variant, workdir,
+                             list(extra) + [f"--config.train.num_steps={steps}"])
+      p["steps"] = steps
+      self._save()
+      print(f"{name}: {p['steps']} steps, {p['cpu_s']:.0f} / {budget:.0f} CPU s", flush=True)
+    return workdir
+
+  def inflate(self, image_dir, name):
+    workdir = os.path.join(self.root, name)
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+      self.cli("inflate", "motion", workdir, [f"--config.train.init_from={image_dir}"])
+    return workdir
+
+  def evaluate(self, arm, variant, workdir):
+    out = os.path.join(self.root, "eval", arm)
+    path = os.path.join(out, "eval.json")
+    if not os.path.exists(path):
+      self.cli("eval", variant, workdir, [f"--out={out}", f"--num_videos={self.args.num_videos}"])
+    return json.load(open(path))
+
+  def run(self):
+    a = self.args
+    for variant in ("t2i", "motion"):
+      self.cli("build_data", variant)
+    budget = a.budget_cpu_s
+    image = self.train_phase("t2i", "t2i", a.image_share * budget)      # shared by (a), (b)
+    video_share = 1.0 - a.image_share
+    self.inflate(image, "motion")
+    motion = self.train_phase("motion", "motion", video_share * budget)
+    self.inflate(image, "motion_b")
+    motion_b = self.train_phase("motion_b", "motion", (video_share - a.finetune_share) * budget)
+    finetune = self.train_phase("finetune", "finetune", a.finetune_share * budget,
+                                [f"--config.train.init_from={motion_b}"])
+    scratch = self.train_phase("scratch", "scratch", budget)
+    results = {"machine": f"{platform.machine()} CPU, {os.cpu_count()} cores visible",
+               "budget_cpu_s": budget, "image_share": a.image_share,
+               "finetune_share": a.finetune_share, "phases": self.state["phases"],
+               "arms": {}}
+    for arm, variant, workdir in (("a_inflated_unlabeled", "motion", motion),
+                                  ("b_plus_captioned", "finetune", finetune),
+                                  ("c_scratch_captioned", "scratch", scratch)):
+      results["arms"][arm] = self.evaluate(arm, variant, workdir)
+    with open(os.path.join(self.root, "results.json"), "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=2)
+    _print_table(results)
+
+
+def _print_table(results):
+  keys = ("color", "shape", "size", "motion", "speed", "all")
+  print("| arm | " + " | ".join(keys) + " | FVD |")
+  print("|---|" + "---|" * (len(keys) + 1))
+  for arm, r in results["arms"].items():
+    acc = r.get("caption_accuracy", {})
+    print(f"| {arm} | " + " | ".join(f"{acc.get(k, float('nan')):.2f}" for k in keys)
+          + f" | {r.get('fvd', float('nan')):.0f} |")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--root", default="mav_compare")
+  parser.add_argument("--budget_cpu_s", type=float, default=2600.0)
+  parser.add_argument("--image_share", type=float, default=0.4)
+  parser.add_argument("--finetune_share", type=float, default=0.2)
+  parser.add_argument("--chunk", type=int, default=200)
+  parser.add_argument("--num_videos", type=int, default=64)
+  Experiment(parser.parse_args()).run()
+
+
+if __name__ == "__main__":
+  main()
