@@ -22,8 +22,8 @@ Layout (levels l = 0..L-1 with channels base_channels * channel_mult[l]):
   when temporal_conv_in_resblock is set (after its second 3x3 conv; with pseudo3d_convs after
   each of its two, Make-A-Video's pseudo-3D convolutions). Time is never downsampled. Norms and
   spatial layers see one frame at a time, so with temporal_mixing 'none' everywhere the network
-  is an image model applied per frame, and `is_image` examples (joint image-video training) are processed
-  exactly that way: temporal attention masked to self, temporal convs bypassed.
+  is an image model applied per frame, and `is_image` examples (joint image-video training) are
+  processed exactly that way: temporal attention masked to self, temporal convs bypassed.
 
 Conditioning: FiLM embedding = MLP(sin(logsnr)) + optional fps, conditioning-augmentation
 logSNR and guidance-weight embeddings + Dense(masked mean of text) (see conditioning.py), and
