@@ -42,10 +42,25 @@ def test_flicker_colour_and_area_drift_are_measured(clip):
   assert _metrics(shrink)["area_cv"] > 0.2
 
 
+def test_tracks_of_even_motion_are_smooth_and_jitter_is_measured(clip):
+  """The rendered object moves 0.25 of the width per second at 8 fps: 1 px per frame, in a
+  straight line (jerk 0); shifting every other frame by 2 px makes a zig-zag track."""
+  m = _metrics(clip)
+  assert m["track_speed"] == pytest.approx(1.0, abs=0.05)
+  assert m["track_jerk"] < 0.05
+  jitter = clip.copy()
+  jitter[1::2] = np.roll(clip[1::2], 2, axis=1)                          # 2 px down
+  j = _metrics(jitter)
+  assert j["track_jerk"] > 3.0 and j["track_speed"] > m["track_speed"]
+
+
 def test_summarize_skips_missing_values():
-  out = consistency.summarize([dict(color_std=1.0, area_cv=float("nan"), shape_agreement=1.0,
-                                    flicker=2.0, frame_diff=3.0),
+  nan = float("nan")
+  out = consistency.summarize([dict(color_std=1.0, area_cv=nan, shape_agreement=1.0,
+                                    flicker=2.0, frame_diff=3.0, track_speed=1.0,
+                                    track_jerk=nan),
                                dict(color_std=3.0, area_cv=0.5, shape_agreement=0.5,
-                                    flicker=float("nan"), frame_diff=1.0)])
+                                    flicker=nan, frame_diff=1.0, track_speed=2.0,
+                                    track_jerk=0.5)])
   assert out == dict(color_std=2.0, area_cv=0.5, shape_agreement=0.75, flicker=2.0,
-                     frame_diff=2.0)
+                     frame_diff=2.0, track_speed=1.5, track_jerk=0.5)

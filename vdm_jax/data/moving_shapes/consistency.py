@@ -9,7 +9,12 @@ generated one may drift or flicker. Per clip (`clip_consistency`):
                     is the clip's shape (1 = stable);
   flicker           mean |frame t+1 - frame t| over pixels that are background (no object
                     coverage) in both frames, RGB units;
-  frame_diff        mean |frame t+1 - frame t| over all pixels (motion included), RGB units.
+  frame_diff        mean |frame t+1 - frame t| over all pixels (motion included), RGB units;
+  track_speed       mean over objects of |c(t+1) - c(t)|, the centroid's step, pixels / frame;
+  track_jerk        mean over objects of |c(t+1) - 2 c(t) + c(t-1)|, pixels / frame^2: how far
+                    a track is from straight, even motion (a real clip's objects move at
+                    constant velocity and bounce off the frame's edges; a generated one may
+                    jitter). Compare with the same figure of real clips (`real_consistency`).
 Objects and frames where nothing was detected are left out; a value with nothing to average is
 NaN, and `summarize` averages the finite ones.
 """
@@ -19,7 +24,8 @@ import numpy as np
 
 from vdm_jax.data.moving_shapes import detectors
 
-METRICS = ("color_std", "area_cv", "shape_agreement", "flicker", "frame_diff")
+METRICS = ("color_std", "area_cv", "shape_agreement", "flicker", "frame_diff", "track_speed",
+           "track_jerk")
 
 
 def _nanmean(values) -> float:
@@ -44,6 +50,15 @@ def clip_consistency(video, detection: detectors.Detection) -> Dict[str, float]:
       shape_agree.append(float(np.mean(fitted == o.shape)))
   out = dict(color_std=_nanmean(color_std), area_cv=_nanmean(area_cv),
              shape_agreement=_nanmean(shape_agree))
+  speeds, jerks = [], []
+  scale = np.array([video.shape[2], video.shape[1]], np.float64)        # (x, y) fractions -> px
+  for o in detection.objects:
+    c = np.asarray(o.centers, np.float64) * scale                        # [T, 2], NaN unseen
+    step = np.linalg.norm(np.diff(c, axis=0), axis=-1)                   # [T-1]
+    jerk = np.linalg.norm(c[2:] - 2 * c[1:-1] + c[:-2], axis=-1)         # [T-2]
+    speeds.append(_nanmean(step))
+    jerks.append(_nanmean(jerk))
+  out["track_speed"], out["track_jerk"] = _nanmean(speeds), _nanmean(jerks)
   if video.shape[0] >= 2:
     diff = np.abs(np.diff(video, axis=0)).mean(-1)                          # [T-1, H, W]
     empty = detection.coverage < detectors.MIN_COVERAGE                     # [T, H, W]
