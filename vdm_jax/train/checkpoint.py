@@ -242,8 +242,8 @@ class Checkpointer:
                        registry.with_optional_keys(current_model), "model.")
     current_params = _flat(target_state.params)
     diffs += param_shape_diff(saved_params, current_params)
-    trainable = (saved_config.get("train", {}).get("trainable", "all"),
-                 config.train.get("trainable", "all"))
+    trainable = ((saved_config.get("train") or {}).get("trainable", "all"),
+                 (config.get("train") or {}).get("trainable", "all"))
     if trainable[0] != trainable[1]:
       diffs.append(f"train.trainable: {trainable[0]!r} -> {trainable[1]!r} (the optimizer state "
                    "differs; to go on training with other layers, start a fresh --workdir with "
