@@ -169,6 +169,12 @@ class Checkpointer:
     try:
       saved = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     except Exception as e:  # pylint: disable=broad-except
+      # Let the save's background writes end before reporting, so that nothing goes on
+      # writing this step after the error.
+      try:
+        self._manager.wait_until_finished()
+      except Exception:  # pylint: disable=broad-except
+        pass
       raise self._save_error([step], e) from e
     if saved:
       self._unsealed.append(step)
@@ -177,6 +183,13 @@ class Checkpointer:
     return saved
 
   def _save_error(self, steps: list[int], e: Exception) -> CheckpointSaveError:
+    """The error of a failed save of `steps`. A step that orbax committed although one of its
+    writes failed (it logs some metadata errors and goes on) is set aside, never restored."""
+    self._manager.reload()
+    for step in steps:
+      if step in self._manager.all_steps():
+        self._set_aside(step, f"its save reported an error: {type(e).__name__}: {e}",
+                        own_save=True)
     good = [s for s in self._manager.all_steps() if s not in steps]
     where = (f"step {max(good)} in {self.directory} is intact and the run resumes from it"
              if good else "no earlier checkpoint exists")
@@ -334,11 +347,12 @@ class Checkpointer:
         f"({'; '.join(failed)}). Nothing was deleted. Start again with a fresh --workdir, or "
         "restore the files from a copy.")
 
-  def _set_aside(self, step: int, reason: str) -> str:
+  def _set_aside(self, step: int, reason: str, *, own_save: bool = False) -> str:
     """Renames a corrupt step to corrupt-<step>-<time> with a REASON.txt (process 0, when
-    this checkpointer owns the directory); returns what was done, for the log."""
+    this checkpointer owns the directory, or the step is its own failed save); returns what
+    was done, for the log."""
     src = self._where(step)
-    if not self.quarantine:
+    if not (self.quarantine or own_save):
       return f"left in place at {src}"
     dst = os.path.join(self.directory,
                        f"{CORRUPT_PREFIX}{step}-{time.strftime('%Y%m%dT%H%M%S')}")
