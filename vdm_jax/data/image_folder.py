@@ -33,9 +33,7 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import stat
-import tempfile
 
 from absl import logging
 import numpy as np
@@ -158,7 +156,7 @@ def read_image(path: str, height: int, width: int) -> tuple:
   return video_io.resize_and_crop(pixels[None], height, width)[0], mode
 
 
-class ImageFolder(tfds.core.GeneratorBasedBuilder):
+class ImageFolder(video_folder.CachedDecodeBuilder):
   """The user's own captioned images."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -169,7 +167,7 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
     kwargs.setdefault("file_format", "array_record")
     super().__init__(**kwargs)
     self.report = None
-    self._cache_dir = None
+    self.cache_dir = None
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
@@ -182,7 +180,7 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
     })
     return tfds.core.DatasetInfo(builder=self, description=self.__doc__, features=features)
 
-  def _decode_all(self):
+  def decode_all(self):
     """Phase 1: decodes every captioned image into the cache. Returns split -> entries."""
     cfg = self.builder_config
     names, unreadable = scan_image_dir(cfg.image_dir)
@@ -210,7 +208,7 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
         continue
       if mode != "RGB":
         report["converted"].append({"file": name, "mode": mode})
-      path = os.path.join(self._cache_dir, f"{n:07d}.npy")
+      path = os.path.join(self.cache_dir, f"{n:07d}.npy")
       np.save(path, image, allow_pickle=False)
       entries[video_folder.split_of(name, cfg.test_fraction)].append(
           dict(path=path, key=name, caption=caption, source=name))
@@ -221,27 +219,12 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
       raise NoUsableImagesError(_nothing_usable(report, entries, cfg))
     return entries
 
-  def _download_and_prepare(self, dl_manager, download_config):
-    self._cache_dir = tempfile.mkdtemp(prefix="decode_cache_", dir=self.data_dir)
-    try:
-      super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
-    finally:
-      shutil.rmtree(self._cache_dir, ignore_errors=True)
-    with open(os.path.join(self.data_dir, REPORT_FILE), "w") as f:  # data_dir: the tmp dir
-      json.dump(self.report, f, indent=2)
-    message = summary(self.report)
-    (logging.warning if self.report["num_skipped"] else logging.info)(message)
-    print(message, flush=True)
+  def summary_line(self) -> str:
+    return summary(self.report)
 
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    entries = self._decode_all()
-    return {split: self._generate_examples(e) for split, e in entries.items() if e}
-
-  def _generate_examples(self, entries):
-    for e in entries:
-      yield e["key"], {"image": np.load(e["path"], allow_pickle=False),
-                       "caption": e["caption"], "fps": np.float32(0.0), "source": e["source"]}
+  def example(self, entry: dict) -> dict:
+    return {"image": np.load(entry["path"], allow_pickle=False), "caption": entry["caption"],
+            "fps": np.float32(0.0), "source": entry["source"]}
 
 
 def _fixes(report) -> list:

@@ -240,7 +240,44 @@ def cut_clips(frames, times, cfg: VideoFolderConfig):
   return clips
 
 
-class VideoFolder(tfds.core.GeneratorBasedBuilder):
+class CachedDecodeBuilder(tfds.core.GeneratorBasedBuilder):
+  """The build of a folder of the user's files: `decode_all()` decodes every usable file into
+  .npy files of a temporary cache (filling `self.report`) and returns the entries per split;
+  the examples are read back from the cache; the report is written beside the build and its
+  `summary_line` printed. Subclasses: VideoFolder, image_folder.ImageFolder."""
+
+  def decode_all(self) -> dict:
+    raise NotImplementedError
+
+  def summary_line(self) -> str:
+    raise NotImplementedError
+
+  def example(self, entry: dict) -> dict:
+    raise NotImplementedError
+
+  def _download_and_prepare(self, dl_manager, download_config):
+    self.cache_dir = tempfile.mkdtemp(prefix="decode_cache_", dir=self.data_dir)
+    try:
+      super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
+    finally:
+      shutil.rmtree(self.cache_dir, ignore_errors=True)
+    with open(os.path.join(self.data_dir, REPORT_FILE), "w") as f:  # data_dir: the tmp dir
+      json.dump(self.report, f, indent=2)
+    message = self.summary_line()
+    (logging.warning if self.report["num_skipped"] else logging.info)(message)
+    print(message, flush=True)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    entries = self.decode_all()
+    return {split: self._generate_examples(e) for split, e in entries.items() if e}
+
+  def _generate_examples(self, entries):
+    for e in entries:
+      yield e["key"], self.example(e)
+
+
+class VideoFolder(CachedDecodeBuilder):
   """The user's own captioned videos."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -251,7 +288,7 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
     kwargs.setdefault("file_format", "array_record")
     super().__init__(**kwargs)
     self.report = None
-    self._cache_dir = None
+    self.cache_dir = None
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
@@ -267,7 +304,7 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
     })
     return tfds.core.DatasetInfo(builder=self, description=self.__doc__, features=features)
 
-  def _decode_all(self):
+  def decode_all(self):
     """Phase 1: decodes and cuts every video into the cache. Returns split -> entries."""
     cfg = self.builder_config
     names, unreadable = scan_video_dir(cfg.video_dir)
@@ -314,7 +351,7 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
                         name)
         continue
       for k, (clip, fps, start) in enumerate(clips):
-        path = os.path.join(self._cache_dir, f"{n:07d}_{k:05d}.npy")
+        path = os.path.join(self.cache_dir, f"{n:07d}_{k:05d}.npy")
         np.save(path, clip, allow_pickle=False)
         entries[split_of(name, cfg.test_fraction)].append(
             dict(path=path, key=f"{name}#{k}", caption=caption or "", fps=fps, source=name,
@@ -326,29 +363,14 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
       raise NoUsableVideosError(_nothing_usable(report, entries, cfg))
     return entries
 
-  def _download_and_prepare(self, dl_manager, download_config):
-    self._cache_dir = tempfile.mkdtemp(prefix="decode_cache_", dir=self.data_dir)
-    try:
-      super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
-    finally:
-      shutil.rmtree(self._cache_dir, ignore_errors=True)
-    with open(os.path.join(self.data_dir, REPORT_FILE), "w") as f:  # data_dir: the tmp dir
-      json.dump(self.report, f, indent=2)
-    message = summary(self.report)
-    (logging.warning if self.report["num_skipped"] else logging.info)(message)
-    print(message, flush=True)
+  def summary_line(self) -> str:
+    return summary(self.report)
 
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    entries = self._decode_all()
-    return {split: self._generate_examples(e) for split, e in entries.items() if e}
-
-  def _generate_examples(self, entries):
-    for e in entries:
-      yield e["key"], {
-          "video": np.load(e["path"], allow_pickle=False), "caption": e["caption"],
-          "fps": np.float32(e["fps"]), "source": e["source"],
-          "clip_index": np.int32(e["clip_index"]), "start_time": np.float32(e["start_time"])}
+  def example(self, entry: dict) -> dict:
+    e = entry
+    return {"video": np.load(e["path"], allow_pickle=False), "caption": e["caption"],
+            "fps": np.float32(e["fps"]), "source": e["source"],
+            "clip_index": np.int32(e["clip_index"]), "start_time": np.float32(e["start_time"])}
 
 
 def summary(report: dict) -> str:
