@@ -45,12 +45,12 @@ Geometry (frames x height x width @ fps; the paper's sizes and frame counts, our
 Make-A-Video's prior (text embedding -> image embedding) is not built: the stages are
 conditioned on the text encoder's embeddings directly, as Imagen Video's are.
 Paper-scale widths are ours (near Imagen Video's stages of the same resolution);
-`parameter_counts(scale)` gives each stage's count (README, Make-A-Video).
+`python -m experiments.make_a_video.count_params` counts each stage's parameters (README,
+Make-A-Video).
 """
 from configs import demo
 from configs import imagen_video
 from vdm_jax import config_utils
-from vdm_jax.models import registry
 
 VARIANTS = ("t2i", "motion", "finetune", "scratch", "interp", "sr", "cascade")
 PAPER_STAGES = ("base", "interp", "sr_l", "sr_h")
@@ -175,20 +175,3 @@ def cascade_config(scale: str = "cpu"):
   c.cascade = imagen_video.cascade_section(
       {n: stage_config(n, scale) for n in stages}, scale=scale)
   return c
-
-
-def parameter_counts(scale: str = "cpu") -> dict:
-  """Stage name -> parameter count (from the shapes alone; nothing is allocated)."""
-  counts = {}
-  for name, (frames, height, width, _) in GEOMETRY[scale].items():
-    c = stage_config(name, scale)
-    fam = registry.family(c.model)
-    d = c.data
-    low = None
-    if fam.takes_lowres:
-      low = (1, int(d.lowres_frames) or frames, int(d.lowres_height) or height,
-             int(d.lowres_width) or width, 3)
-    counts[name] = fam.count_params(frames=min(frames, 2), height=height, width=width,
-                                    lowres=low and (1, min(low[1], 2)) + low[2:])
-  return counts
-

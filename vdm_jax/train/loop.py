@@ -18,6 +18,7 @@ from typing import Optional
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 
 from vdm_jax import errors
 from vdm_jax import sharding as sharding_lib
@@ -168,13 +169,12 @@ def init_from_workdir(config, source_workdir: str, state: state_lib.TrainState, 
   def build(src, fresh):
     params, report = fam.inflate(src, fresh)
     reports.append(report)
-    return params
+    return params, jax.tree.map(jnp.copy, params)     # params and their EMA
 
   try:
     with jax.set_mesh(mesh):
-      params = jax.jit(build, out_shardings=shardings.params)(source, state.params)
-      ema = jax.jit(lambda p: jax.tree.map(lambda x: x + 0, p),
-                    out_shardings=shardings.ema_params)(params)
+      params, ema = jax.jit(build, out_shardings=(shardings.params, shardings.ema_params))(
+          source, state.params)
   except ValueError as e:
     raise errors.ConfigError(f"train.init_from={source_workdir}: {e}.") from e
   logging.info("Initialized from %s (step %d): %s.", source_workdir, step, reports[0].summary())
