@@ -31,7 +31,7 @@ def test_shipped_configs_validate(get_config):
     ("model.lowres_conditioning", "both", "model.lowres_conditioning='both'"),
     ("model.temporal_position", "absolute", "model.temporal_position='absolute'"),
     ("model.frame_position", "learned", "model.frame_position='learned'"),
-    ("model.family", "dit", "model.family = 'dit' is not a known model family; use one of"),
+    ("model.family", "gan", "model.family = 'gan' is not a known model family; use one of"),
     ("model.temporal_mixing", ("attention", "space"), "temporal_mixing entry 'space'"),
 ])
 def test_bad_values_name_the_key(key, value, fragment):

@@ -9,10 +9,11 @@ before families existed).
 """
 from typing import Any, Mapping
 
+from vdm_jax.models import dit
 from vdm_jax.models import family as family_lib
 from vdm_jax.models import unet
 
-FAMILIES: dict[str, family_lib.ModelFamily] = {f.name: f for f in (unet.FAMILY,)}
+FAMILIES: dict[str, family_lib.ModelFamily] = {f.name: f for f in (unet.FAMILY, dit.FAMILY)}
 DEFAULT_FAMILY = "unet"
 
 

@@ -47,8 +47,12 @@ import jax.numpy as jnp
 from vdm_jax.models import attention_blocks
 from vdm_jax.models import axes
 from vdm_jax.models import conditioning
+from vdm_jax.models import input_checks
 from vdm_jax.models import layers
 from vdm_jax.models.unet import spec as unet_spec
+
+_WHY = {"text_emb": "text_cross_attention or text_pooled_conditioning",
+        "text_mask": "text_cross_attention or text_pooled_conditioning"}
 
 
 class SpaceTimeUNet(nn.Module):
@@ -82,10 +86,11 @@ class SpaceTimeUNet(nn.Module):
       [B, T, H, W, out_channels] float32.
     """
     spec = unet_spec.UNetSpec.from_config(self.config)
-    _check_inputs(spec, x, logsnr, text_emb=text_emb, text_mask=text_mask, fps=fps,
-                  cond_aug_logsnr=cond_aug_logsnr, lowres_video=lowres_video,
-                  is_image=is_image, guidance_weight=guidance_weight,
-                  frame_cond=frame_cond, frame_mask=frame_mask)
+    input_checks.check_inputs(
+        "SpaceTimeUNet", spec, unet_spec.INPUT_FLAGS, x, logsnr, why=_WHY, text_emb=text_emb,
+        text_mask=text_mask, fps=fps, cond_aug_logsnr=cond_aug_logsnr, lowres_video=lowres_video,
+        is_image=is_image, guidance_weight=guidance_weight, frame_cond=frame_cond,
+        frame_mask=frame_mask)
     b, t, h, w, _ = x.shape
     dt, pdt = spec.compute_dtype, spec.params_dtype
     kw = dict(dtype=dt, param_dtype=pdt)
@@ -207,55 +212,3 @@ class _Blocks:
       x = self.temporal_conv_cls(s.num_groups, name=f"{prefix}_temporal_conv", **self.kw)(
           x, is_image)
     return x
-
-
-def _check_inputs(spec, x, logsnr, **inputs):
-  """Raises ValueError for malformed, missing-but-required or given-but-unused inputs."""
-  if x.ndim != 5:
-    raise ValueError(f"x must be a video [B, T, H, W, C], got shape {x.shape}")
-  b, _, h, w, _ = x.shape
-  factor = 2 ** (spec.num_levels - 1)
-  if h % factor or w % factor:
-    raise ValueError(f"height and width ({h}, {w}) must be divisible by {factor} "
-                     f"(2 ** (levels - 1) for {spec.num_levels} levels)")
-  if logsnr.shape != (b,):
-    raise ValueError(f"logsnr must have shape [B] = ({b},), got {logsnr.shape}")
-  why = {"text_emb": "text_cross_attention or text_pooled_conditioning",
-         "text_mask": "text_cross_attention or text_pooled_conditioning"}
-  for name, flag in unet_spec.INPUT_FLAGS.items():
-    if flag is None or name == "text_mask":   # optional inputs
-      continue
-    needed, value, flag = name in spec.inputs, inputs[name], why.get(name, flag)
-    if needed and value is None:
-      raise ValueError(f"SpaceTimeUNet needs `{name}` because model.{flag} is set; pass it "
-                       f"(or turn the option off)")
-    if not needed and value is not None:
-      raise ValueError(f"SpaceTimeUNet got `{name}` but model.{flag} is off, so it would be "
-                       f"ignored; drop it or turn the option on")
-  if inputs["text_mask"] is not None and inputs["text_emb"] is None:
-    raise ValueError("SpaceTimeUNet got `text_mask` without `text_emb`")
-  text, mask = inputs["text_emb"], inputs["text_mask"]
-  if text is not None:
-    if text.ndim != 3 or text.shape[0] != b or text.shape[-1] != spec.text_embed_dim:
-      raise ValueError(f"text_emb must be [B={b}, L, text_embed_dim={spec.text_embed_dim}], "
-                       f"got {text.shape}")
-    if mask is not None and (mask.shape != text.shape[:2] or mask.dtype != jnp.bool_):
-      raise ValueError(f"text_mask must be bool [B, L] = {text.shape[:2]}, got "
-                       f"{mask.dtype} {mask.shape}")
-  for name in ("fps", "cond_aug_logsnr", "guidance_weight", "is_image"):
-    value = inputs[name]
-    if value is not None and value.shape != (b,):
-      raise ValueError(f"{name} must have shape [B] = ({b},), got {value.shape}")
-  if inputs["is_image"] is not None and inputs["is_image"].dtype != jnp.bool_:
-    raise ValueError(f"is_image must be bool, got {inputs['is_image'].dtype}")
-  low = inputs["lowres_video"]
-  if low is not None and (low.ndim != 5 or low.shape[0] != b):
-    raise ValueError(f"lowres_video must be [B={b}, T', H', W', C], got {low.shape}")
-  cond, mask = inputs["frame_cond"], inputs["frame_mask"]
-  if cond is not None and cond.shape != x.shape:
-    raise ValueError(f"frame_cond must have the shape of x [B, T, H, W, C] = {x.shape} (the "
-                     f"known frames at their positions, zeros elsewhere), got {cond.shape}")
-  if mask is not None and (mask.shape != x.shape[:2] or not (
-      mask.dtype == jnp.bool_ or jnp.issubdtype(mask.dtype, jnp.floating))):
-    raise ValueError(f"frame_mask must be bool or float [B, T] = {x.shape[:2]} (1 = known "
-                     f"frame), got {mask.dtype} {mask.shape}")

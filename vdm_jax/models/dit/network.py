@@ -1,0 +1,395 @@
+"""The video diffusion transformer over spacetime patches (DiT, Latte, CogVideoX, Wan), Linen.
+
+    model = VideoDiT(config=cfg.model)
+    out = model.apply(params, x, logsnr, text_emb=..., text_mask=..., fps=..., train=False)
+    # x [B, T, H, W, C] -> out [B, T, H, W, cfg.model.out_channels]
+
+Layout:
+  patchify    x (with an SR stage's upsampled low-resolution video, or masked interpolation's
+              known frames + mask, concatenated on channels) cut into patches of
+              patch_size = (pt, ph, pw): tokens [B, N, pt*ph*pw*C] with N = T/pt * H/ph * W/pw
+              in row-major (time, height, width) order, then Dense -> hidden_dim.
+  conditioning  emb = MLP(sin(logsnr)) [+ fps, conditioning-augmentation logSNR, guidance
+              weight, pooled text] (the U-Net's `ConditioningEmbedding`, the same inputs).
+  text        text_emb projected to hidden_dim (linear, or Wan's two-layer MLP).
+  blocks      depth x adaLN-Zero blocks (DiT): with (shift, scale, gate) x 2 from the embedding,
+                x += gate_a * SelfAttention(LN(x) * (1 + scale_a) + shift_a)
+                x += CrossAttention(LN(x), text)                 (text_conditioning='cross')
+                x += gate_m * MLP(LN(x) * (1 + scale_m) + shift_m)
+              The modulation comes from each block's own Dense(emb) ('block', DiT / CogVideoX) or
+              from one shared Dense(emb) plus each block's learned table ('shared', Wan). With
+              text_conditioning='joint' (MM-DiT as CogVideoX) the text tokens join the
+              self-attention, with their own (shift, scale, gate) x 2 ("expert" adaLN) and the
+              same attention and MLP weights, and are carried from block to block.
+              Self-attention: 'full' over all N tokens (and the text in joint mode), or
+              'alternating' (Latte): even blocks attend within each frame, odd blocks across
+              frames at each position. Queries and keys are normalized per head (qk_norm) and
+              rotated by 3D RoPE (rope.py) so attention sees relative (t, h, w) offsets; text
+              tokens are not rotated.
+  output      LN(x) * (1 + scale) + shift from Dense(emb), Dense -> pt*ph*pw*out_channels
+              (zero-initialized), unpatchify.
+
+At initialization every gate, the cross-attention output and the output layer are zero: each
+block is the identity on its residual stream (and on the text stream) and the model outputs
+zeros. `is_image` [B] marks examples whose frames are independent images: their video tokens
+attend only within their own frame (needs patch_size[0] == 1 when T > 1), so each frame is
+computed as a one-frame clip would be: its frames are all rotated as time 0 (with joint text,
+whose stream the frames share, the text reads the first frame: exact for an image tiled over
+the frames, as image datasets feed them, and for one-frame clips). A one-frame clip costs only its own tokens, which is how
+joint image-video training feeds images (vdm_jax/train/objective.py). Text padding (text_mask
+False) is masked out of cross and joint attention; an all-padding caption adds nothing.
+"""
+from typing import Any, Optional, Tuple
+
+import einops
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from vdm_jax.models import attention
+from vdm_jax.models import attention_blocks
+from vdm_jax.models import axes
+from vdm_jax.models import conditioning
+from vdm_jax.models import input_checks
+from vdm_jax.models import layers
+from vdm_jax.models.dit import rope
+from vdm_jax.models.dit import spec as dit_spec
+
+Dtype = Any
+TOKEN_AXES = (axes.BATCH, axes.TOKENS, axes.CHANNELS)
+_QKV_AXES = (axes.BATCH, axes.TOKENS, axes.HEADS, axes.KV)
+_WHY = {"text_emb": "text_conditioning or text_pooled_conditioning",
+        "text_mask": "text_conditioning or text_pooled_conditioning"}
+
+
+def patchify(x, patch_size):
+  """[B, T, H, W, C] -> [B, T/pt * H/ph * W/pw, pt*ph*pw*C] (row-major t, h, w tokens)."""
+  pt, ph, pw = patch_size
+  return einops.rearrange(x, "b (t pt) (h ph) (w pw) c -> b (t h w) (pt ph pw c)",
+                          pt=pt, ph=ph, pw=pw)
+
+
+def unpatchify(tokens, patch_size, grid):
+  """The inverse of `patchify`: [B, N, pt*ph*pw*C] -> [B, T, H, W, C] for a (t, h, w) grid."""
+  pt, ph, pw = patch_size
+  t, h, w = grid
+  return einops.rearrange(tokens, "b (t h w) (pt ph pw c) -> b (t pt) (h ph) (w pw) c",
+                          t=t, h=h, w=w, pt=pt, ph=ph, pw=pw)
+
+
+def _layer_norm(name, dtype, param_dtype, affine=False):
+  if not affine:
+    return nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=dtype,
+                        param_dtype=param_dtype, name=name)
+  return nn.LayerNorm(epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, name=name,
+                      scale_init=layers.partitioned(nn.initializers.ones_init(), (axes.NORM,)),
+                      bias_init=layers.partitioned(nn.initializers.zeros_init(), (axes.NORM,)))
+
+
+def _modulate(x, shift, scale):
+  return x * (1.0 + scale) + shift
+
+
+class HeadNorm(nn.Module):
+  """Query/key normalization over each head's features: 'rms' (RMSNorm) or 'layer'
+  (LayerNorm), with a learned per-feature scale (and bias for 'layer')."""
+  kind: str
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):                                          # [B, L, heads, D]
+    d = x.shape[-1]
+    scale = self.param("scale", layers.partitioned(nn.initializers.ones_init(), (axes.KV,)),
+                       (d,), self.param_dtype)
+    xf = x.astype(jnp.float32)
+    if self.kind == "layer":
+      xf = xf - jnp.mean(xf, axis=-1, keepdims=True)
+    y = xf * jnp.reciprocal(jnp.sqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + 1e-6))
+    y = y * scale.astype(jnp.float32)
+    if self.kind == "layer":
+      y = y + self.param("bias", layers.partitioned(nn.initializers.zeros_init(), (axes.KV,)),
+                         (d,), self.param_dtype).astype(jnp.float32)
+    return y.astype(self.dtype)
+
+
+class SelfAttention(nn.Module):
+  """Self-attention over video tokens (and the text tokens in joint mode).
+
+  kind 'full': all N tokens; 'spatial': the tokens of each frame; 'temporal': each spatial
+  position's tokens across frames. Call: (x [B, N, D], angles [(B,) N, head_dim / 2], text
+  [B, L, D] or None (joint mode), text_mask [B, L] or None, is_image [B] or None) -> (x branch
+  [B, N, D], text branch [B, L, D] or None).
+  """
+  num_heads: int
+  kind: str
+  grid: Tuple[int, int, int]
+  qk_norm: str = "rms"
+  implementation: str = "xla"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, angles, text=None, text_mask=None, is_image=None):
+    b, n, d = x.shape
+    heads, head_dim = self.num_heads, d // self.num_heads
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    tokens = x if text is None else jnp.concatenate([text, x], axis=1)
+    num_text = 0 if text is None else text.shape[1]
+
+    def proj(name):
+      y = attention_blocks.HeadProjection(heads, head_dim, name=name, **kw)(tokens)
+      return nn.with_logical_constraint(y, _QKV_AXES)
+    q, k, v = proj("query"), proj("key"), proj("value")
+    if self.qk_norm != "none":
+      q = HeadNorm(self.qk_norm, name="query_norm", **kw)(q)
+      k = HeadNorm(self.qk_norm, name="key_norm", **kw)(k)
+    # Rotate the video tokens only (text has no position).
+    q = jnp.concatenate([q[:, :num_text], rope.apply_rotary(q[:, num_text:], angles)], axis=1)
+    k = jnp.concatenate([k[:, :num_text], rope.apply_rotary(k[:, num_text:], angles)], axis=1)
+
+    t, h, w = self.grid
+    s = h * w
+    mask = None
+    if self.kind == "full":
+      mask = _full_mask(b, self.grid, num_text, text_mask, is_image)
+      out = attention.dot_product_attention(q, k, v, mask=mask,
+                                            implementation=self.implementation)
+    else:
+      group = ("b (t s) n d -> (b t) s n d" if self.kind == "spatial"
+               else "b (t s) n d -> (b s) t n d")
+      ungroup = ("(b t) s n d -> b (t s) n d" if self.kind == "spatial"
+                 else "(b s) t n d -> b (t s) n d")
+      q, k, v = (einops.rearrange(a, group, t=t, s=s) for a in (q, k, v))
+      if self.kind == "temporal" and is_image is not None and t > 1:
+        # Frames of an independent image attend to themselves only.
+        own = jnp.eye(t, dtype=jnp.bool_)[None, None] | ~is_image[:, None, None, None]
+        mask = jnp.broadcast_to(own[:, None], (b, s, 1, t, t)).reshape(b * s, 1, t, t)
+      out = attention.dot_product_attention(q, k, v, mask=mask,
+                                            implementation=self.implementation)
+      out = einops.rearrange(out, ungroup, b=b, t=t, s=s)
+    out = nn.with_logical_constraint(out, _QKV_AXES)
+    out = attention_blocks.OutProjection(d, name="out", **kw)(out)   # [B, L + N, D]
+    if text is None:
+      return out, None
+    return out[:, num_text:], out[:, :num_text]
+
+
+def _full_mask(b, grid, num_text, text_mask, is_image):
+  """The [B, 1, L + N, L + N] attend mask of full attention (None when nothing is masked):
+  padded text keys are masked out, and an image example's video tokens see only their own
+  frame (and the text); its text tokens see the text and its first frame."""
+  t, h, w = grid
+  n = t * h * w
+  image = is_image is not None and t > 1
+  if not image and (num_text == 0 or text_mask is None):
+    return None
+  frame = jnp.arange(n) // (h * w)
+  if image:
+    same = frame[:, None] == frame[None, :]                          # [N, N]
+    video = same[None, None] | ~is_image[:, None, None, None]        # [B, 1, N, N]
+  else:
+    video = jnp.ones((b, 1, n, n), jnp.bool_)
+  if num_text == 0:
+    return video
+  top = jnp.ones((b, 1, num_text, num_text + n), jnp.bool_)
+  if image:
+    # An image row's text reads its first frame only, so its text stream is the one-frame
+    # clip's; exact for images tiled over the frames (what image datasets feed) and one-frame
+    # clips.
+    first = jnp.concatenate([jnp.ones((num_text,), jnp.bool_), frame == 0])
+    top = top & (first[None, None, None, :] | ~is_image[:, None, None, None])
+  bottom = jnp.concatenate([jnp.ones((b, 1, n, num_text), jnp.bool_), video], axis=-1)
+  mask = jnp.concatenate([top, bottom], axis=2)
+  if text_mask is not None:
+    keys = jnp.concatenate([text_mask, jnp.ones((b, n), jnp.bool_)], axis=1)
+    mask = mask & keys[:, None, None, :]
+  return mask
+
+
+class CrossAttention(nn.Module):
+  """Video tokens attend to the text tokens: the branch (zero-initialized output) of
+  x += CrossAttention(LN(x), text). Call: (x [B, N, D], text [B, L, D], text_mask [B, L])."""
+  num_heads: int
+  qk_norm: str = "rms"
+  implementation: str = "xla"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, text, text_mask):
+    d = x.shape[-1]
+    heads, head_dim = self.num_heads, d // self.num_heads
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = _layer_norm("norm", affine=True, **kw)(x)
+    q = attention_blocks.HeadProjection(heads, head_dim, name="query", **kw)(h)
+    k = attention_blocks.HeadProjection(heads, head_dim, name="key", **kw)(text)
+    v = attention_blocks.HeadProjection(heads, head_dim, name="value", **kw)(text)
+    if self.qk_norm != "none":
+      q = HeadNorm(self.qk_norm, name="query_norm", **kw)(q)
+      k = HeadNorm(self.qk_norm, name="key_norm", **kw)(k)
+    q, k, v = (nn.with_logical_constraint(a, _QKV_AXES) for a in (q, k, v))
+    out = attention.dot_product_attention(q, k, v, mask=text_mask[:, None, None, :],
+                                          implementation=self.implementation)
+    return attention_blocks.OutProjection(d, zero_init=True, name="out", **kw)(out)
+
+
+class Mlp(nn.Module):
+  """Dense(mlp_dim) -> GELU (tanh) -> Dense(hidden)."""
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = layers.dense(self.mlp_dim, name="up", **kw)(x)
+    h = nn.gelu(h, approximate=True)
+    return layers.dense(x.shape[-1], names=(axes.MLP, axes.EMBED), name="down", **kw)(h)
+
+
+class DiTBlock(nn.Module):
+  """One adaLN-Zero block (see the module docstring).
+
+  Call: (x [B, N, D], text [B, L, D] or None, cond, text_mask [B, L] or None, angles
+  [(B,) N, head_dim / 2], is_image [B] or None) -> (x, text). `cond` is the embedding [B, E]
+  (modulation 'block') or the shared modulation [B, M, D] ('shared'), M = 6 (12 when joint).
+  """
+  num_heads: int
+  mlp_dim: int
+  kind: str
+  grid: Tuple[int, int, int]
+  text_conditioning: str = "cross"
+  modulation: str = "block"
+  qk_norm: str = "rms"
+  implementation: str = "xla"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, text, cond, text_mask, angles, is_image):
+    b, _, d = x.shape
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    joint = self.text_conditioning == "joint"
+    m = 12 if joint else 6
+    if self.modulation == "block":
+      mod = layers.dense(m * d, zero_init=True, name="modulation", **kw)(nn.silu(cond))
+      mod = mod.reshape(b, m, d)
+    else:
+      table = self.param("modulation", layers.partitioned(nn.initializers.zeros_init(),
+                                                          (None, axes.EMBED)),
+                         (m, d), self.param_dtype)
+      mod = cond + table.astype(cond.dtype)[None]
+    mod = [mod[:, i, None, :].astype(self.dtype) for i in range(m)]   # each [B, 1, D]
+    shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod[:6]
+
+    norm = _layer_norm("norm", **kw)
+    h = _modulate(norm(x), shift_a, scale_a)
+    th = None
+    if joint:
+      t_shift_a, t_scale_a, t_gate_a, t_shift_m, t_scale_m, t_gate_m = mod[6:]
+      th = _modulate(norm(text), t_shift_a, t_scale_a)
+    attn, text_attn = SelfAttention(self.num_heads, self.kind, self.grid, self.qk_norm,
+                                    self.implementation, name="attn", **kw)(
+                                        h, angles, th, text_mask if joint else None, is_image)
+    x = x + gate_a * attn
+    if joint:
+      text = text + t_gate_a * text_attn
+    if self.text_conditioning == "cross":
+      x = x + CrossAttention(self.num_heads, self.qk_norm, self.implementation,
+                             name="cross_attn", **kw)(x, text, text_mask)
+    mlp = Mlp(self.mlp_dim, name="mlp", **kw)
+    x = x + gate_m * mlp(_modulate(norm(x), shift_m, scale_m))
+    if joint:
+      text = text + t_gate_m * mlp(_modulate(norm(text), t_shift_m, t_scale_m))
+      text = nn.with_logical_constraint(text, (axes.BATCH, axes.TEXT_LENGTH, axes.CHANNELS))
+    return nn.with_logical_constraint(x, TOKEN_AXES), text
+
+
+class VideoDiT(nn.Module):
+  """The video diffusion transformer. `config` is the `model` section (family 'dit')."""
+  config: Any
+
+  @nn.compact
+  def __call__(self, x, logsnr, *, text_emb=None, text_mask=None, fps=None,
+               cond_aug_logsnr=None, lowres_video=None, is_image=None, guidance_weight=None,
+               frame_cond=None, frame_mask=None, train=False):
+    """Predicts the diffusion target for a noisy video; the inputs are the U-Net's (see
+    `vdm_jax.models.unet.network.SpaceTimeUNet`). Returns [B, T, H, W, out_channels] float32."""
+    del train   # no dropout
+    spec = dit_spec.DiTSpec.from_config(self.config)
+    input_checks.check_inputs(
+        "VideoDiT", spec, dit_spec.INPUT_FLAGS, x, logsnr, why=_WHY, text_emb=text_emb,
+        text_mask=text_mask, fps=fps, cond_aug_logsnr=cond_aug_logsnr, lowres_video=lowres_video,
+        is_image=is_image, guidance_weight=guidance_weight, frame_cond=frame_cond,
+        frame_mask=frame_mask)
+    b, t, h, w, _ = x.shape
+    pt, ph, pw = spec.patch_size
+    if is_image is not None and pt > 1 and t > 1:
+      raise ValueError(f"is_image marks frames that are independent images, but "
+                       f"model.patch_size={spec.patch_size} merges {pt} frames per token; feed "
+                       "images as one-frame clips (joint training does) or drop is_image")
+    dt, pdt = spec.compute_dtype, spec.params_dtype
+    kw = dict(dtype=dt, param_dtype=pdt)
+    d = spec.hidden_dim
+    if spec.needs_text and text_mask is None:
+      text_mask = jnp.ones(text_emb.shape[:2], jnp.bool_)
+
+    if spec.lowres_conditioning != "none":
+      low = conditioning.upsample_lowres(
+          lowres_video, mode=spec.lowres_conditioning, frames=t, height=h, width=w,
+          temporal_method=spec.lowres_temporal_upsample)
+      x = jnp.concatenate([x, low.astype(x.dtype)], axis=-1)
+    if spec.frame_mask_conditioning:
+      known = conditioning.frame_mask_channels(frame_cond, frame_mask)
+      x = jnp.concatenate([x, known.astype(x.dtype)], axis=-1)
+    grid = (t // pt, h // ph, w // pw)
+    tokens = patchify(x.astype(dt), spec.patch_size)                 # [B, N, P]
+    hid = layers.dense(d, names=(None, axes.EMBED), name="patch_embed", **kw)(tokens)
+    hid = nn.with_logical_constraint(hid, TOKEN_AXES)
+
+    emb = conditioning.ConditioningEmbedding(spec.cond_embed_dim, name="cond", **kw)(
+        logsnr, fps=fps, cond_aug_logsnr=cond_aug_logsnr, guidance_weight=guidance_weight,
+        text=text_emb if spec.text_pooled_conditioning else None, text_mask=text_mask)
+    text = None
+    if spec.text_conditioning != "none":
+      text = layers.dense(d, name="text_in", **kw)(text_emb.astype(dt))
+      if spec.text_projection == "mlp":
+        text = layers.dense(d, name="text_out", **kw)(nn.gelu(text, approximate=True))
+    cond = emb
+    if spec.modulation == "shared":
+      m = 12 if spec.joint else 6
+      cond = layers.dense(m * d, zero_init=True, name="modulation", **kw)(nn.silu(emb))
+      cond = cond.reshape(b, m, d)
+    positions = rope.grid_positions(grid)
+    angles = rope.angles_at(positions, spec.head_dim, float(spec.rope_theta))   # [N, D / 2]
+    if is_image is not None and grid[0] > 1:
+      # Every frame of an image row is an image at time 0 (text keys, which are not rotated,
+      # then see each frame as a one-frame clip's tokens).
+      still = rope.angles_at(positions * np.array([0, 1, 1]), spec.head_dim,
+                             float(spec.rope_theta))
+      angles = jnp.where(is_image[:, None, None], still[None], angles[None])  # [B, N, D / 2]
+    block_cls = DiTBlock
+    policy = dit_spec.REMAT_POLICIES.get(spec.remat)
+    if policy is not None:
+      block_cls = nn.remat(DiTBlock, policy=policy)
+    for i in range(spec.depth):
+      hid, text = block_cls(spec.num_heads, spec.mlp_dim, spec.block_kind(i), grid,
+                            spec.text_conditioning, spec.modulation, spec.qk_norm,
+                            spec.attention_impl, name=f"block{i}", **kw)(
+                                hid, text, cond, text_mask, angles, is_image)
+
+    final = layers.dense(2 * d, zero_init=True, name="final_modulation", **kw)(nn.silu(emb))
+    shift, scale = jnp.split(final.reshape(b, 2, d)[:, :, None, :].astype(dt), 2, axis=1)
+    hid = _modulate(_layer_norm("norm_out", **kw)(hid), shift[:, 0], scale[:, 0])
+    out = layers.dense(pt * ph * pw * spec.out_channels, names=(axes.EMBED, None),
+                       zero_init=True, name="proj_out", **kw)(hid)
+    return unpatchify(out, spec.patch_size, grid).astype(jnp.float32)
+
+
+def token_count(spec: dit_spec.DiTSpec, *, frames: int, height: int, width: int,
+                text_length: Optional[int] = None) -> int:
+  """Tokens one self-attention sees in full attention: video patches (+ text when joint)."""
+  pt, ph, pw = spec.patch_size
+  n = (frames // pt) * (height // ph) * (width // pw)
+  return n + (int(text_length or 0) if spec.joint else 0)
