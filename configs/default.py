@@ -36,13 +36,23 @@ def get_config(arg=None):
 
   # --- diffusion ---
   d = c.diffusion = ml_collections.ConfigDict()
-  d.schedule = "cosine"                   # cosine | shifted_cosine | linear
+  d.schedule = "cosine"                   # cosine | shifted_cosine | linear | rectified_flow
+  #   | shifted_rectified_flow (logsnr = 2 log((1 - t) / t) clipped; diffusion/schedules.py)
   d.logsnr_min = -20.0
   d.logsnr_max = 20.0
-  d.schedule_base_resolution = 64         # shifted_cosine: shift = 2 * log(base / res)
-  d.prediction = "v"                      # v | eps | x
-  d.loss_weighting = "v_mse"              # constant | snr | truncated_snr | v_mse | min_snr
+  d.schedule_base_resolution = 64         # shifted_*: shift = 2 * log(base / res) (for rectified
+  #   flow SD3's time shift s = res / base)
+  d.prediction = "v"                      # v | eps | x | flow (the rectified-flow velocity
+  #   u = eps - x; the model still takes the VP z and logsnr, vdm_jax/diffusion/parameterization.py)
+  d.loss_weighting = "auto"               # constant | snr | truncated_snr | v_mse | min_snr | flow
+  #   (u-MSE: flow matching) | auto: the prediction's standard loss, 'flow' for prediction=flow
+  #   and 'v_mse' for v, eps and x (what this default was before flow existed)
   d.num_train_timesteps = 0               # 0: continuous t; N: t on N discrete steps
+  # Training-time draws of t (optional keys; absent = uniform): uniform | logit_normal (SD3:
+  # t = sigmoid(mean + std * n), n ~ N(0, 1); continuous t only, num_train_timesteps = 0).
+  d.t_sampling = "uniform"
+  d.logit_normal_mean = 0.0               # logit_normal: the mean of logit(t)
+  d.logit_normal_std = 1.0                # logit_normal: the std of logit(t), > 0
   d.cond_drop_prob = 0.1                  # classifier-free guidance dropout
   d.noise_prior = "independent"           # independent | mixed | progressive: noise correlated
   d.noise_prior_alpha = 1.0               #   across frames (PYoCo), vdm_jax/diffusion/noise.py
@@ -140,7 +150,10 @@ def get_config(arg=None):
 
   # --- sharding ---
   s = c.sharding = ml_collections.ConfigDict()
-  s.mesh_shape = (-1, 1, 1)                # over axes (data, fsdp, tensor); -1 = the rest
+  s.mesh_shape = (-1, 1, 1)                # over axes (data, fsdp, tensor[, sequence]); -1 = the
+  #   rest; a 4th entry > 1 shards the transformer's tokens (with sequence_parallel)
+  s.sequence_parallel = "none"            # none | ulysses (all-to-all: tokens -> heads around
+  #   attention) | ring (ring attention over the key blocks); the video transformer only
   s.logical_axis_rules = axes.DEFAULT_RULES
   # True: the model's nn.with_logical_constraint calls follow the rules (pinned activation
   # layouts); False: XLA propagates the layouts from the sharded params and batch alone.
@@ -152,9 +165,10 @@ def get_config(arg=None):
 
   # --- sampling ---
   sm = c.sample = ml_collections.ConfigDict()
-  sm.sampler = "ddim"                     # ddim | ddpm
+  sm.sampler = "ddim"                     # ddim | ddpm | euler | heun (ODE solvers of the
+  #   rectified-flow path, any prediction; euler = ddim with eta 0; heun: 2N - 1 evaluations)
   sm.num_steps = 64
-  sm.eta = 0.0
+  sm.eta = 0.0                            # ddim only (ddpm, euler and heun ignore it)
   sm.guidance_weight = 3.0
   sm.guidance_schedule = "constant"       # constant | oscillating
   sm.clip = "dynamic"                     # none | static | dynamic

@@ -38,4 +38,5 @@ def get_config(arg=None):
     d.loss_weighting = "flow"
     d.t_sampling = "logit_normal"
     c.sample.sampler = "euler"
+    c.sample.eta = 0.0                   # the ODE (the base stage samples with eta = 1)
   return c

@@ -22,6 +22,8 @@ def _oracle(x, prediction):
       return x
     if prediction == "eps":
       return d.predict_eps_from_x(z=z, x=x, logsnr=logsnr)
+    if prediction == "flow":
+      return d.predict_flow_from_x(z=z, x=x, logsnr=logsnr)
     return d.predict_v_from_x(z=z, x=x, logsnr=logsnr)
   return model_fn
 
@@ -38,7 +40,8 @@ class _Recorder:
 
 
 def _reference_errors(rec_call, x, out, prediction):
-  """float64 x-, eps- and v-space MSEs per example from the recorded model inputs."""
+  """float64 x-, eps-, v- and flow-space (u = eps - x) MSEs per example from the recorded model
+  inputs."""
   z, logsnr, _ = rec_call
   x = np.asarray(x, np.float64)
   out = np.asarray(out, np.float64)
@@ -50,12 +53,15 @@ def _reference_errors(rec_call, x, out, prediction):
     x_hat = out
   elif prediction == "eps":
     x_hat = (z - sigma * out) / alpha
+  elif prediction == "flow":   # z_rf = z / (alpha + sigma) = x + t u, t = sigma / (alpha + sigma)
+    x_hat = (z - sigma * out) / (alpha + sigma)
   else:
     x_hat = alpha * z - sigma * out
   eps_hat = (z - alpha * x_hat) / sigma
   v_hat = alpha * eps_hat - sigma * x_hat
   mse = lambda a, b: np.mean(np.square(a - b).reshape(len(a), -1), axis=1)
-  return mse(x_hat, x), mse(eps_hat, eps), mse(v_hat, v), np.exp(logsnr)
+  return (mse(x_hat, x), mse(eps_hat, eps), mse(v_hat, v), mse(eps_hat - x_hat, eps - x),
+          np.exp(logsnr))
 
 
 @pytest.mark.parametrize("prediction", d.PREDICTIONS)
@@ -81,7 +87,7 @@ def test_weightings_relate_as_stated(prediction):
     per[weighting] = np.asarray(aux["loss_per_example"], np.float64)
     x_mse_lib = np.asarray(aux["x_mse"], np.float64)
   out = rec(jnp.asarray(rec.calls[0][0], jnp.float32), jnp.asarray(rec.calls[0][1]), None)
-  x_mse, eps_mse, v_mse, snr = _reference_errors(rec.calls[0], x, out, prediction)
+  x_mse, eps_mse, v_mse, u_mse, snr = _reference_errors(rec.calls[0], x, out, prediction)
   # The same key gives the same t and noise for every weighting.
   for call in rec.calls[1:]:
     np.testing.assert_array_equal(call[0], rec.calls[0][0])
@@ -96,8 +102,13 @@ def test_weightings_relate_as_stated(prediction):
   np.testing.assert_allclose(per["min_snr"], v_mse * np.minimum(snr, 5.0) / (1.0 + snr),
                              rtol=1e-3)
   np.testing.assert_allclose(per["min_snr"], eps_mse * np.minimum(snr, 5.0) / snr, rtol=1e-3)
-  own = {"x": x_mse, "eps": eps_mse, "v": v_mse}[prediction]
+  # Flow matching: the MSE on u = eps - x, i.e. x-MSE times (1 + sqrt(SNR))^2 = 1 / t^2.
+  np.testing.assert_allclose(per["flow"], u_mse, rtol=1e-3)
+  np.testing.assert_allclose(per["flow"], x_mse * (1.0 + np.sqrt(snr))**2, rtol=1e-3)
+  own = {"x": x_mse, "eps": eps_mse, "v": v_mse, "flow": u_mse}[prediction]
   np.testing.assert_allclose(per["constant"], own, rtol=1e-3)
+  # 'auto': the flow-matching loss for flow models, v-MSE (the old default) for the others.
+  np.testing.assert_array_equal(per["auto"], per["flow" if prediction == "flow" else "v_mse"])
 
 
 def test_loss_weight_function():
@@ -112,6 +123,9 @@ def test_loss_weight_function():
                              rtol=1e-5)
   np.testing.assert_allclose(d.loss_weight(logsnr, "v_mse"), 1 + snr, rtol=1e-5)
   np.testing.assert_allclose(d.loss_weight(logsnr, "min_snr"), np.minimum(snr, 5.0), rtol=1e-5)
+  np.testing.assert_allclose(d.loss_weight(logsnr, "flow"), (1 + np.sqrt(snr))**2, rtol=1e-5)
+  np.testing.assert_allclose(d.loss_weight(logsnr, "constant", prediction="flow"),
+                             (1 + np.sqrt(snr))**2, rtol=1e-5)
   with pytest.raises(ValueError, match="not one of"):
     d.loss_weight(logsnr, "p2")
 

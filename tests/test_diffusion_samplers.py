@@ -275,7 +275,7 @@ def test_sampler_errors_are_clear():
   base = dict(model_fn=_cond_model, shape=SMALL_SHAPE, key=jax.random.key(0), schedule=SCHEDULE,
               cond=COND)
   with pytest.raises(ValueError, match="sampler"):
-    d.sample(num_steps=2, sampler="euler", **base)
+    d.sample(num_steps=2, sampler="dpm_solver", **base)
   with pytest.raises(ValueError, match="num_steps"):
     d.sample(num_steps=0, **base)
   with pytest.raises(ValueError, match="eta"):

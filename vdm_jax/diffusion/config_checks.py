@@ -1,5 +1,6 @@
 """Checks of the config sections that the diffusion math reads: `diffusion` (schedule,
-parameterization, loss, noise prior, conditioning dropout) and the sampler keys of `sample`.
+parameterization, loss, training-time sampling, noise prior, conditioning dropout) and the
+sampler keys of `sample`.
 
 Each returns a list of messages naming the key and the fix ([] when valid); the choices are the
 tuples the modules define, never restated. `vdm_jax.config_utils.validate_config` collects them.
@@ -24,7 +25,9 @@ def diffusion_errors(d) -> list[str]:
   """The `diffusion` section."""
   errors = choice_errors(d, "diffusion", {
       "schedule": schedules.SCHEDULES, "prediction": parameterization.PREDICTIONS,
-      "loss_weighting": losses.WEIGHTINGS, "noise_prior": noise.NOISE_PRIORS})
+      "loss_weighting": losses.WEIGHTINGS, "noise_prior": noise.NOISE_PRIORS,
+      "t_sampling": losses.T_SAMPLINGS})
+  errors += t_sampling_errors(d)
   if d.get("noise_prior", "independent") != "independent" and not float(
       d.get("noise_prior_alpha", 1.0)) > 0.0:
     errors.append(f"diffusion.noise_prior_alpha={d.get('noise_prior_alpha')!r} must be > 0 "
@@ -37,6 +40,24 @@ def diffusion_errors(d) -> list[str]:
     errors.append(f"diffusion.lowres_residual_scale={scale!r} must be a number >= 0 (0 = off)")
   if not 0.0 <= d.cond_drop_prob < 1.0:
     errors.append(f"diffusion.cond_drop_prob={d.cond_drop_prob} must lie in [0, 1)")
+  return errors
+
+
+def t_sampling_errors(d) -> list[str]:
+  """The optional time-sampling keys of `diffusion` (t_sampling, logit_normal_mean,
+  logit_normal_std; absent = 'uniform', 0.0, 1.0, as configs written before them)."""
+  errors = []
+  for key, default, positive in (("logit_normal_mean", 0.0, False),
+                                 ("logit_normal_std", 1.0, True)):
+    value = d.get(key, default)
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+        or not math.isfinite(value) or (positive and not value > 0)):
+      errors.append(f"diffusion.{key}={value!r} must be a finite number"
+                    + (" > 0" if positive else ""))
+  if d.get("t_sampling", "uniform") == "logit_normal" and int(d.get("num_train_timesteps", 0)):
+    errors.append(f"diffusion.t_sampling='logit_normal' draws continuous t: set "
+                  f"diffusion.num_train_timesteps=0 (it is {d.num_train_timesteps}) or "
+                  "diffusion.t_sampling='uniform'")
   return errors
 
 

@@ -2,11 +2,12 @@
 
 Guidance (Ho & Salimans 2022) combines a conditional and an unconditional prediction as
   eps_guided = (1 + w) eps_cond - w eps_uncond,
-so w = 0 is the conditional model. For a fixed z the maps between eps, x and v are affine
-(e.g. x = (z - sigma eps) / alpha), and the combination's coefficients sum to 1, so the same
-combination applied to x or v predictions gives exactly the x and v of eps_guided. We therefore
-combine the raw model outputs (in the model's own parameterization, the best-conditioned place)
-and convert once; `combine_guidance` is the formula, valid in any of the three spaces.
+so w = 0 is the conditional model. For a fixed z the maps between eps, x, v and the flow
+velocity u are affine (e.g. x = (z - sigma eps) / alpha), and the combination's coefficients sum
+to 1, so the same combination applied to x, v or u predictions gives exactly the x, v and u of
+eps_guided. We therefore combine the raw model outputs (in the model's own parameterization, the
+best-conditioned place) and convert once; `combine_guidance` is the formula, valid in any of the
+four spaces.
 
 Imagen Video's oscillating guidance: a constant high weight for the first `const_steps` sampling
 steps, then alternating between the high weight and a low weight (e.g. 15 and 1) on successive

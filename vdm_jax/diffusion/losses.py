@@ -5,18 +5,26 @@ the non-batch dims), so losses under different parameterizations compare directl
 fixed z the prediction errors relate as
   eps_hat - eps = -e^(logsnr/2) (x_hat - x)        ->  eps-MSE = SNR       * x-MSE
   v_hat - v     = -sqrt(1 + SNR) (x_hat - x)       ->  v-MSE   = (1 + SNR) * x-MSE
+  u_hat - u     = -(1 + e^(logsnr/2)) (x_hat - x)  ->  u-MSE   = (1 + sqrt(SNR))^2 * x-MSE
+(u = eps - x the rectified-flow velocity; x = z_rf - t u with t = sigma / (alpha + sigma)),
 the weightings are (SNR = exp(logsnr)):
-  'constant'       plain MSE on the model's own target: w = 1 (x), SNR (eps), 1 + SNR (v)
+  'constant'       plain MSE on the model's own target: w = 1 (x), SNR (eps), 1 + SNR (v),
+                   (1 + sqrt(SNR))^2 (flow)
   'snr'            w = SNR            (eps-MSE; the 'simple' loss of Ho et al. 2020)
   'truncated_snr'  w = max(SNR, 1)    (Salimans & Ho 2022)
   'v_mse'          w = 1 + SNR        (v-MSE)
   'min_snr'        w = min(SNR, 5)    (Min-SNR-gamma, Hang et al. 2023, gamma = 5: v-MSE
                                       times min(SNR, 5) / (1 + SNR), eps-MSE times min(SNR, 5) / SNR)
+  'flow'           w = (1 + sqrt(SNR))^2 = 1 / t^2   (u-MSE: the flow-matching loss of rectified
+                                      flow, Liu et al. 2023, Lipman et al. 2023, SD3)
+  'auto'           the standard loss of the prediction: 'flow' for prediction='flow', 'v_mse' for
+                   v, eps and x (the library's long-standing default for them)
 The loss is evaluated as (MSE on the model's own target) * w / w_own, with the ratio formed in
 log space, which equals w * x-MSE exactly but never multiplies huge by tiny numbers.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
@@ -26,7 +34,9 @@ from vdm_jax.diffusion import noise as noise_lib
 from vdm_jax.diffusion import parameterization as param
 from vdm_jax.diffusion.schedules import q_sample
 
-WEIGHTINGS = ("constant", "snr", "truncated_snr", "v_mse", "min_snr")
+WEIGHTINGS = ("constant", "snr", "truncated_snr", "v_mse", "min_snr", "flow", "auto")
+# Training-time draws of t (`sample_t`): U[0, 1], or SD3's logit-normal t = sigmoid(m + s n).
+T_SAMPLINGS = ("uniform", "logit_normal")
 MIN_SNR_GAMMA = 5.0   # 'min_snr': the paper's default
 
 # model_fn(z [B, ...], logsnr [B], cond pytree or None) -> output [B, ...] in `prediction` space.
@@ -40,21 +50,34 @@ def check_weighting(weighting: str) -> None:
                      "(set diffusion.loss_weighting)")
 
 
-def log_loss_weight(logsnr: jax.Array, weighting: str, *, prediction: str = "x") -> jax.Array:
-  """log w(logsnr) of the x-space loss weight; `prediction` matters only for 'constant'."""
+def resolve_weighting(weighting: str, prediction: str) -> str:
+  """The weighting name that `weighting` means for `prediction`: 'auto' -> 'flow' for flow
+  models and 'v_mse' otherwise; 'constant' (plain MSE on the model's own target) -> 'snr' (eps),
+  'v_mse' (v), 'flow' (flow), or stays 'constant' (x: w = 1); other names as they are."""
   check_weighting(weighting)
   param.check_prediction(prediction)
+  if weighting == "auto":
+    return "flow" if prediction == "flow" else "v_mse"
+  if weighting == "constant":
+    return {"x": "constant", "eps": "snr", "v": "v_mse", "flow": "flow"}[prediction]
+  return weighting
+
+
+def log_loss_weight(logsnr: jax.Array, weighting: str, *, prediction: str = "x") -> jax.Array:
+  """log w(logsnr) of the x-space loss weight; `prediction` matters only for 'constant' and
+  'auto'."""
+  weighting = resolve_weighting(weighting, prediction)
   logsnr = jnp.asarray(logsnr, jnp.float32)
   if weighting == "constant":
-    if prediction == "x":
-      return jnp.zeros_like(logsnr)
-    weighting = "snr" if prediction == "eps" else "v_mse"
+    return jnp.zeros_like(logsnr)
   if weighting == "snr":
     return logsnr
   if weighting == "truncated_snr":
     return jnp.maximum(logsnr, 0.0)
   if weighting == "min_snr":
     return jnp.minimum(logsnr, jnp.log(MIN_SNR_GAMMA))
+  if weighting == "flow":
+    return 2.0 * jax.nn.softplus(0.5 * logsnr)  # log (1 + e^(logsnr/2))^2
   return jax.nn.softplus(logsnr)  # log(1 + SNR)
 
 
@@ -63,10 +86,52 @@ def loss_weight(logsnr: jax.Array, weighting: str, *, prediction: str = "x") -> 
   return jnp.exp(log_loss_weight(logsnr, weighting, prediction=prediction))
 
 
-def sample_t(key: jax.Array, batch_size: int, *, num_discrete_steps: int = 0) -> jax.Array:
-  """Training times [B] (float32): U[0, 1], or uniform on {1/N, ..., N/N} when N > 0."""
+def check_t_sampling(t_sampling: str, *, num_discrete_steps: int = 0,
+                     logit_normal_std: Any = 1.0) -> None:
+  """Raises a ValueError naming the key unless the time-sampling settings fit together."""
+  if t_sampling not in T_SAMPLINGS:
+    raise ValueError(f"t_sampling={t_sampling!r} is not one of {T_SAMPLINGS} "
+                     "(set diffusion.t_sampling)")
+  if t_sampling == "logit_normal":
+    if num_discrete_steps:
+      raise ValueError("t_sampling='logit_normal' draws continuous t: set "
+                       "diffusion.num_train_timesteps=0 (or t_sampling='uniform')")
+    if isinstance(logit_normal_std, (int, float)) and not (
+        logit_normal_std > 0 and math.isfinite(logit_normal_std)):
+      raise ValueError(f"logit_normal_std={logit_normal_std} must be a number > 0 "
+                       "(set diffusion.logit_normal_std)")
+
+
+def t_sampling_from_config(diffusion_config) -> Dict[str, Any]:
+  """The training-time draws of t of a config's `diffusion` section as `diffusion_loss` /
+  `sample_t` keywords: t_sampling, logit_normal_mean, logit_normal_std. The keys are optional:
+  a config written before them draws t uniformly, as it always did."""
+  out = {"t_sampling": str(diffusion_config.get("t_sampling", "uniform")),
+         "logit_normal_mean": float(diffusion_config.get("logit_normal_mean", 0.0)),
+         "logit_normal_std": float(diffusion_config.get("logit_normal_std", 1.0))}
+  check_t_sampling(out["t_sampling"],
+                   num_discrete_steps=int(diffusion_config.get("num_train_timesteps", 0)),
+                   logit_normal_std=out["logit_normal_std"])
+  return out
+
+
+def sample_t(key: jax.Array, batch_size: int, *, num_discrete_steps: int = 0,
+             t_sampling: str = "uniform", logit_normal_mean: Any = 0.0,
+             logit_normal_std: Any = 1.0) -> jax.Array:
+  """Training times [B] (float32).
+
+  t_sampling='uniform': U[0, 1], or uniform on {1/N, ..., N/N} when num_discrete_steps N > 0.
+  t_sampling='logit_normal' (Esser et al. 2024, SD3): t = sigmoid(m + s n), n ~ N(0, 1), with
+  m = logit_normal_mean and s = logit_normal_std, i.e. logit(t) ~ N(m, s^2); continuous only.
+  """
   if num_discrete_steps < 0:
     raise ValueError(f"num_discrete_steps must be >= 0, got {num_discrete_steps}")
+  check_t_sampling(t_sampling, num_discrete_steps=num_discrete_steps,
+                   logit_normal_std=logit_normal_std)
+  if t_sampling == "logit_normal":
+    n = jax.random.normal(key, (batch_size,), jnp.float32)
+    return jax.nn.sigmoid(jnp.asarray(logit_normal_mean, jnp.float32)
+                          + jnp.asarray(logit_normal_std, jnp.float32) * n)
   if num_discrete_steps == 0:
     return jax.random.uniform(key, (batch_size,), jnp.float32)
   i = jax.random.randint(key, (batch_size,), 0, num_discrete_steps)
@@ -91,9 +156,10 @@ def weighted_mean(per_example: jax.Array, example_weight: Optional[jax.Array]) -
 
 def diffusion_loss(*, model_fn: ModelFn, x: jax.Array, key: jax.Array, cond: Any = None,
                    schedule: Callable[[jax.Array], jax.Array], prediction: str = "v",
-                   weighting: str = "v_mse", num_discrete_steps: int = 0,
+                   weighting: str = "auto", num_discrete_steps: int = 0,
                    example_weight: Optional[jax.Array] = None,
-                   noise_fn: Optional[noise_lib.NoiseFn] = None
+                   noise_fn: Optional[noise_lib.NoiseFn] = None, t_sampling: str = "uniform",
+                   logit_normal_mean: Any = 0.0, logit_normal_std: Any = 1.0
                    ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
   """The weighted denoising loss of one batch.
 
@@ -103,12 +169,15 @@ def diffusion_loss(*, model_fn: ModelFn, x: jax.Array, key: jax.Array, cond: Any
     key: PRNG key; split into the time and the noise draws.
     cond: conditioning pytree with leading batch dim, passed to model_fn as it is.
     schedule: t -> logsnr (e.g. a `LogSNRSchedule`).
-    prediction: 'v' | 'eps' | 'x', what model_fn outputs.
-    weighting: 'constant' | 'snr' | 'truncated_snr' | 'v_mse'.
+    prediction: 'v' | 'eps' | 'x' | 'flow', what model_fn outputs.
+    weighting: one of WEIGHTINGS (see the module docstring); 'auto' (the default) is the
+      flow-matching MSE on u for prediction='flow' and 'v_mse' otherwise.
     num_discrete_steps: 0 for continuous t ~ U[0, 1]; N > 0 for t on {1/N, ..., 1}.
     example_weight: optional [B] weights; the loss is their weighted mean.
     noise_fn: optional (key, shape, dtype) -> eps, e.g. frame-correlated noise
       (`noise.noise_fn_from_config`); default i.i.d. standard normals.
+    t_sampling, logit_normal_mean, logit_normal_std: how t is drawn (`sample_t`): 'uniform'
+      (the default) or SD3's 'logit_normal'.
 
   Returns:
     (loss scalar, aux) with aux = {'loss_per_example' [B], 'x_mse' [B], 'weight' [B],
@@ -120,7 +189,8 @@ def diffusion_loss(*, model_fn: ModelFn, x: jax.Array, key: jax.Array, cond: Any
     raise ValueError(f"x must be batched [B, ...], got shape {x.shape}")
   t_key, eps_key = jax.random.split(key)
   batch = x.shape[0]
-  t = sample_t(t_key, batch, num_discrete_steps=num_discrete_steps)
+  t = sample_t(t_key, batch, num_discrete_steps=num_discrete_steps, t_sampling=t_sampling,
+               logit_normal_mean=logit_normal_mean, logit_normal_std=logit_normal_std)
   logsnr = schedule(t)  # [B]
   eps = noise_lib.draw(noise_fn, eps_key, x.shape, x.dtype)
   z = q_sample(x=x, eps=eps, logsnr=logsnr)

@@ -1,4 +1,5 @@
-"""Ancestral (DDPM) and DDIM samplers in continuous time, on any number of steps.
+"""Ancestral (DDPM), DDIM and flow-ODE (Euler, Heun) samplers in continuous time, on any number
+of steps.
 
 The time grid is t_i = i / N; step j = 0..N-1 goes from t = (N - j) / N to s = (N - j - 1) / N,
 and the last step (s = 0) returns the x prediction without noise. The single-step functions
@@ -13,6 +14,19 @@ DDPM posterior q(z_s | z_t, x) for s < t (r = SNR_t / SNR_s):
   (Nichol & Dhariwal 2021's interpolation with a fixed fraction instead of a learned one).
 DDIM (Song et al. 2021): z_s = alpha_s x + sqrt(sigma_s^2 - c^2) eps + c * noise with
 c^2 = eta^2 (1 - r) sigma_s^2; eta = 0 is deterministic and eta = 1 is DDPM 'small'.
+
+Euler and Heun integrate the probability-flow ODE of the rectified-flow path,
+d z_rf / dt = u(z_rf, t), z_rf = z / (alpha + sigma) = (1 - t) x + t eps, t = sigma / (alpha +
+sigma) (`schedules.flow_t_from_logsnr`), from the first to the last logSNR of the grid, with the
+velocity u = eps_pred - x_pred of any model (eps, x, v or flow: the step goes through
+`to_x_and_eps` like every other, so guidance and thresholding act as they do for DDIM):
+  euler  z_rf_s = z_rf_t + (t_s - t_t) u_t
+  heun   z_rf_s = z_rf_t + (t_s - t_t) (u_t + u_s') / 2, u_s' the velocity at the Euler point
+         (a second model evaluation per step; the last step, to t = 0, is Euler's, which returns
+         the x prediction like every sampler here, so it costs 2N - 1 evaluations).
+Since z_t = alpha_t x + sigma_t eps for the (consistent) predictions, z_rf_t = (1 - t) x + t eps and
+the Euler step lands on (1 - t_s) x + t_s eps, i.e. exactly on DDIM's (eta = 0) z_s: Euler is
+deterministic DDIM on the same grid, written in flow coordinates (up to roundoff).
 """
 from __future__ import annotations
 
@@ -26,9 +40,11 @@ from vdm_jax.diffusion import guidance as guid
 from vdm_jax.diffusion import noise as noise_lib
 from vdm_jax.diffusion import parameterization as param
 from vdm_jax.diffusion import reconstruction as recon
-from vdm_jax.diffusion.schedules import alpha_sigma, broadcast_logsnr
+from vdm_jax.diffusion.schedules import (alpha_sigma, broadcast_logsnr, flow_scale,
+                                         flow_t_from_logsnr)
 
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "euler", "heun")
+FLOW_SAMPLERS = ("euler", "heun")   # deterministic ODE samplers (eta is ignored, as by ddpm)
 DDPM_VARIANCES = ("small", "large", "interp")
 LOOPS = ("fori", "scan")
 
@@ -109,6 +125,23 @@ def ddim_step(*, z_t: jax.Array, x_pred: jax.Array, eps_pred: jax.Array, logsnr_
           + sigma_s * jnp.sqrt(c2_frac) * noise)
 
 
+def euler_step(*, z_t: jax.Array, velocity: jax.Array, logsnr_t: jax.Array,
+               logsnr_s: jax.Array) -> jax.Array:
+  """One Euler step of the rectified-flow ODE from z_t (the VP z at logsnr_t) to logsnr_s.
+
+  z_rf_s = z_t / (alpha_t + sigma_t) + (t_s - t_t) velocity, returned as the VP
+  z_s = (alpha_s + sigma_s) z_rf_s; z_t, velocity: [B, ...]; logsnr_t, logsnr_s: [B] (or
+  scalars). `velocity` = eps_pred - x_pred (a Heun step passes the mean of two velocities).
+  """
+  if z_t.shape != velocity.shape:
+    raise ValueError(f"z_t and velocity must have the same shape, got {z_t.shape} and "
+                     f"{velocity.shape}")
+  lt = broadcast_logsnr(logsnr_t, z_t)
+  ls = broadcast_logsnr(logsnr_s, z_t)
+  dt = flow_t_from_logsnr(ls) - flow_t_from_logsnr(lt)   # < 0: towards the data
+  return flow_scale(ls) * (z_t / flow_scale(lt) + dt * velocity)
+
+
 def step_times(step: Any, num_steps: int):
   """(t, s) of sampling step `step` (0 = first): t = (N - step) / N, s = t - 1 / N."""
   i = num_steps - 1 - step
@@ -138,9 +171,11 @@ def sample(*, model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
     key: PRNG key for the initial noise and the per-step noise.
     num_steps: N >= 1 steps on the grid t_i = i / N.
     schedule: t -> logsnr (e.g. a `LogSNRSchedule`).
-    sampler: 'ddim' (with `eta`) or 'ddpm' (ancestral, with `ddpm_variance` 'small' | 'large' |
-      'interp' and the interpolation fraction `ddpm_var_interp`).
-    prediction: 'v' | 'eps' | 'x'.
+    sampler: 'ddim' (with `eta`), 'ddpm' (ancestral, with `ddpm_variance` 'small' | 'large' |
+      'interp' and the interpolation fraction `ddpm_var_interp`), or the deterministic ODE
+      solvers 'euler' | 'heun' of the rectified-flow path (`eta` is DDIM's: the others
+      ignore it).
+    prediction: 'v' | 'eps' | 'x' | 'flow'.
     cond, uncond: conditioning pytrees (leading dim B) for the conditional and unconditional
       model; uncond is needed only when guiding.
     guidance_weight: w in (1 + w) eps_cond - w eps_uncond; 0 = conditional model.
@@ -202,7 +237,7 @@ def sample(*, model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
     raise ValueError("clip_range is not supported together with an observation")
   replacing = observation is not None and observation_method == "replacement"
   # Keys are split only when something random is drawn (PRNG code is slow to compile on CPU).
-  stochastic = sampler == "ddpm" or not guid.is_concrete_zero(eta)
+  stochastic = sampler == "ddpm" or (sampler == "ddim" and not guid.is_concrete_zero(eta))
   noise_key, step_key = jax.random.split(key) if (stochastic or init_noise is None) else (
       None, None)
   if init_noise is None:
@@ -240,6 +275,17 @@ def sample(*, model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
       step_key_j = None if guid.is_concrete_zero(eta) else jax.random.fold_in(step_key, step)
       z_s = ddim_step(z_t=z_t, x_pred=x_pred, eps_pred=eps_pred, logsnr_t=logsnr_t,
                       logsnr_s=logsnr_s, eta=eta, key=step_key_j, noise_fn=noise_fn)
+    elif sampler in FLOW_SAMPLERS:
+      u_t = eps_pred - x_pred
+      z_s = euler_step(z_t=z_t, velocity=u_t, logsnr_t=logsnr_t, logsnr_s=logsnr_s)
+      if sampler == "heun":
+        def heun(z_euler):   # the trapezoid correction with the velocity at the Euler point
+          x_s, eps_s = predict(z_euler.astype(z_t.dtype), logsnr_s, weight)
+          u_s = eps_s.astype(z_t.dtype) - x_s.astype(z_t.dtype)
+          return euler_step(z_t=z_t, velocity=0.5 * (u_t + u_s), logsnr_t=logsnr_t,
+                            logsnr_s=logsnr_s).astype(z_euler.dtype)
+        # The last step (to t = 0) is Euler's: it returns x_pred, with no evaluation at t = 0.
+        z_s = jax.lax.cond(step == num_steps - 1, lambda z: z, heun, z_s)
     else:
       z_s = ddpm_step(z_t=z_t, x_pred=x_pred, logsnr_t=logsnr_t, logsnr_s=logsnr_s,
                       key=jax.random.fold_in(step_key, step), variance=ddpm_variance,

@@ -13,6 +13,13 @@ progressive distillation use):
                   2023): a larger image gets a lower logSNR at every t. The clip range is shifted by
                   the same amount, so the endpoints are logsnr_max + shift and logsnr_min + shift.
   linear          linear in logSNR from logsnr_max (t = 0) to logsnr_min (t = 1).
+  rectified_flow  logsnr = 2 log((1 - t) / t), clipped to [logsnr_min, logsnr_max]: the path
+                  z_rf = (1 - t) x + t eps of rectified flow / flow matching (Liu et al. 2023,
+                  Lipman et al. 2023, SD3), which is the VP z rescaled, z_rf = z / (alpha + sigma)
+                  with t = sigma / (alpha + sigma) = sigmoid(-logsnr / 2).
+  shifted_rectified_flow  rectified_flow + 2 log(base_resolution / resolution), the shift of
+                  shifted_cosine. SD3's time shift t' = s t / (1 + (s - 1) t) is exactly a logSNR
+                  shift of -2 log s (`time_shift`), so s = resolution / base_resolution here.
 """
 from __future__ import annotations
 
@@ -24,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SCHEDULES = ("cosine", "shifted_cosine", "linear")
+SCHEDULES = ("cosine", "shifted_cosine", "linear", "rectified_flow", "shifted_rectified_flow")
+KINDS = ("cosine", "linear", "rectified_flow")   # LogSNRSchedule.kind
 
 
 def broadcast_logsnr(logsnr: jax.Array, ref: jax.Array) -> jax.Array:
@@ -108,8 +116,48 @@ def linear_t_from_logsnr(logsnr: jax.Array, *, logsnr_min: float = -20.0,
   return (logsnr_max - logsnr) / (logsnr_max - logsnr_min)
 
 
+def flow_t_from_logsnr(logsnr: jax.Array) -> jax.Array:
+  """The rectified-flow time of a logSNR, t = sigma / (alpha + sigma) = sigmoid(-logsnr / 2)
+  (no clipping); any shape -> the same shape. z_rf = (1 - t) x + t eps = z / (alpha + sigma)."""
+  return jax.nn.sigmoid(-0.5 * jnp.asarray(logsnr, jnp.float32))
+
+
+def flow_scale(logsnr: jax.Array) -> jax.Array:
+  """alpha + sigma of a logSNR (in [1, sqrt 2]): z_rf = z / flow_scale(logsnr)."""
+  alpha, sigma = alpha_sigma(logsnr)
+  return alpha + sigma
+
+
+def rectified_flow_logsnr(t: jax.Array, *, logsnr_min: float = -20.0,
+                          logsnr_max: float = 20.0):
+  """Rectified-flow schedule 2 log((1 - t) / t), clipped to [logsnr_min, logsnr_max]; t: any
+  shape in [0, 1] -> logsnr of the same shape (t = 0 and 1 give the clip ends, not +-inf)."""
+  t = jnp.asarray(t, jnp.float32)
+  logsnr = 2.0 * (jnp.log1p(-t) - jnp.log(t))   # +inf at t = 0, -inf at t = 1: clipped
+  return jnp.clip(logsnr, logsnr_min, logsnr_max)
+
+
+def rectified_flow_t_from_logsnr(logsnr: jax.Array, *, logsnr_min: float = -20.0,
+                                 logsnr_max: float = 20.0):
+  """Inverse of `rectified_flow_logsnr` on [logsnr_min, logsnr_max]: t = sigmoid(-logsnr / 2)
+  of the clipped logsnr (so t stays in [t(logsnr_max), t(logsnr_min)], inside (0, 1))."""
+  logsnr = jnp.clip(jnp.asarray(logsnr, jnp.float32), logsnr_min, logsnr_max)
+  return flow_t_from_logsnr(logsnr)
+
+
+def time_shift(s: float) -> float:
+  """The logSNR offset -2 log s that equals SD3's time shift t' = s t / (1 + (s - 1) t) of the
+  rectified-flow schedule (s > 1 moves every t towards noise): since
+  (1 - t') / t' = (1 - t) / (s t), logsnr(t') = logsnr(t) - 2 log s. Use it as
+  LogSNRSchedule('rectified_flow', lo, hi, shift=time_shift(s))."""
+  if not s > 0 or not math.isfinite(s):
+    raise ValueError(f"the time shift s must be a positive number, got {s}")
+  return -2.0 * math.log(s)
+
+
 def resolution_shift(resolution: float, base_resolution: float) -> float:
-  """The shifted-cosine logSNR offset 2 log(base / resolution) (negative above the base)."""
+  """The logSNR offset 2 log(base / resolution) of the shifted schedules (negative above the
+  base); for rectified flow it is SD3's time shift s = resolution / base (`time_shift`)."""
   if resolution <= 0 or base_resolution <= 0:
     raise ValueError(f"resolutions must be positive, got resolution={resolution}, "
                      f"base_resolution={base_resolution}")
@@ -121,7 +169,8 @@ class LogSNRSchedule:
   """A logSNR schedule t -> logsnr with its analytic inverse. Hashable (a valid jit static arg).
 
   Attributes:
-    kind: 'cosine' or 'linear' (a shifted cosine is kind='cosine' with shift != 0).
+    kind: 'cosine', 'linear' or 'rectified_flow' (a shifted cosine is kind='cosine' with
+      shift != 0; a shifted rectified flow is kind='rectified_flow' with shift != 0).
     logsnr_min: configured logSNR at t = 1, before the shift.
     logsnr_max: configured logSNR at t = 0, before the shift.
     shift: constant added to the logSNR at every t (and to both ends of the clip range).
@@ -132,8 +181,8 @@ class LogSNRSchedule:
   shift: float = 0.0
 
   def __post_init__(self):
-    if self.kind not in ("cosine", "linear"):
-      raise ValueError(f"LogSNRSchedule.kind must be 'cosine' or 'linear', got {self.kind!r}")
+    if self.kind not in KINDS:
+      raise ValueError(f"LogSNRSchedule.kind must be one of {KINDS}, got {self.kind!r}")
     for name in ("logsnr_min", "logsnr_max", "shift"):
       if not math.isfinite(getattr(self, name)):
         raise ValueError(f"LogSNRSchedule.{name} must be finite, got {getattr(self, name)}")
@@ -153,14 +202,20 @@ class LogSNRSchedule:
 
   def __call__(self, t: jax.Array) -> jax.Array:
     """t: any shape, in [0, 1] -> logsnr (float32) of the same shape, decreasing in t."""
-    fn = cosine_logsnr if self.kind == "cosine" else linear_logsnr
+    fn = _FORWARD[self.kind]
     return fn(t, logsnr_min=self.logsnr_min, logsnr_max=self.logsnr_max) + self.shift
 
   def inverse(self, logsnr: jax.Array) -> jax.Array:
     """logsnr: any shape -> the t (float32) with self(t) == logsnr."""
-    fn = cosine_t_from_logsnr if self.kind == "cosine" else linear_t_from_logsnr
+    fn = _INVERSE[self.kind]
     return fn(jnp.asarray(logsnr, jnp.float32) - self.shift, logsnr_min=self.logsnr_min,
               logsnr_max=self.logsnr_max)
+
+
+_FORWARD = {"cosine": cosine_logsnr, "linear": linear_logsnr,
+            "rectified_flow": rectified_flow_logsnr}
+_INVERSE = {"cosine": cosine_t_from_logsnr, "linear": linear_t_from_logsnr,
+            "rectified_flow": rectified_flow_t_from_logsnr}
 
 
 def _cfg_get(cfg: Any, key: str, default: Any) -> Any:
@@ -177,8 +232,9 @@ def schedule_from_config(diffusion_cfg: Any, resolution: Optional[float] = None
 
   Args:
     diffusion_cfg: object or dict with keys schedule, logsnr_min, logsnr_max and (for
-      shifted_cosine) schedule_base_resolution.
-    resolution: the spatial resolution of this stage (e.g. its height); needed by shifted_cosine.
+      shifted_cosine, shifted_rectified_flow) schedule_base_resolution.
+    resolution: the spatial resolution of this stage (e.g. its height); needed by the shifted
+      schedules.
 
   Returns:
     A `LogSNRSchedule`: call it on t for logsnr, `.inverse(logsnr)` for t.
@@ -190,13 +246,14 @@ def schedule_from_config(diffusion_cfg: Any, resolution: Optional[float] = None
     raise ValueError(f"diffusion.schedule={name!r} is not one of {SCHEDULES}")
   if name == "linear":
     return LogSNRSchedule("linear", lo, hi)
-  if name == "cosine":
-    return LogSNRSchedule("cosine", lo, hi)
+  if name in ("cosine", "rectified_flow"):
+    return LogSNRSchedule(name, lo, hi)
   if resolution is None:
-    raise ValueError("diffusion.schedule='shifted_cosine' needs the stage resolution: call "
+    raise ValueError(f"diffusion.schedule={name!r} needs the stage resolution: call "
                      "schedule_from_config(cfg.diffusion, resolution=<height>)")
   base = float(_cfg_get(diffusion_cfg, "schedule_base_resolution", 64))
-  return LogSNRSchedule("cosine", lo, hi, resolution_shift(float(resolution), base))
+  kind = "cosine" if name == "shifted_cosine" else "rectified_flow"
+  return LogSNRSchedule(kind, lo, hi, resolution_shift(float(resolution), base))
 
 
 def time_grid(num_steps: int) -> np.ndarray:

@@ -128,6 +128,7 @@ def make_loss_fn(config, model) -> Callable[[Any, dict, jax.Array], tuple]:
   cond_aug = fam.takes_cond_aug
   max_aug_t = float(config.train.get("cond_aug_max_t", 1.0))
   masks = frame_mask_settings(config.train) if fam.takes_frame_masks else None
+  t_sampling = diffusion.t_sampling_from_config(d)   # uniform unless the config says so
 
   def group_loss(params, batch, key):
     """The diffusion loss of one group of rows (the videos, or the extra images)."""
@@ -158,7 +159,7 @@ def make_loss_fn(config, model) -> Callable[[Any, dict, jax.Array], tuple]:
     return diffusion.diffusion_loss(
         model_fn=model_fn, x=x, key=loss_key, cond=cond,
         schedule=schedule, prediction=d.prediction, weighting=d.loss_weighting,
-        num_discrete_steps=int(d.num_train_timesteps), noise_fn=noise_fn)
+        num_discrete_steps=int(d.num_train_timesteps), noise_fn=noise_fn, **t_sampling)
 
   def loss_fn(params, batch, key):
     videos, images = split_joint_batch(batch)
