@@ -22,8 +22,10 @@ def _config(mesh_shape):
   return c
 
 
-@pytest.mark.parametrize("shape,expected", [((-1, 1, 1), (8, 1, 1)), ((2, -1, 1), (2, 4, 1)),
-                                            ((2, 2, 2), (2, 2, 2)), ((1, 1, -1), (1, 1, 8))])
+@pytest.mark.parametrize("shape,expected", [((-1, 1, 1), (8, 1, 1, 1)),
+                                            ((2, -1, 1), (2, 4, 1, 1)),
+                                            ((2, 2, 2), (2, 2, 2, 1)), ((1, 1, -1), (1, 1, 8, 1)),
+                                            ((2, 1, 1, -1), (2, 1, 1, 4))])
 def test_resolve_mesh_shape(shape, expected):
   assert sharding.resolve_mesh_shape(shape, 8) == expected
 
@@ -32,7 +34,7 @@ def test_resolve_mesh_shape(shape, expected):
     ((2, 2, 1), "covers 4 devices but there are 8"),
     ((3, -1, 1), "needs a multiple of 3 devices"),
     ((-1, -1, 1), "more than one -1"),
-    ((8, 1), "must have 3 entries"),
+    ((8, 1), "must have 3 or 4 entries"),
     ((0, 8, 1), "positive or -1"),
 ])
 def test_bad_mesh_shapes_say_what_is_wrong(shape, message):
@@ -42,7 +44,7 @@ def test_bad_mesh_shapes_say_what_is_wrong(shape, message):
 
 def test_create_mesh_uses_auto_axes():
   mesh = sharding.create_mesh(_config((2, -1, 2)).sharding)
-  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2, "sequence": 1}
   assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
 
 

@@ -87,8 +87,8 @@ def test_sharded_lowering_places_constraints_on_a_mesh():
   resolve to mesh axes and the forward pass lowers with sharding constraints."""
   cfg = unet_presets.tiny(num_heads=2, head_dim=8)
   model, (x, logsnr, kw), boxed = _abstract(cfg)
-  mesh = jax.make_mesh((2, 2, 2), axes.MESH_AXES,
-                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  mesh = jax.make_mesh((2, 2, 2, 1), axes.MESH_AXES,
+                       axis_types=(jax.sharding.AxisType.Auto,) * 4)
   rules = axes.DEFAULT_RULES
   shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
   specs = [s.spec for s in jax.tree_util.tree_leaves(shardings)]

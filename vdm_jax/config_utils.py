@@ -10,6 +10,7 @@ import ast
 from typing import Dict
 
 from vdm_jax import errors as errors_lib
+from vdm_jax import sharding
 from vdm_jax.data import build
 from vdm_jax.diffusion import config_checks
 from vdm_jax.eval import evaluators
@@ -73,6 +74,7 @@ def validate_config(config) -> None:
     errors += fam.geometry_errors(frames=config.frames, height=config.height,
                                   width=config.width)
     errors += encoder.section_errors(config.text, needs_text=fam.needs_text)
+    errors += sharding.section_errors(config.sharding, model_family=fam.name)
   errors += config_checks.diffusion_errors(config.diffusion)
   errors += config_checks.sampler_errors(config.sample)
   errors += train_checks.train_errors(config)

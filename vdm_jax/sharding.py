@@ -1,6 +1,7 @@
 """Mesh creation, logical axis rules, sharded initialization and the multi-host start.
 
-The mesh has three axes, `data`, `fsdp` and `tensor` (`vdm_jax.models.axes.MESH_AXES`), with
+The mesh has four axes, `data`, `fsdp`, `tensor` and `sequence` (`vdm_jax.models.axes.MESH_AXES`;
+a three-entry `sharding.mesh_shape` leaves `sequence` at 1), with
 Auto axis types (GSPMD semantics: XLA propagates shardings from the annotated inputs, outputs
 and `with_logical_constraint` calls). Parameters carry logical axis names
 (`nn.with_logical_partitioning`); `config.sharding.logical_axis_rules` maps them to mesh axes.
@@ -30,9 +31,11 @@ def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int
   Raises ValueError with what to change when the shape cannot cover the devices exactly.
   """
   shape = tuple(int(s) for s in mesh_shape)
-  if len(shape) != len(axes.MESH_AXES):
-    raise ValueError(f"sharding.mesh_shape={shape} must have {len(axes.MESH_AXES)} entries, "
-                     f"one per mesh axis {axes.MESH_AXES}.")
+  if len(shape) == len(axes.MESH_AXES) - 1:
+    shape = shape + (1,)                  # (data, fsdp, tensor): no sequence parallelism
+  elif len(shape) != len(axes.MESH_AXES):
+    raise ValueError(f"sharding.mesh_shape={shape} must have 3 or 4 entries, one per mesh axis "
+                     f"{axes.MESH_AXES} (3: sequence = 1).")
   if shape.count(-1) > 1:
     raise ValueError(f"sharding.mesh_shape={shape} has more than one -1; at most one axis "
                      "may take 'the rest' of the devices.")
@@ -53,7 +56,8 @@ def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int
 
 
 def create_mesh(sharding_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A (data, fsdp, tensor) mesh with Auto axis types from `config.sharding.mesh_shape`."""
+  """A (data, fsdp, tensor, sequence) mesh with Auto axis types from
+  `config.sharding.mesh_shape`."""
   devices = list(jax.devices() if devices is None else devices)
   shape = resolve_mesh_shape(sharding_cfg.mesh_shape, len(devices))
   return jax.make_mesh(shape, axes.MESH_AXES, axis_types=(AxisType.Auto,) * len(shape),
@@ -61,9 +65,14 @@ def create_mesh(sharding_cfg, devices: Sequence[jax.Device] | None = None) -> Me
 
 
 def logical_rules(sharding_cfg) -> Rules:
-  """The logical axis rules from the config as a tuple of (logical name, mesh axes) pairs."""
+  """The logical axis rules from the config as a tuple of (logical name, mesh axes) pairs:
+  `sharding.sequence_parallel`'s rules (axes.SEQUENCE_PARALLEL_RULES), then the table."""
+  mode = sharding_cfg.get("sequence_parallel", "none")
+  if mode not in axes.SEQUENCE_PARALLEL_RULES:
+    raise ValueError(f"sharding.sequence_parallel={mode!r} is not one of "
+                     f"{tuple(axes.SEQUENCE_PARALLEL_RULES)}")
   rules = []
-  for rule in sharding_cfg.logical_axis_rules:
+  for rule in tuple(axes.SEQUENCE_PARALLEL_RULES[mode]) + tuple(sharding_cfg.logical_axis_rules):
     if len(rule) != 2:
       raise ValueError(f"sharding.logical_axis_rules entry {rule!r} must be a pair "
                        "(logical_name, mesh_axis or tuple of mesh axes or None).")
@@ -75,6 +84,32 @@ def logical_rules(sharding_cfg) -> Rules:
                          f"{t!r}; mesh axes are {axes.MESH_AXES}.")
     rules.append((name, target if isinstance(target, str) or target is None else tuple(target)))
   return tuple(rules)
+
+
+def section_errors(sharding_cfg, *, model_family: str) -> list[str]:
+  """The problems of a `sharding` section for a model of `model_family` (empty when valid)."""
+  errors = []
+  mode = sharding_cfg.get("sequence_parallel", "none")
+  if mode not in axes.SEQUENCE_PARALLEL_RULES:
+    errors.append(f"sharding.sequence_parallel={mode!r} is not one of "
+                  f"{tuple(axes.SEQUENCE_PARALLEL_RULES)}")
+  elif mode != "none":
+    if model_family != "dit":
+      errors.append(f"sharding.sequence_parallel={mode!r} shards the tokens of the video "
+                    f"transformer (model.family='dit'), not of model.family={model_family!r}; "
+                    "set it to 'none'")
+    if not sharding_cfg.get("constrain_activations", True):
+      errors.append(f"sharding.sequence_parallel={mode!r} works through the activation "
+                    "constraints; set sharding.constrain_activations=True")
+  shape = tuple(sharding_cfg.mesh_shape)
+  if len(shape) not in (len(axes.MESH_AXES) - 1, len(axes.MESH_AXES)):
+    errors.append(f"sharding.mesh_shape={shape} must have 3 or 4 entries, one per mesh axis "
+                  f"{axes.MESH_AXES} (3: sequence = 1)")
+  elif len(shape) == len(axes.MESH_AXES) and shape[-1] != 1 and mode == "none":
+    errors.append(f"sharding.mesh_shape={shape} has a sequence axis of {shape[-1]} but "
+                  "sharding.sequence_parallel='none' leaves it unused; choose 'ulysses' or "
+                  "'ring', or fold it into another axis")
+  return errors
 
 
 def _axis_size(mesh: Mesh, entry) -> int:

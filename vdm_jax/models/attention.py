@@ -83,6 +83,80 @@ def dot_product_attention(q, k, v, *, bias=None, mask=None, implementation="xla"
   return out
 
 
+def ring_attention(q, k, v, *, mask=None, axis_name: str):
+  """Ring attention (sequence parallelism): `dot_product_attention` with the query, key and
+  value token axes sharded over mesh axis `axis_name`; under the active mesh (jax.set_mesh).
+
+  Each device keeps its block of queries and passes its block of keys and values around the
+  ring (`ppermute`), one step per device, accumulating the softmax online in float32 (running
+  max, normalizer and weighted sum), so no device ever holds the full key sequence. The mask
+  (broadcastable to [B, N, Lq, Lk]) is sharded by query block; each step reads the columns of
+  the key block it holds. Lq and Lk must be divisible by the axis size. Same arguments and
+  result as `dot_product_attention` (a row whose keys are all masked returns zeros).
+  """
+  if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+    raise ValueError(f"incompatible q {q.shape}, k {k.shape}, v {v.shape}")
+  mesh = jax.sharding.get_abstract_mesh()
+  if axis_name not in mesh.axis_names:
+    raise ValueError(f"ring attention over mesh axis {axis_name!r}, but the active mesh has "
+                     f"axes {mesh.axis_names}; run under jax.set_mesh(mesh)")
+  size = mesh.shape[axis_name]
+  lq, lk = q.shape[1], k.shape[1]
+  if lq % size or lk % size:
+    raise ValueError(f"ring attention over {size} devices needs query and key lengths "
+                     f"divisible by {size}, got {lq} and {lk}")
+  row_valid = None
+  if mask is not None:
+    if mask.dtype != jnp.bool_ or mask.ndim != 4:
+      raise ValueError(f"mask must be a 4-D bool array, got {mask.dtype} {mask.shape}")
+    row_valid = jnp.any(mask, axis=-1, keepdims=True)
+    mask = jnp.broadcast_to(mask | ~row_valid, mask.shape[:2] + (lq, lk))
+  seq = jax.sharding.PartitionSpec(None, axis_name, None, None)
+  mask_spec = jax.sharding.PartitionSpec(None, None, axis_name, None)
+
+  def local(q, k, v, mask):
+    n = jax.lax.axis_size(axis_name)
+    me = jax.lax.axis_index(axis_name)
+    block = k.shape[1]
+    scale = 1.0 / np.sqrt(q.shape[-1])
+    low = jnp.finfo(jnp.float32).min
+    b, nq, heads, d = q.shape
+    out = jnp.zeros((b, heads, nq, d), jnp.float32)
+    run_max = jnp.full((b, heads, nq, 1), low, jnp.float32)
+    norm = jnp.zeros((b, heads, nq, 1), jnp.float32)
+    ring = [(i, (i + 1) % n) for i in range(n)]
+
+    def step(carry, s):
+      out, run_max, norm, k, v = carry
+      owner = (me - s) % n                       # whose key block this device holds now
+      logits = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32) * scale
+      if mask is not None:
+        cols = jax.lax.dynamic_slice_in_dim(mask, owner * block, block, axis=3)
+        logits = jnp.where(cols, logits, low)
+      new_max = jnp.maximum(run_max, jnp.max(logits, axis=-1, keepdims=True))
+      p = jnp.exp(logits - new_max)
+      keep = jnp.exp(run_max - new_max)
+      norm = norm * keep + jnp.sum(p, axis=-1, keepdims=True)
+      out = out * keep + jnp.einsum("bnqk,bknd->bnqd", p, v.astype(jnp.float32))
+      k, v = jax.lax.ppermute((k, v), axis_name, ring)
+      return (out, new_max, norm, k, v), None
+    (out, _, norm, _, _), _ = jax.lax.scan(step, (out, run_max, norm, k, v), jnp.arange(n))
+    return jnp.transpose(out / norm, (0, 2, 1, 3)).astype(v.dtype)
+
+  if mask is None:
+    fn = jax.shard_map(lambda q, k, v: local(q, k, v, None), in_specs=(seq, seq, seq),
+                       out_specs=seq, axis_names={axis_name}, check_vma=False)
+    out = fn(q, k, v)
+  else:
+    fn = jax.shard_map(local, in_specs=(seq, seq, seq, mask_spec), out_specs=seq,
+                       axis_names={axis_name}, check_vma=False)
+    out = fn(q, k, v, mask)
+  if row_valid is not None:
+    keep = jnp.transpose(row_valid, (0, 2, 1, 3))
+    out = jnp.where(keep, out, jnp.zeros((), out.dtype))
+  return out
+
+
 def relative_dot_product_attention(q, k, v, rel_k, rel_v, *, bias=None, mask=None):
   """Attention with relative position representations on keys and values (Shaw et al. 2018).
 

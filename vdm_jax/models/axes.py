@@ -2,8 +2,8 @@
 
 Parameters are annotated with `nn.with_logical_partitioning(init, (AXIS, ...))` and large
 activations with `nn.with_logical_constraint(x, (AXIS, ...))`. A config's
-`sharding.logical_axis_rules` maps these names onto the mesh axes `data`, `fsdp`, `tensor`
-(see `vdm_jax/sharding.py`). Names not in the rules are replicated.
+`sharding.logical_axis_rules` maps these names onto the mesh axes `data`, `fsdp`, `tensor`,
+`sequence` (see `vdm_jax/sharding.py`). Names not in the rules are replicated.
 """
 
 # Activations.
@@ -14,6 +14,12 @@ WIDTH = "width"
 CHANNELS = "channels"          # activation feature dimension
 TOKENS = "tokens"              # attention sequence (flattened positions or frames)
 TEXT_LENGTH = "text_length"    # text token dimension
+# Inside the video transformer's self-attention: the token and head axes of queries, keys and
+# values. Sequence parallelism maps them (sharding.sequence_parallel): Ulysses shards the heads
+# over `sequence` there (an all-to-all from the token-sharded stream), ring attention the
+# tokens.
+ATTN_TOKENS = "attention_tokens"
+ATTN_HEADS = "attention_heads"
 
 # Parameters.
 EMBED = "embed"                # input feature dimension of a dense / conv kernel
@@ -29,7 +35,8 @@ REL_BUCKETS = "rel_buckets"    # relative position buckets
 MESH_DATA = "data"
 MESH_FSDP = "fsdp"
 MESH_TENSOR = "tensor"
-MESH_AXES = (MESH_DATA, MESH_FSDP, MESH_TENSOR)
+MESH_SEQUENCE = "sequence"     # sequence (context) parallelism of the transformer's tokens
+MESH_AXES = (MESH_DATA, MESH_FSDP, MESH_TENSOR, MESH_SEQUENCE)
 
 # The default table: data parallel over (data, fsdp), parameters fully sharded over fsdp,
 # attention heads and MLP outputs over tensor. Configs copy and change this.
@@ -49,4 +56,16 @@ DEFAULT_RULES = (
     (CHANNELS, None),
     (TOKENS, None),
     (TEXT_LENGTH, None),
+    (ATTN_TOKENS, None),
+    (ATTN_HEADS, MESH_TENSOR),
 )
+
+# What `sharding.sequence_parallel` puts before the rules (first match wins): the stream's
+# tokens over `sequence`, and inside attention either the heads (Ulysses: XLA turns the layout
+# change into all-to-alls) or the tokens (ring attention, `attention.ring_attention`).
+SEQUENCE_PARALLEL_RULES = {
+    "none": (),
+    "ulysses": ((TOKENS, MESH_SEQUENCE), (ATTN_TOKENS, None),
+                (ATTN_HEADS, (MESH_TENSOR, MESH_SEQUENCE))),
+    "ring": ((TOKENS, MESH_SEQUENCE), (ATTN_TOKENS, MESH_SEQUENCE), (ATTN_HEADS, MESH_TENSOR)),
+}

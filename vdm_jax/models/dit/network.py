@@ -23,7 +23,10 @@ Layout:
               same attention and MLP weights, and are carried from block to block.
               Self-attention: 'full' over all N tokens (and the text in joint mode), or
               'alternating' (Latte): even blocks attend within each frame, odd blocks across
-              frames at each position. Queries and keys are normalized per head (qk_norm) and
+              frames at each position. Sequence parallelism (sharding.sequence_parallel) keeps
+              the stream's tokens sharded over the `sequence` mesh axis; around attention
+              either the heads are sharded instead (Ulysses: all-to-alls) or, for full
+              attention, the keys and values travel a ring (attention.ring_attention). Queries and keys are normalized per head (qk_norm) and
               rotated by 3D RoPE (rope.py) so attention sees relative (t, h, w) offsets; text
               tokens are not rotated.
   output      LN(x) * (1 + scale) + shift from Dense(emb), Dense -> pt*ph*pw*out_channels
@@ -43,6 +46,7 @@ from typing import Any, Optional, Tuple
 
 import einops
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -57,6 +61,9 @@ from vdm_jax.models.dit import spec as dit_spec
 
 Dtype = Any
 TOKEN_AXES = (axes.BATCH, axes.TOKENS, axes.CHANNELS)
+# Queries, keys and values of self-attention: sequence parallelism maps these (Ulysses: heads
+# over `sequence`; ring: tokens), see vdm_jax.models.axes.SEQUENCE_PARALLEL_RULES.
+_ATTN_AXES = (axes.BATCH, axes.ATTN_TOKENS, axes.ATTN_HEADS, axes.KV)
 _QKV_AXES = (axes.BATCH, axes.TOKENS, axes.HEADS, axes.KV)
 _WHY = {"text_emb": "text_conditioning or text_pooled_conditioning",
         "text_mask": "text_conditioning or text_pooled_conditioning"}
@@ -138,8 +145,7 @@ class SelfAttention(nn.Module):
     num_text = 0 if text is None else text.shape[1]
 
     def proj(name):
-      y = attention_blocks.HeadProjection(heads, head_dim, name=name, **kw)(tokens)
-      return nn.with_logical_constraint(y, _QKV_AXES)
+      return attention_blocks.HeadProjection(heads, head_dim, name=name, **kw)(tokens)
     q, k, v = proj("query"), proj("key"), proj("value")
     if self.qk_norm != "none":
       q = HeadNorm(self.qk_norm, name="query_norm", **kw)(q)
@@ -147,14 +153,19 @@ class SelfAttention(nn.Module):
     # Rotate the video tokens only (text has no position).
     q = jnp.concatenate([q[:, :num_text], rope.apply_rotary(q[:, num_text:], angles)], axis=1)
     k = jnp.concatenate([k[:, :num_text], rope.apply_rotary(k[:, num_text:], angles)], axis=1)
+    q, k, v = (nn.with_logical_constraint(a, _ATTN_AXES) for a in (q, k, v))
 
     t, h, w = self.grid
     s = h * w
     mask = None
     if self.kind == "full":
       mask = _full_mask(b, self.grid, num_text, text_mask, is_image)
-      out = attention.dot_product_attention(q, k, v, mask=mask,
-                                            implementation=self.implementation)
+      ring = ring_axis()
+      if ring is not None:
+        out = attention.ring_attention(q, k, v, mask=mask, axis_name=ring)
+      else:
+        out = attention.dot_product_attention(q, k, v, mask=mask,
+                                              implementation=self.implementation)
     else:
       group = ("b (t s) n d -> (b t) s n d" if self.kind == "spatial"
                else "b (t s) n d -> (b s) t n d")
@@ -168,11 +179,28 @@ class SelfAttention(nn.Module):
       out = attention.dot_product_attention(q, k, v, mask=mask,
                                             implementation=self.implementation)
       out = einops.rearrange(out, ungroup, b=b, t=t, s=s)
-    out = nn.with_logical_constraint(out, _QKV_AXES)
+    out = nn.with_logical_constraint(out, _ATTN_AXES)
     out = attention_blocks.OutProjection(d, name="out", **kw)(out)   # [B, L + N, D]
+    out = nn.with_logical_constraint(out, TOKEN_AXES)
     if text is None:
       return out, None
     return out[:, num_text:], out[:, :num_text]
+
+
+def ring_axis():
+  """The mesh axis that the active logical rules shard attention tokens over (ring attention,
+  sharding.sequence_parallel='ring'), or None: no rules, no such axis, or an axis of size 1."""
+  entry = nn.logical_to_mesh_axes((axes.ATTN_TOKENS,))[0]
+  if entry is None:
+    return None
+  names = (entry,) if isinstance(entry, str) else tuple(entry)
+  if len(names) != 1:
+    raise ValueError(f"ring attention runs over one mesh axis; the rules map "
+                     f"{axes.ATTN_TOKENS!r} to {names}")
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or names[0] not in mesh.axis_names or mesh.shape[names[0]] == 1:
+    return None
+  return names[0]
 
 
 def _full_mask(b, grid, num_text, text_mask, is_image):
