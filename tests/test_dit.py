@@ -272,3 +272,48 @@ def test_paper_presets_match_the_reference_parameter_counts():
     assert abs(n / ref["exact_params"] - 1.0) < 0.01, (name, n, ref["exact_params"])
   with pytest.raises(ValueError, match="unknown paper-scale transformer"):
     presets.paper("sora")
+
+
+def test_packed_sequences_equal_the_examples_run_one_by_one(variant):
+  """Two rows of 4 frames hold a 3-frame clip + an image, and a 2-frame clip + an image + one
+  padding frame; each example's frames equal the example run alone."""
+  _, cfg, _, params, apply = variant
+  rng = np.random.default_rng(5)
+  lengths = [[3, 1], [2, 1]]
+  x = jnp.asarray(rng.standard_normal((2, 4, H, W, C)), jnp.float32)
+  seg = jnp.array([[0, 0, 0, 1], [0, 0, 1, -1]], jnp.int32)
+  logsnr = jnp.asarray(rng.uniform(-5, 5, (2, 2)), jnp.float32)
+  fps = jnp.asarray([[4.0, 0.0], [8.0, 0.0]])
+  text = jnp.asarray(rng.standard_normal((2, 2, L, cfg.text_embed_dim)), jnp.float32)
+  mask = jnp.asarray(np.arange(L)[None, None] < np.array([[5, 3], [4, 2]])[..., None])
+  packed = apply(params, x, logsnr, dict(segment_ids=seg, fps=fps, text_emb=text,
+                                         text_mask=mask))
+  for row in range(2):
+    start = 0
+    for s, n in enumerate(lengths[row]):
+      alone = apply(params, x[row:row + 1, start:start + n], logsnr[row, s:s + 1],
+                    dict(fps=fps[row, s:s + 1], text_emb=text[row, s:s + 1],
+                         text_mask=mask[row, s:s + 1]))
+      np.testing.assert_allclose(packed[row, start:start + n], alone[0], rtol=1e-4,
+                                 atol=2e-5, err_msg=f"row {row} segment {s}")
+      start += n
+  # Packing is not a no-op: a frame of the other segment would change the result.
+  mixed = apply(params, x, logsnr, dict(segment_ids=jnp.zeros_like(seg), fps=fps,
+                                        text_emb=text, text_mask=mask))
+  assert float(jnp.abs(mixed[0, :3] - packed[0, :3]).max()) > 1e-3
+
+
+def test_packed_inputs_are_checked():
+  cfg = presets.tiny()
+  model = network.VideoDiT(config=cfg)
+  x = jnp.zeros((1, 2, H, W, C))
+  seg = jnp.zeros((1, 2), jnp.int32)
+  kw = dict(fps=jnp.ones((1, 1)), text_emb=jnp.zeros((1, 1, L, 16)), segment_ids=seg)
+  with pytest.raises(ValueError, match=r"logsnr must be \[B, S\]"):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), x, jnp.zeros((1,)), **kw))
+  with pytest.raises(ValueError, match=r"fps must be \[B, S\]"):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), x, jnp.zeros((1, 1)),
+                                      **dict(kw, fps=jnp.ones((1,)))))
+  with pytest.raises(ValueError, match="neither lowres_video"):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), x, jnp.zeros((1, 1)), **kw,
+                                      is_image=jnp.zeros((1,), bool)))

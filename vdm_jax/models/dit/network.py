@@ -125,8 +125,8 @@ class SelfAttention(nn.Module):
 
   kind 'full': all N tokens; 'spatial': the tokens of each frame; 'temporal': each spatial
   position's tokens across frames. Call: (x [B, N, D], angles [(B,) N, head_dim / 2], text
-  [B, L, D] or None (joint mode), text_mask [B, L] or None, is_image [B] or None) -> (x branch
-  [B, N, D], text branch [B, L, D] or None).
+  [B, L, D] or None (joint mode), mask: the attend mask of this kind (`attention_masks`) or
+  None) -> (x branch [B, N, D], text branch [B, L, D] or None).
   """
   num_heads: int
   kind: str
@@ -137,7 +137,7 @@ class SelfAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, angles, text=None, text_mask=None, is_image=None):
+  def __call__(self, x, angles, text=None, mask=None):
     b, n, d = x.shape
     heads, head_dim = self.num_heads, d // self.num_heads
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -157,9 +157,7 @@ class SelfAttention(nn.Module):
 
     t, h, w = self.grid
     s = h * w
-    mask = None
     if self.kind == "full":
-      mask = _full_mask(b, self.grid, num_text, text_mask, is_image)
       ring = ring_axis()
       if ring is not None:
         out = attention.ring_attention(q, k, v, mask=mask, axis_name=ring)
@@ -172,10 +170,8 @@ class SelfAttention(nn.Module):
       ungroup = ("(b t) s n d -> b (t s) n d" if self.kind == "spatial"
                  else "(b s) t n d -> b (t s) n d")
       q, k, v = (einops.rearrange(a, group, t=t, s=s) for a in (q, k, v))
-      if self.kind == "temporal" and is_image is not None and t > 1:
-        # Frames of an independent image attend to themselves only.
-        own = jnp.eye(t, dtype=jnp.bool_)[None, None] | ~is_image[:, None, None, None]
-        mask = jnp.broadcast_to(own[:, None], (b, s, 1, t, t)).reshape(b * s, 1, t, t)
+      if self.kind == "spatial":
+        mask = None                       # a frame belongs to one example
       out = attention.dot_product_attention(q, k, v, mask=mask,
                                             implementation=self.implementation)
       out = einops.rearrange(out, ungroup, b=b, t=t, s=s)
@@ -201,6 +197,48 @@ def ring_axis():
   if mesh.empty or names[0] not in mesh.axis_names or mesh.shape[names[0]] == 1:
     return None
   return names[0]
+
+
+def attention_masks(b, grid, *, num_text, text_mask, is_image, video_seg=None, text_seg=None,
+                    frame_seg=None):
+  """The attend masks of one forward pass, by kind (None: nothing masked):
+    'full'      [B, 1, L + N, L + N] over [joint text; video] tokens;
+    'temporal'  [B * H'W', 1, T', T'] frames at each position (alternating layout);
+    'cross'     [B, 1, N | 1, L] video tokens to text tokens (cross-attention).
+  Unpacked: text padding, and an `is_image` row's frames kept apart (`_full_mask`). Packed
+  (video_seg [B, N], text_seg [B, L], frame_seg [B, T'] given): tokens attend within their
+  own segment (and its valid text) only."""
+  t, h, w = grid
+  if video_seg is None:
+    temporal = None
+    if is_image is not None and t > 1:
+      # Frames of an independent image attend to themselves only.
+      own = jnp.eye(t, dtype=jnp.bool_)[None, None] | ~is_image[:, None, None, None]
+      temporal = jnp.broadcast_to(own[:, None], (b, h * w, 1, t, t)).reshape(b * h * w, 1, t, t)
+    return {"full": _full_mask(b, grid, num_text, text_mask, is_image),
+            "temporal": temporal,
+            "cross": None if text_mask is None else text_mask[:, None, None, :]}
+  seg = video_seg if not num_text else jnp.concatenate([text_seg, video_seg], axis=1)
+  full = seg[:, None, :, None] == seg[:, None, None, :]
+  if num_text:
+    full = full & jnp.concatenate([text_mask, jnp.ones_like(video_seg, jnp.bool_)],
+                                  axis=1)[:, None, None, :]
+  same = frame_seg[:, :, None] == frame_seg[:, None, :]                  # [B, T', T']
+  temporal = jnp.broadcast_to(same[:, None, None], (b, h * w, 1, t, t)).reshape(
+      b * h * w, 1, t, t)
+  cross = None
+  if text_seg is not None:
+    cross = (video_seg[:, None, :, None] == text_seg[:, None, None, :]) & text_mask[:, None,
+                                                                                  None, :]
+  return {"full": full, "temporal": temporal, "cross": cross}
+
+
+def _per_token(values, seg):
+  """values [B, S, ...] of each segment -> [B, L, ...] of each token of segment ids seg [B, L]
+  (padding tokens, id -1, get segment 0's: their outputs are ignored)."""
+  index = jnp.clip(seg, 0, values.shape[1] - 1)
+  index = index.reshape(index.shape + (1,) * (values.ndim - 2))
+  return jnp.take_along_axis(values, index, axis=1)
 
 
 def _full_mask(b, grid, num_text, text_mask, is_image):
@@ -237,7 +275,7 @@ def _full_mask(b, grid, num_text, text_mask, is_image):
 
 class CrossAttention(nn.Module):
   """Video tokens attend to the text tokens: the branch (zero-initialized output) of
-  x += CrossAttention(LN(x), text). Call: (x [B, N, D], text [B, L, D], text_mask [B, L])."""
+  x += CrossAttention(LN(x), text). Call: (x [B, N, D], text [B, L, D], mask [B, 1, N | 1, L])."""
   num_heads: int
   qk_norm: str = "rms"
   implementation: str = "xla"
@@ -245,7 +283,7 @@ class CrossAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, text, text_mask):
+  def __call__(self, x, text, mask):
     d = x.shape[-1]
     heads, head_dim = self.num_heads, d // self.num_heads
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -257,7 +295,7 @@ class CrossAttention(nn.Module):
       q = HeadNorm(self.qk_norm, name="query_norm", **kw)(q)
       k = HeadNorm(self.qk_norm, name="key_norm", **kw)(k)
     q, k, v = (nn.with_logical_constraint(a, _QKV_AXES) for a in (q, k, v))
-    out = attention.dot_product_attention(q, k, v, mask=text_mask[:, None, None, :],
+    out = attention.dot_product_attention(q, k, v, mask=mask,
                                           implementation=self.implementation)
     return attention_blocks.OutProjection(d, zero_init=True, name="out", **kw)(out)
 
@@ -279,9 +317,11 @@ class Mlp(nn.Module):
 class DiTBlock(nn.Module):
   """One adaLN-Zero block (see the module docstring).
 
-  Call: (x [B, N, D], text [B, L, D] or None, cond, text_mask [B, L] or None, angles
-  [(B,) N, head_dim / 2], is_image [B] or None) -> (x, text). `cond` is the embedding [B, E]
-  (modulation 'block') or the shared modulation [B, M, D] ('shared'), M = 6 (12 when joint).
+  Call: (x [B, N, D], text [B, L, D] or None, cond, angles [(B,) N, head_dim / 2], masks
+  (`attention_masks`), segments: None or (video_seg [B, N], text_seg [B, L]) of a packed
+  batch) -> (x, text). `cond` is the embedding [B, E] (modulation 'block') or the shared
+  modulation [B, M, D] ('shared'), M = 6 (12 when joint); packed, [B, S, ...] per segment and
+  each token takes its segment's.
   """
   num_heads: int
   mlp_dim: int
@@ -295,37 +335,44 @@ class DiTBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, text, cond, text_mask, angles, is_image):
-    b, _, d = x.shape
+  def __call__(self, x, text, cond, angles, masks, segments=None):
+    d = x.shape[-1]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     joint = self.text_conditioning == "joint"
     m = 12 if joint else 6
     if self.modulation == "block":
       mod = layers.dense(m * d, zero_init=True, name="modulation", **kw)(nn.silu(cond))
-      mod = mod.reshape(b, m, d)
+      mod = mod.reshape(mod.shape[:-1] + (m, d))                     # [B, (S,) M, D]
     else:
       table = self.param("modulation", layers.partitioned(nn.initializers.zeros_init(),
                                                           (None, axes.EMBED)),
                          (m, d), self.param_dtype)
-      mod = cond + table.astype(cond.dtype)[None]
-    mod = [mod[:, i, None, :].astype(self.dtype) for i in range(m)]   # each [B, 1, D]
-    shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod[:6]
+      mod = cond + table.astype(cond.dtype)
+    if segments is None:
+      video_mod = text_mod = mod[:, None].astype(self.dtype)         # [B, 1, M, D]
+    else:
+      video_mod = _per_token(mod, segments[0]).astype(self.dtype)     # [B, N, M, D]
+      text_mod = None if segments[1] is None else _per_token(mod, segments[1]).astype(
+          self.dtype)
+    shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = (video_mod[:, :, i] for i in range(6))
 
     norm = _layer_norm("norm", **kw)
     h = _modulate(norm(x), shift_a, scale_a)
     th = None
     if joint:
-      t_shift_a, t_scale_a, t_gate_a, t_shift_m, t_scale_m, t_gate_m = mod[6:]
+      t_shift_a, t_scale_a, t_gate_a, t_shift_m, t_scale_m, t_gate_m = (
+          text_mod[:, :, i] for i in range(6, 12))
       th = _modulate(norm(text), t_shift_a, t_scale_a)
+    kind_mask = masks["full"] if self.kind == "full" else masks["temporal"]
     attn, text_attn = SelfAttention(self.num_heads, self.kind, self.grid, self.qk_norm,
                                     self.implementation, name="attn", **kw)(
-                                        h, angles, th, text_mask if joint else None, is_image)
+                                        h, angles, th, kind_mask)
     x = x + gate_a * attn
     if joint:
       text = text + t_gate_a * text_attn
     if self.text_conditioning == "cross":
       x = x + CrossAttention(self.num_heads, self.qk_norm, self.implementation,
-                             name="cross_attn", **kw)(x, text, text_mask)
+                             name="cross_attn", **kw)(x, text, masks["cross"])
     mlp = Mlp(self.mlp_dim, name="mlp", **kw)
     x = x + gate_m * mlp(_modulate(norm(x), shift_m, scale_m))
     if joint:
@@ -341,16 +388,45 @@ class VideoDiT(nn.Module):
   @nn.compact
   def __call__(self, x, logsnr, *, text_emb=None, text_mask=None, fps=None,
                cond_aug_logsnr=None, lowres_video=None, is_image=None, guidance_weight=None,
-               frame_cond=None, frame_mask=None, train=False):
+               frame_cond=None, frame_mask=None, segment_ids=None, train=False):
     """Predicts the diffusion target for a noisy video; the inputs are the U-Net's (see
-    `vdm_jax.models.unet.network.SpaceTimeUNet`). Returns [B, T, H, W, out_channels] float32."""
+    `vdm_jax.models.unet.network.SpaceTimeUNet`). Returns [B, T, H, W, out_channels] float32.
+
+    Packed sequences: with `segment_ids` [B, T] int (the example each frame belongs to, 0..S-1
+    in contiguous runs; -1 for padding frames) each row holds S examples of any lengths (clips
+    and one-frame images) one after another in time, and the per-example inputs are per
+    segment: logsnr, fps, cond_aug_logsnr, guidance_weight [B, S], text_emb [B, S, L, D],
+    text_mask [B, S, L]. Tokens attend within their segment only, its time positions start at
+    0 and it is conditioned on its own inputs, so each example's frames come out as if it ran
+    alone (`tests/test_dit.py`). Not with lowres_video or is_image.
+    """
     del train   # no dropout
     spec = dit_spec.DiTSpec.from_config(self.config)
-    input_checks.check_inputs(
-        "VideoDiT", spec, dit_spec.INPUT_FLAGS, x, logsnr, why=_WHY, text_emb=text_emb,
-        text_mask=text_mask, fps=fps, cond_aug_logsnr=cond_aug_logsnr, lowres_video=lowres_video,
-        is_image=is_image, guidance_weight=guidance_weight, frame_cond=frame_cond,
-        frame_mask=frame_mask)
+    packed = segment_ids is not None
+    per_segment = dict(fps=fps, cond_aug_logsnr=cond_aug_logsnr,
+                       guidance_weight=guidance_weight)
+    if packed:
+      b, num_seg = _check_packed(x, logsnr, segment_ids, text_emb, text_mask, lowres_video,
+                                 is_image, per_segment)
+      flat = lambda a: None if a is None else a.reshape((b * num_seg,) + a.shape[2:])
+      per_example_flags = {k: v for k, v in dit_spec.INPUT_FLAGS.items()
+                           if k not in ("frame_cond", "frame_mask")}
+      input_checks.check_inputs(
+          "VideoDiT", spec, per_example_flags,
+          jax.ShapeDtypeStruct((b * num_seg,) + x.shape[1:], x.dtype), flat(logsnr), why=_WHY,
+          text_emb=flat(text_emb), text_mask=flat(text_mask), lowres_video=None, is_image=None,
+          frame_cond=None, frame_mask=None, **{k: flat(v) for k, v in per_segment.items()})
+      input_checks.check_inputs(
+          "VideoDiT", spec, {"frame_cond": "frame_mask_conditioning",
+                             "frame_mask": "frame_mask_conditioning"},
+          x, jnp.zeros((x.shape[0],)), text_emb=None, text_mask=None, lowres_video=None,
+          is_image=None, frame_cond=frame_cond, frame_mask=frame_mask, fps=None,
+          cond_aug_logsnr=None, guidance_weight=None)
+    else:
+      input_checks.check_inputs(
+          "VideoDiT", spec, dit_spec.INPUT_FLAGS, x, logsnr, why=_WHY, text_emb=text_emb,
+          text_mask=text_mask, lowres_video=lowres_video, is_image=is_image,
+          frame_cond=frame_cond, frame_mask=frame_mask, **per_segment)
     b, t, h, w, _ = x.shape
     pt, ph, pw = spec.patch_size
     if is_image is not None and pt > 1 and t > 1:
@@ -361,7 +437,7 @@ class VideoDiT(nn.Module):
     kw = dict(dtype=dt, param_dtype=pdt)
     d = spec.hidden_dim
     if spec.needs_text and text_mask is None:
-      text_mask = jnp.ones(text_emb.shape[:2], jnp.bool_)
+      text_mask = jnp.ones(text_emb.shape[:-1], jnp.bool_)
 
     if spec.lowres_conditioning != "none":
       low = conditioning.upsample_lowres(
@@ -376,27 +452,63 @@ class VideoDiT(nn.Module):
     hid = layers.dense(d, names=(None, axes.EMBED), name="patch_embed", **kw)(tokens)
     hid = nn.with_logical_constraint(hid, TOKEN_AXES)
 
+    # Per-example inputs; packed: per segment, embedded as B * S rows.
+    lead = (b, num_seg) if packed else (b,)
+    rows = (lambda a: None if a is None else a.reshape((-1,) + a.shape[len(lead):]))
     emb = conditioning.ConditioningEmbedding(spec.cond_embed_dim, name="cond", **kw)(
-        logsnr, fps=fps, cond_aug_logsnr=cond_aug_logsnr, guidance_weight=guidance_weight,
-        text=text_emb if spec.text_pooled_conditioning else None, text_mask=text_mask)
+        rows(logsnr), fps=rows(fps), cond_aug_logsnr=rows(cond_aug_logsnr),
+        guidance_weight=rows(guidance_weight),
+        text=rows(text_emb) if spec.text_pooled_conditioning else None,
+        text_mask=rows(text_mask))
+    emb = emb.reshape(lead + emb.shape[1:])                          # [B, (S,) E]
     text = None
     if spec.text_conditioning != "none":
-      text = layers.dense(d, name="text_in", **kw)(text_emb.astype(dt))
+      text_tokens = text_emb.reshape((b, -1, text_emb.shape[-1]))   # [B, (S *) L, D]
+      text = layers.dense(d, name="text_in", **kw)(text_tokens.astype(dt))
       if spec.text_projection == "mlp":
         text = layers.dense(d, name="text_out", **kw)(nn.gelu(text, approximate=True))
+    flat_text_mask = None if text_mask is None else text_mask.reshape((b, -1))
     cond = emb
     if spec.modulation == "shared":
       m = 12 if spec.joint else 6
       cond = layers.dense(m * d, zero_init=True, name="modulation", **kw)(nn.silu(emb))
-      cond = cond.reshape(b, m, d)
-    positions = rope.grid_positions(grid)
-    angles = rope.angles_at(positions, spec.head_dim, float(spec.rope_theta))   # [N, D / 2]
-    if is_image is not None and grid[0] > 1:
-      # Every frame of an image row is an image at time 0 (text keys, which are not rotated,
-      # then see each frame as a one-frame clip's tokens).
-      still = rope.angles_at(positions * np.array([0, 1, 1]), spec.head_dim,
-                             float(spec.rope_theta))
-      angles = jnp.where(is_image[:, None, None], still[None], angles[None])  # [B, N, D / 2]
+      cond = cond.reshape(lead + (m, d))
+
+    positions = rope.grid_positions(grid)                            # [N, 3]
+    segments = None
+    num_text = text.shape[1] if spec.joint else 0
+    if packed:
+      frame_seg = segment_ids[:, ::pt].astype(jnp.int32)             # [B, T']
+      video_seg = jnp.repeat(frame_seg, grid[1] * grid[2], axis=1)   # [B, N]
+      text_seg = None
+      if text is not None:
+        text_seg = jnp.broadcast_to(jnp.repeat(jnp.arange(num_seg), text_emb.shape[2])[None],
+                                    (b, text.shape[1]))
+      segments = (video_seg, text_seg)
+      masks = attention_masks(b, grid, num_text=num_text, text_mask=flat_text_mask,
+                              is_image=None, video_seg=video_seg, text_seg=text_seg,
+                              frame_seg=frame_seg)
+      # Each segment's time positions start at 0.
+      frame = jnp.arange(grid[0])
+      starts = jnp.concatenate([jnp.ones((b, 1), jnp.bool_),
+                                frame_seg[:, 1:] != frame_seg[:, :-1]], axis=1)
+      first = jax.lax.cummax(jnp.where(starts, frame[None], 0), axis=1)
+      local_t = jnp.repeat(frame[None] - first, grid[1] * grid[2], axis=1)   # [B, N]
+      pos = jnp.concatenate([local_t[..., None],
+                             jnp.broadcast_to(positions[None, :, 1:], (b,) + positions[:, 1:].shape)],
+                            axis=-1)
+      angles = rope.angles_at(pos, spec.head_dim, float(spec.rope_theta))    # [B, N, D / 2]
+    else:
+      masks = attention_masks(b, grid, num_text=num_text,
+                              text_mask=flat_text_mask if text is not None else None,
+                              is_image=is_image)
+      angles = rope.angles_at(positions, spec.head_dim, float(spec.rope_theta))   # [N, D / 2]
+      if is_image is not None and grid[0] > 1:
+        # Every frame of an image row is an image at time 0 (text keys, which are not
+        # rotated, then see each frame as a one-frame clip's tokens).
+        still = rope.angles_at(positions * np.array([0, 1, 1]), spec.head_dim,
+                               float(spec.rope_theta))
+        angles = jnp.where(is_image[:, None, None], still[None], angles[None])  # [B, N, D/2]
     block_cls = DiTBlock
     policy = dit_spec.REMAT_POLICIES.get(spec.remat)
     if policy is not None:
@@ -405,14 +517,43 @@ class VideoDiT(nn.Module):
       hid, text = block_cls(spec.num_heads, spec.mlp_dim, spec.block_kind(i), grid,
                             spec.text_conditioning, spec.modulation, spec.qk_norm,
                             spec.attention_impl, name=f"block{i}", **kw)(
-                                hid, text, cond, text_mask, angles, is_image)
+                                hid, text, cond, angles, masks, segments)
 
     final = layers.dense(2 * d, zero_init=True, name="final_modulation", **kw)(nn.silu(emb))
-    shift, scale = jnp.split(final.reshape(b, 2, d)[:, :, None, :].astype(dt), 2, axis=1)
-    hid = _modulate(_layer_norm("norm_out", **kw)(hid), shift[:, 0], scale[:, 0])
+    final = final.reshape(lead + (2, d)).astype(dt)
+    final = final[:, None] if not packed else _per_token(final, segments[0])  # [B, 1|N, 2, D]
+    hid = _modulate(_layer_norm("norm_out", **kw)(hid), final[:, :, 0], final[:, :, 1])
     out = layers.dense(pt * ph * pw * spec.out_channels, names=(axes.EMBED, None),
                        zero_init=True, name="proj_out", **kw)(hid)
     return unpatchify(out, spec.patch_size, grid).astype(jnp.float32)
+
+
+def _check_packed(x, logsnr, segment_ids, text_emb, text_mask, lowres_video, is_image,
+                  per_segment):
+  """(B, S) of a packed call; ValueError for inputs that do not fit the packed layout."""
+  if x.ndim != 5:
+    raise ValueError(f"x must be a video [B, T, H, W, C], got shape {x.shape}")
+  b, t = x.shape[:2]
+  if segment_ids.shape != (b, t) or not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+    raise ValueError(f"segment_ids must be int [B, T] = {(b, t)}, got {segment_ids.dtype} "
+                     f"{segment_ids.shape}")
+  if logsnr.ndim != 2 or logsnr.shape[0] != b:
+    raise ValueError(f"packed (segment_ids given): logsnr must be [B, S] with B={b}, got "
+                     f"{logsnr.shape}")
+  num_seg = logsnr.shape[1]
+  for name, value in per_segment.items():
+    if value is not None and value.shape != (b, num_seg):
+      raise ValueError(f"packed: {name} must be [B, S] = {(b, num_seg)}, got {value.shape}")
+  if text_emb is not None and (text_emb.ndim != 4 or text_emb.shape[:2] != (b, num_seg)):
+    raise ValueError(f"packed: text_emb must be [B, S, L, D] with B, S = {(b, num_seg)}, got "
+                     f"{text_emb.shape}")
+  if text_mask is not None and (text_emb is None or text_mask.shape != text_emb.shape[:3]):
+    raise ValueError(f"packed: text_mask must be [B, S, L] like text_emb, got "
+                     f"{text_mask.shape}")
+  if lowres_video is not None or is_image is not None:
+    raise ValueError("packed sequences take neither lowres_video (an SR stage) nor is_image "
+                     "(pack images as one-frame segments instead)")
+  return b, num_seg
 
 
 def token_count(spec: dit_spec.DiTSpec, *, frames: int, height: int, width: int,

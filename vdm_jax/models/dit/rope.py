@@ -24,12 +24,13 @@ def axis_dims(head_dim: int) -> tuple:
 
 
 def angles_at(positions, head_dim: int, theta: float = 10000.0):
-  """Rotation angles [N, head_dim / 2] of tokens at `positions` [N, 3] (time, height, width)."""
+  """Rotation angles [..., N, head_dim / 2] of tokens at `positions` [..., N, 3] (time, height,
+  width)."""
   positions = jnp.asarray(positions, jnp.float32)
   parts = []
   for axis, dim in enumerate(axis_dims(head_dim)):
     freqs = theta ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)      # [dim / 2]
-    parts.append(positions[:, axis:axis + 1] * jnp.asarray(freqs, jnp.float32)[None, :])
+    parts.append(positions[..., axis:axis + 1] * jnp.asarray(freqs, jnp.float32))
   return jnp.concatenate(parts, axis=-1)
 
 
