@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vdm_jax.distill import state
 from vdm_jax.models import registry
 from vdm_jax.models.dit import network
 from vdm_jax.models.dit import presets
@@ -317,3 +318,23 @@ def test_packed_inputs_are_checked():
   with pytest.raises(ValueError, match="neither lowres_video"):
     jax.eval_shape(lambda: model.init(jax.random.key(0), x, jnp.zeros((1, 1)), **kw,
                                       is_image=jnp.zeros((1,), bool)))
+
+
+def test_guided_distillation_student_starts_as_its_teacher():
+  """A guided-distillation student (guidance-weight input) built from a trained transformer
+  teacher by `distill.state.merge_params` computes the teacher for every weight w, so
+  distillation starts from the teacher as it does for the U-Net."""
+  teacher_cfg = presets.tiny()
+  student_cfg = presets.tiny(guidance_weight_conditioning=True)
+  teacher = network.VideoDiT(config=teacher_cfg)
+  student = network.VideoDiT(config=student_cfg)
+  x, logsnr, kw = make_inputs(teacher_cfg)
+  teacher_params = random_params(teacher, x, logsnr, kw)
+  fresh = student.init(jax.random.key(2), x, logsnr, **kw, guidance_weight=jnp.ones((B,)))
+  params = {"params": state.merge_params(nn.unbox(fresh)["params"],
+                                         teacher_params["params"])}
+  want = teacher.apply(teacher_params, x, logsnr, **kw)
+  for w in (0.0, 3.0):
+    got = student.apply(params, x, logsnr, **kw, guidance_weight=jnp.full((B,), w))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(want).max()) > 1e-2
