@@ -21,6 +21,9 @@ held-out split, half of them with the held-out combos):
 Each evaluation appends one JSON line to --results with the CPU seconds of training so far (all
 threads; the run's own process), so that variants compare by accuracy per CPU-second.
 
+--dit=VARIANT trains the base as the video transformer of configs/dit.py (same data, optimizer
+and sampler settings), for the transformer-against-U-Net comparison.
+
 --rewrite=a=b,c=d replaces words of every caption before it is encoded (training store and
 sampling alike): a diagnostic of the text signal (e.g. motion words replaced by unrelated,
 well-separated words), not a product feature.
@@ -51,6 +54,10 @@ _DATA_DIR = flags.DEFINE_string("data_dir", "", "Dataset directory (default: <ru
 _OUT = flags.DEFINE_string("results", os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                "results.jsonl"), "Results (JSON lines).")
 _PHASE = flags.DEFINE_enum("phase", "all", ["train", "eval", "all"], "What to run.")
+_DIT = flags.DEFINE_string(
+    "dit", None, "Train the video transformer instead of the U-Net (base stage): the model "
+    "section of configs/dit.py with this variant, e.g. 'layout=full' or "
+    "'layout=alternating,text=joint' (objective=flow also sets the diffusion and sampler).")
 _SWAP_LOGSNR = (-4.0, -2.0, 0.0)
 
 
@@ -88,6 +95,14 @@ def run_config(run_dir: str):
     c.data.data_dir = data_dir
   store = "text_store" + ("_" + _VARIANT.value if _REWRITE.value else "") + ".safetensors"
   stage.text.store_path = os.path.join(run_dir, store)
+  if _DIT.value is not None:
+    if _STAGE.value != "base":
+      raise ValueError("--dit replaces the base stage's U-Net; use --stage=base")
+    sys.path.insert(0, ROOT)
+    from configs import dit as dit_config  # pylint: disable=g-import-not-at-top
+    dit = dit_config.get_config(_DIT.value)
+    stage.model, stage.diffusion = dit.model, dit.diffusion
+    stage.sample.sampler, stage.sample.eta = dit.sample.sampler, dit.sample.eta
   t = stage.train
   t.num_steps = _STEPS.value
   t.checkpoint_every = math.gcd(*_eval_steps())
@@ -267,7 +282,7 @@ def evaluate(run_dir: str, step: int) -> dict:
   config, stage_cfg = run_config(run_dir)
   workdir = workdir_of(run_dir)
   out = {"variant": _VARIANT.value, "stage": _STAGE.value, "step": step, "set": _SET.value,
-         "rewrite": _REWRITE.value}
+         "dit": _DIT.value, "rewrite": _REWRITE.value}
   path = cpu_seconds_file(workdir)
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
