@@ -338,3 +338,27 @@ def test_guided_distillation_student_starts_as_its_teacher():
     got = student.apply(params, x, logsnr, **kw, guidance_weight=jnp.full((B,), w))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   assert float(jnp.abs(want).max()) > 1e-2
+
+
+@pytest.mark.parametrize("overrides", [dict(text_conditioning="joint"),
+                                       dict(attention_layout="alternating", depth=4)])
+def test_scanned_blocks_equal_the_unrolled_blocks(overrides):
+  """model.scan_blocks: the same blocks run as one nn.scan over parameters stacked on a
+  `layers` axis (every second block with the alternating layout) compute the same output."""
+  cfg, scan_cfg = presets.tiny(**overrides), presets.tiny(scan_blocks=True, **overrides)
+  model, scanned = network.VideoDiT(config=cfg), network.VideoDiT(config=scan_cfg)
+  x, logsnr, kw = make_inputs(cfg)
+  params = random_params(model, x, logsnr, kw)
+  boxed = jax.eval_shape(lambda: scanned.init(jax.random.key(0), x, logsnr, **kw))
+  query = nn.get_partition_spec(boxed)["params"]["blocks"]["block0"]["attn"]["query"]
+  assert tuple(query["kernel"])[0] == "layers"
+  flat = dict(params["params"])
+  group = 1 if cfg.attention_layout == "full" else 2
+  flat["blocks"] = {
+      f"block{j}": jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[
+          flat.pop(f"block{i}") for i in range(j, cfg.depth, group)]) for j in range(group)}
+  chex.assert_trees_all_equal_shapes(flat, nn.unbox(boxed)["params"])
+  np.testing.assert_allclose(scanned.apply({"params": flat}, x, logsnr, **kw),
+                             model.apply(params, x, logsnr, **kw), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="must be even"):
+    registry.family(presets.tiny(scan_blocks=True, attention_layout="alternating", depth=3))

@@ -5,8 +5,9 @@
         [--json=experiments/dit_params/memory.json]
 
 Runs on a CPU with 64 fake devices. The model is `presets.paper("cogvideox-5b")` with bf16
-compute and block rematerialization, on the latents of a 49-frame 480x720 clip (13 x 60 x 90 x
-16 after CogVideoX's VAE: 17,550 video tokens + 226 text tokens); T5-XXL text (4096 wide). The
+compute, block rematerialization and scanned blocks, on the latents of a 49-frame 480x720 clip
+(13 x 60 x 90 x 16 after CogVideoX's VAE: 17,550 video tokens + 226 text tokens); T5-XXL text
+(4096 wide). The
 real train step (loss, grads, Adam, EMA) is lowered on abstract inputs and compiled by XLA's
 CPU backend, and `memory_analysis()` gives argument, output and temp (activations, workspace)
 bytes per device. Modes:
@@ -50,7 +51,7 @@ def config(mode):
   mesh_shape, sp, batch = MODES[mode]
   c = dit_config.get_config()
   ref = presets.PAPER["cogvideox-5b"]
-  c.model = presets.paper("cogvideox-5b", remat="block")
+  c.model = presets.paper("cogvideox-5b", remat="block", scan_blocks=True)
   c.frames, c.height, c.width, c.channels = (ref["frames"], ref["height"], ref["width"],
                                              ref["channels"])
   c.text.max_length = ref["text_length"]

@@ -30,6 +30,7 @@ NORM = "norm"                  # scale / bias vectors of norms
 CONV_SPACE = "conv_space"      # spatial or temporal extent of a conv kernel (never sharded)
 VOCAB = "vocab"
 REL_BUCKETS = "rel_buckets"    # relative position buckets
+LAYERS = "layers"              # the stacked-blocks axis of scanned parameters (never sharded)
 
 # Mesh axis names.
 MESH_DATA = "data"
@@ -50,6 +51,7 @@ DEFAULT_RULES = (
     (CONV_SPACE, None),
     (VOCAB, MESH_TENSOR),
     (REL_BUCKETS, None),
+    (LAYERS, None),
     (FRAMES, None),
     (HEIGHT, None),
     (WIDTH, None),

@@ -381,6 +381,22 @@ class DiTBlock(nn.Module):
     return nn.with_logical_constraint(x, TOKEN_AXES), text
 
 
+class _BlockGroup(nn.Module):
+  """One step of the scanned blocks (model.scan_blocks): a block of each of `kinds` in turn
+  (('full',) or ('spatial', 'temporal')); carry (x, text)."""
+  block_cls: Any
+  kinds: Tuple[str, ...]
+  block_kw: Any
+
+  @nn.compact
+  def __call__(self, carry, cond, angles, masks, segments):
+    x, text = carry
+    for i, kind in enumerate(self.kinds):
+      x, text = self.block_cls(kind=kind, name=f"block{i}", **self.block_kw)(
+          x, text, cond, angles, masks, segments)
+    return (x, text), None
+
+
 class VideoDiT(nn.Module):
   """The video diffusion transformer. `config` is the `model` section (family 'dit')."""
   config: Any
@@ -513,11 +529,20 @@ class VideoDiT(nn.Module):
     policy = dit_spec.REMAT_POLICIES.get(spec.remat)
     if policy is not None:
       block_cls = nn.remat(DiTBlock, policy=policy)
-    for i in range(spec.depth):
-      hid, text = block_cls(spec.num_heads, spec.mlp_dim, spec.block_kind(i), grid,
-                            spec.text_conditioning, spec.modulation, spec.qk_norm,
-                            spec.attention_impl, name=f"block{i}", **kw)(
-                                hid, text, cond, angles, masks, segments)
+    block_kw = dict(num_heads=spec.num_heads, mlp_dim=spec.mlp_dim, grid=grid,
+                    text_conditioning=spec.text_conditioning, modulation=spec.modulation,
+                    qk_norm=spec.qk_norm, implementation=spec.attention_impl, **kw)
+    if spec.scan_blocks:
+      kinds = ("full",) if spec.attention_layout == "full" else ("spatial", "temporal")
+      scanned = nn.scan(_BlockGroup, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=(nn.broadcast,) * 4, length=spec.depth // len(kinds),
+                        metadata_params={nn.PARTITION_NAME: axes.LAYERS})
+      (hid, text), _ = scanned(block_cls=block_cls, kinds=kinds, block_kw=block_kw,
+                               name="blocks")((hid, text), cond, angles, masks, segments)
+    else:
+      for i in range(spec.depth):
+        hid, text = block_cls(kind=spec.block_kind(i), name=f"block{i}", **block_kw)(
+            hid, text, cond, angles, masks, segments)
 
     final = layers.dense(2 * d, zero_init=True, name="final_modulation", **kw)(nn.silu(emb))
     final = final.reshape(lead + (2, d)).astype(dt)

@@ -40,6 +40,8 @@ def default_section():
   m.dtype = "float32"                     # compute dtype (bfloat16 on accelerators)
   m.param_dtype = "float32"
   m.remat = "none"                        # none | block | full
+  m.scan_blocks = False                   # one nn.scan over stacked block parameters (paper
+  #   scale: compile time independent of depth)
   m.out_channels = 3                      # channels predicted per pixel
   return m
 

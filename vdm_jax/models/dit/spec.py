@@ -62,14 +62,20 @@ class DiTSpec:
   param_dtype: str
   remat: str
   out_channels: int
+  # Optional keys (a config without them gets the default; older configs stay valid).
+  # True: the blocks run as one `nn.scan` over parameters stacked on a leading `layers` axis
+  # (compile time independent of depth; the alternating layout scans spatial-temporal pairs).
+  scan_blocks: bool = False
 
-  OPTIONAL = ()
+  OPTIONAL = ("scan_blocks",)
 
   @classmethod
   def from_config(cls, config):
     """Reads a `model` ConfigDict (or mapping); raises ValueError on a bad or missing key."""
     values = {}
     for field in dataclasses.fields(cls):
+      if field.name not in config and field.name in cls.OPTIONAL:
+        continue
       if field.name not in config:
         raise ValueError(f"model config (family 'dit') lacks key {field.name!r}; see "
                          "vdm_jax/models/dit/presets.py default_section()")
@@ -162,9 +168,13 @@ class DiTSpec:
       if getattr(self, key) not in allowed:
         fail(f"model.{key}={getattr(self, key)!r} is not one of {allowed}")
     for key in ("text_pooled_conditioning", "fps_conditioning", "cond_aug_conditioning",
-                "guidance_weight_conditioning", "frame_mask_conditioning"):
+                "guidance_weight_conditioning", "frame_mask_conditioning", "scan_blocks"):
       if not isinstance(getattr(self, key), bool):
         fail(f"model.{key} must be True or False, got {getattr(self, key)!r}")
+    if (self.scan_blocks is True and self.attention_layout == "alternating"
+        and self.depth % 2):
+      fail(f"model.scan_blocks=True with the alternating layout scans (spatial, temporal) "
+           f"pairs: model.depth={self.depth} must be even")
     if self.joint and self.attention_layout != "full":
       fail("model.text_conditioning='joint' attends over text and video tokens together, which "
            "needs model.attention_layout='full'; use text_conditioning='cross' with the "
