@@ -125,6 +125,8 @@ def get_config(arg=None):
   tr.grad_accum_steps = 1
   tr.trainable = "all"                    # all | temporal: only the temporal layers train, the
   #   spatial ones stay frozen (Make-A-Video's motion step after inflation)
+  tr.pack_images = False                  # joint training, video transformer: each video row and
+  #   its data.images_per_video images packed into one sequence (segment ids), one forward pass
   # A fresh run (no checkpoint in its workdir) starts from the EMA weights of this training
   # workdir's newest checkpoint: a text-to-image stage is inflated (its weights copied, new
   # temporal layers as the identity), a video stage of the same model is copied. "" = random.

@@ -10,8 +10,8 @@ from vdm_jax.diffusion.guidance import (CLIPS, GUIDANCE_SCHEDULES, combine_guida
                                         guided_model_output, predict_x_and_eps,
                                         static_threshold, threshold_x)
 from vdm_jax.diffusion.losses import (T_SAMPLINGS, WEIGHTINGS, diffusion_loss, log_loss_weight,
-                                      loss_weight, resolve_weighting, sample_t,
-                                      t_sampling_from_config, weighted_mean)
+                                      loss_weight, packed_diffusion_loss, resolve_weighting,
+                                      sample_t, t_sampling_from_config, weighted_mean)
 from vdm_jax.diffusion.parameterization import (PREDICTIONS, from_x_and_eps,
                                                 predict_eps_from_flow, predict_eps_from_v,
                                                 predict_eps_from_x, predict_flow_from_eps,

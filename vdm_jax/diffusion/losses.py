@@ -211,3 +211,55 @@ def diffusion_loss(*, model_fn: ModelFn, x: jax.Array, key: jax.Array, cond: Any
       "logsnr": logsnr,
   }
   return weighted_mean(per_example, example_weight), aux
+
+
+def packed_diffusion_loss(*, model_fn: ModelFn, x: jax.Array, segment_ids: jax.Array,
+                          num_segments: int, key: jax.Array, cond: Any = None,
+                          schedule: Callable[[jax.Array], jax.Array], prediction: str = "v",
+                          weighting: str = "auto", num_discrete_steps: int = 0,
+                          noise_fn: Optional[noise_lib.NoiseFn] = None,
+                          t_sampling: str = "uniform", logit_normal_mean: Any = 0.0,
+                          logit_normal_std: Any = 1.0) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+  """`diffusion_loss` of packed rows: each row of x [B, T, ...] holds several examples one
+  after another along T, `segment_ids` [B, T] int says which (0..S-1, S = num_segments; -1:
+  padding frames, not in the loss).
+
+  Every segment draws its own t (logsnr [B, S], passed to model_fn as the per-segment logSNR;
+  its frames are noised at it); its loss is the weighted MSE over its frames, as
+  `diffusion_loss` computes for an example alone; the loss is the mean over the segments that
+  have frames. aux as `diffusion_loss`'s with [B * S] entries (row-major) and 'valid' [B * S].
+  """
+  check_weighting(weighting)
+  param.check_prediction(prediction)
+  if x.ndim < 2 or segment_ids.shape != x.shape[:2]:
+    raise ValueError(f"segment_ids must be [B, T] = {x.shape[:2]}, got {segment_ids.shape}")
+  b, t_len = x.shape[:2]
+  t_key, eps_key = jax.random.split(key)
+  t = sample_t(t_key, b * num_segments, num_discrete_steps=num_discrete_steps,
+               t_sampling=t_sampling, logit_normal_mean=logit_normal_mean,
+               logit_normal_std=logit_normal_std).reshape(b, num_segments)
+  logsnr = schedule(t)                                                   # [B, S]
+  seg = segment_ids.astype(jnp.int32)
+  frame_logsnr = jnp.take_along_axis(logsnr, jnp.clip(seg, 0, num_segments - 1), axis=1)
+  eps = noise_lib.draw(noise_fn, eps_key, x.shape, x.dtype)
+  frames = lambda a: a.reshape((b * t_len,) + a.shape[2:])
+  z = q_sample(x=frames(x), eps=frames(eps), logsnr=frames(frame_logsnr)).reshape(x.shape)
+  output = model_fn(z, logsnr, cond)
+  if output.shape != x.shape:
+    raise ValueError(f"model_fn returned shape {output.shape}; expected the data shape {x.shape}")
+  target = param.from_x_and_eps(prediction=prediction, x=frames(x), eps=frames(eps),
+                                logsnr=frames(frame_logsnr)).reshape(x.shape)
+  frame_mse = jnp.mean(jnp.square(output.astype(jnp.float32) - target.astype(jnp.float32)),
+                       axis=tuple(range(2, x.ndim)))                     # [B, T]
+  onehot = jax.nn.one_hot(seg, num_segments, dtype=jnp.float32)          # [B, T, S] (-1: 0)
+  count = jnp.sum(onehot, axis=1)                                        # [B, S]
+  own_mse = jnp.einsum("bt,bts->bs", frame_mse, onehot) / jnp.maximum(count, 1.0)
+  log_own = log_loss_weight(logsnr, "constant", prediction=prediction)
+  log_w = log_loss_weight(logsnr, weighting, prediction=prediction)
+  per_segment = own_mse * jnp.exp(log_w - log_own)
+  valid = (count > 0).astype(jnp.float32)
+  aux = {"loss_per_example": per_segment.reshape(-1),
+         "x_mse": (own_mse * jnp.exp(-log_own)).reshape(-1),
+         "weight": jnp.exp(log_w).reshape(-1), "t": t.reshape(-1),
+         "logsnr": logsnr.reshape(-1), "valid": valid.reshape(-1)}
+  return weighted_mean(aux["loss_per_example"], aux["valid"]), aux

@@ -22,6 +22,27 @@ def train_errors(config) -> list[str]:
   if t.grad_accum_steps >= 1 and t.batch_size % t.grad_accum_steps:
     errors.append(f"train.batch_size={t.batch_size} must be divisible by "
                   f"train.grad_accum_steps={t.grad_accum_steps}")
+  return errors + pack_errors(config)
+
+
+def pack_errors(config) -> list[str]:
+  """train.pack_images: joint training with packed rows needs a model that takes packed
+  sequences (the video transformer), extra images, and no per-frame conditioning."""
+  if not config.train.get("pack_images", False):
+    return []
+  errors = []
+  if registry.family_name(config.model) != "dit":
+    errors.append("train.pack_images=True packs each video with its images into one sequence: "
+                  "it needs model.family='dit' (the U-Net runs images as their own group; "
+                  "set pack_images=False)")
+  if int(config.data.images_per_video) < 1:
+    errors.append("train.pack_images=True but data.images_per_video=0: there are no images "
+                  "to pack; set images_per_video > 0 or pack_images=False")
+  model = config.model
+  if model.get("lowres_conditioning", "none") != "none" or model.get(
+      "frame_mask_conditioning", False):
+    errors.append("train.pack_images=True is for base stages: an SR or masked-interpolation "
+                  "model (lowres_conditioning / frame_mask_conditioning) trains unpacked")
   return errors
 
 

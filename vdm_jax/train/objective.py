@@ -20,7 +20,10 @@ the network computes for each exactly what it computes for a frame of an image t
 frames, at 1/T of the cost. VDM appends the images to each video's frames with temporal
 attention masked; running them as their own one-frame group is the same computation without
 the frame concatenation, and lets every image keep its own caption and noise level. The loss
-is the mean over all rows, videos and images alike.
+is the mean over all rows, videos and images alike. With `train.pack_images` (a model that takes
+packed sequences: the video transformer) each video row is followed in time by its K images,
+one segment each (`segment_ids`), and the row runs as one sequence of T + K frames
+(`diffusion.packed_diffusion_loss`): the same loss, one forward pass.
 """
 from typing import Any, Callable, Sequence
 
@@ -129,6 +132,7 @@ def make_loss_fn(config, model) -> Callable[[Any, dict, jax.Array], tuple]:
   max_aug_t = float(config.train.get("cond_aug_max_t", 1.0))
   masks = frame_mask_settings(config.train) if fam.takes_frame_masks else None
   t_sampling = diffusion.t_sampling_from_config(d)   # uniform unless the config says so
+  pack_images = bool(config.train.get("pack_images", False))
 
   def group_loss(params, batch, key):
     """The diffusion loss of one group of rows (the videos, or the extra images)."""
@@ -161,8 +165,43 @@ def make_loss_fn(config, model) -> Callable[[Any, dict, jax.Array], tuple]:
         schedule=schedule, prediction=d.prediction, weighting=d.loss_weighting,
         num_discrete_steps=int(d.num_train_timesteps), noise_fn=noise_fn, **t_sampling)
 
+  def packed_loss(params, videos, images, key):
+    """Joint training with packed rows (train.pack_images): each video row followed in time by
+    its K extra images, one segment each, in one forward pass."""
+    loss_key, dropout_key = jax.random.split(key)
+    b, t = videos["video"].shape[:2]
+    k = images["video"].shape[0] // b
+    per_row = lambda a: a.reshape((b, k) + a.shape[1:])               # [B * K, ...] -> [B, K, ...]
+    x = jnp.concatenate([videos["video"].astype(jnp.float32),
+                         per_row(images["video"].astype(jnp.float32))[:, :, 0]], axis=1)
+    seg = jnp.broadcast_to(jnp.concatenate([jnp.zeros((t,), jnp.int32),
+                                            jnp.arange(1, k + 1, dtype=jnp.int32)]), (b, t + k))
+    cond = {"segment_ids": seg}
+    if fam.needs_text:
+      cond["text_emb"] = jnp.concatenate([videos["text_emb"][:, None],
+                                          per_row(images["text_emb"])], axis=1)
+      cond["text_mask"] = jnp.concatenate([videos["text_mask"][:, None],
+                                           per_row(images["text_mask"])], axis=1).astype(bool)
+    if "fps" in fam.inputs:
+      cond["fps"] = jnp.concatenate([videos["fps"][:, None], per_row(images["fps"])],
+                                    axis=1).astype(jnp.float32)
+
+    def model_fn(z, logsnr, c):
+      return model.apply({"params": params}, z, logsnr, **c, train=True,
+                         rngs={"dropout": dropout_key})
+
+    loss, aux = diffusion.packed_diffusion_loss(
+        model_fn=model_fn, x=x, segment_ids=seg, num_segments=k + 1, key=loss_key, cond=cond,
+        schedule=schedule, prediction=d.prediction, weighting=d.loss_weighting,
+        num_discrete_steps=int(d.num_train_timesteps), noise_fn=noise_fn, **t_sampling)
+    aux = {name: value for name, value in aux.items() if name != "valid"}
+    aux["row_is_image"] = jnp.broadcast_to(jnp.arange(k + 1) > 0, (b, k + 1)).reshape(-1)
+    return loss, aux
+
   def loss_fn(params, batch, key):
     videos, images = split_joint_batch(batch)
+    if images and pack_images:
+      return packed_loss(params, videos, images, key)
     loss, aux = group_loss(params, videos, key)
     if not images:
       return loss, aux
