@@ -23,6 +23,8 @@ from vdm_jax.sample import sampler as stage_sampling
 from vdm_jax.sample import stage as stage_lib
 from vdm_jax.train import objective
 
+import mixture_testlib as mix
+
 RF = d.LogSNRSchedule("rectified_flow", -20.0, 20.0)
 COSINE = d.LogSNRSchedule("cosine", -20.0, 20.0)
 
@@ -315,11 +317,6 @@ def test_loss_draws_logit_normal_times_when_asked():
 
 # --- Euler and Heun -----------------------------------------------------------------------------
 
-MIX_W = np.array([0.3, 0.7])
-MIX_MU = np.array([-0.6, 0.5])
-MIX_SD = np.array([0.1, 0.2])
-
-
 def mixture_velocity(z, logsnr, cond=None):
   """The exact rectified-flow velocity E[eps - x | z] of x ~ sum_k w_k N(mu_k, s_k^2); z: [B, 1]
   (the VP z, as every model here takes it), logsnr: [B]. A 'flow' model.
@@ -335,10 +332,10 @@ def mixture_velocity(z, logsnr, cond=None):
   l = logsnr[:, None]
   alpha, sigma = jnp.sqrt(jax.nn.sigmoid(l)), jnp.sqrt(jax.nn.sigmoid(-l))
   z_rf, t = z / (alpha + sigma), sigma / (alpha + sigma)
-  var = (1 - t)**2 * MIX_SD**2 + t**2                                     # [B, K]
-  log_p = np.log(MIX_W) - 0.5 * jnp.log(var) - 0.5 * (z_rf - (1 - t) * MIX_MU)**2 / var
+  var = (1 - t)**2 * mix.MIX_SD**2 + t**2                                     # [B, K]
+  log_p = np.log(mix.MIX_W) - 0.5 * jnp.log(var) - 0.5 * (z_rf - (1 - t) * mix.MIX_MU)**2 / var
   gamma = jax.nn.softmax(log_p, axis=-1)
-  mean_k = MIX_MU + (1 - t) * MIX_SD**2 / var * (z_rf - (1 - t) * MIX_MU)
+  mean_k = mix.MIX_MU + (1 - t) * mix.MIX_SD**2 / var * (z_rf - (1 - t) * mix.MIX_MU)
   x_hat = jnp.sum(gamma * mean_k, axis=-1, keepdims=True)
   return (z_rf - x_hat) / t
 
@@ -350,23 +347,12 @@ def mixture_denoiser(z, logsnr, cond=None):
   return (z - sigma * u) / (alpha + sigma)
 
 
-def mixture_statistics(x):
-  """Weights, means and stds of the components, estimated with the true responsibilities (as
-  tests/test_diffusion_samplers.py does: unbiased for exact samples)."""
-  x = np.asarray(x, np.float64).reshape(-1, 1)
-  log_p = np.log(MIX_W) - np.log(MIX_SD) - 0.5 * (x - MIX_MU)**2 / MIX_SD**2
-  gamma = np.exp(log_p - log_p.max(axis=1, keepdims=True))
-  gamma /= gamma.sum(axis=1, keepdims=True)
-  weights = gamma.mean(axis=0)
-  means = (gamma * x).sum(axis=0) / gamma.sum(axis=0)
-  stds = np.sqrt((gamma * (x - means)**2).sum(axis=0) / gamma.sum(axis=0))
-  return weights, means, stds
 
 
 def statistics_error(x):
   """The largest deviation of the sample's weights, means and stds from the mixture's."""
-  w, m, s = mixture_statistics(x)
-  return max(np.abs(w - MIX_W).max(), np.abs(m - MIX_MU).max(), np.abs(s - MIX_SD).max())
+  w, m, s = mix.mixture_statistics(x)
+  return max(np.abs(w - mix.MIX_W).max(), np.abs(m - mix.MIX_MU).max(), np.abs(s - mix.MIX_SD).max())
 
 
 NUM_MIX = 8192
@@ -393,10 +379,10 @@ def test_flow_samplers_reproduce_a_gaussian_mixture(sampler, num_steps):
   # at 256 steps and Heun at 32 is below 0.005 (measured against 1024 Heun steps).
   x = mix_sample(sampler, num_steps)
   assert np.all(np.isfinite(x))
-  weights, means, stds = mixture_statistics(x)
-  np.testing.assert_allclose(weights, MIX_W, atol=0.025)
-  np.testing.assert_allclose(means, MIX_MU, atol=0.015)
-  np.testing.assert_allclose(stds, MIX_SD, atol=0.015)
+  weights, means, stds = mix.mixture_statistics(x)
+  np.testing.assert_allclose(weights, mix.MIX_W, atol=0.025)
+  np.testing.assert_allclose(means, mix.MIX_MU, atol=0.015)
+  np.testing.assert_allclose(stds, mix.MIX_SD, atol=0.015)
 
 
 def test_heun_needs_clearly_fewer_steps_than_euler():

@@ -11,13 +11,11 @@ import pytest
 
 from vdm_jax import diffusion as d
 
+import mixture_testlib as mix
+
 SCHEDULE = d.LogSNRSchedule("cosine", -20.0, 20.0)
 
-# --- a 1-D two-component Gaussian mixture and its closed-form denoiser --------------------------
-MIX_W = np.array([0.3, 0.7])
-MIX_MU = np.array([-0.6, 0.5])
-MIX_SD = np.array([0.1, 0.2])
-
+# --- a 1-D two-component Gaussian mixture (mixture_testlib) and its closed-form denoiser -------
 
 def mixture_denoiser(z, logsnr, cond=None):
   """E[x | z_t] for x ~ sum_k w_k N(mu_k, s_k^2), z_t = alpha x + sigma eps; z: [B, 1].
@@ -29,28 +27,13 @@ def mixture_denoiser(z, logsnr, cond=None):
   """
   del cond
   alpha, sigma = d.alpha_sigma(logsnr[:, None])  # [B, 1]
-  var = alpha**2 * MIX_SD**2 + sigma**2  # [B, K]
-  log_p = np.log(MIX_W) - 0.5 * jnp.log(2 * np.pi * var) - 0.5 * (z - alpha * MIX_MU)**2 / var
+  var = alpha**2 * mix.MIX_SD**2 + sigma**2  # [B, K]
+  log_p = np.log(mix.MIX_W) - 0.5 * jnp.log(2 * np.pi * var) - 0.5 * (z - alpha * mix.MIX_MU)**2 / var
   gamma = jax.nn.softmax(log_p, axis=-1)
-  mean_k = MIX_MU + alpha * MIX_SD**2 / var * (z - alpha * MIX_MU)
+  mean_k = mix.MIX_MU + alpha * mix.MIX_SD**2 / var * (z - alpha * mix.MIX_MU)
   return jnp.sum(gamma * mean_k, axis=-1, keepdims=True)
 
 
-def mixture_statistics(x):
-  """Weights, means and stds of the components, estimated with the true responsibilities.
-
-  With gamma_k(x) the posterior of component k under the true mixture, E[gamma_k(x)] = w_k and
-  E[gamma_k(x) f(x)] = w_k E_k[f(x)], so these soft estimates are unbiased for exact samples
-  (hard assignment by a threshold would misfile tail samples and bias the stds).
-  """
-  x = np.asarray(x, np.float64).reshape(-1, 1)
-  log_p = np.log(MIX_W) - np.log(MIX_SD) - 0.5 * (x - MIX_MU)**2 / MIX_SD**2
-  gamma = np.exp(log_p - log_p.max(axis=1, keepdims=True))
-  gamma /= gamma.sum(axis=1, keepdims=True)
-  weights = gamma.mean(axis=0)
-  means = (gamma * x).sum(axis=0) / gamma.sum(axis=0)
-  stds = np.sqrt((gamma * (x - means)**2).sum(axis=0) / gamma.sum(axis=0))
-  return weights, means, stds
 
 
 NUM_MIX_SAMPLES = 8192
@@ -78,10 +61,10 @@ def test_sampling_a_gaussian_mixture_with_its_optimal_denoiser(sampler, value):
   fn = _MIX_DDIM if sampler == "ddim" else _MIX_DDPM
   x = np.asarray(fn(jax.random.key(0), _MIX_NOISE, value))
   assert np.all(np.isfinite(x))
-  weights, means, stds = mixture_statistics(x)
-  np.testing.assert_allclose(weights, MIX_W, atol=0.025)
-  np.testing.assert_allclose(means, MIX_MU, atol=0.015)
-  np.testing.assert_allclose(stds, MIX_SD, atol=0.015)
+  weights, means, stds = mix.mixture_statistics(x)
+  np.testing.assert_allclose(weights, mix.MIX_W, atol=0.025)
+  np.testing.assert_allclose(means, mix.MIX_MU, atol=0.015)
+  np.testing.assert_allclose(stds, mix.MIX_SD, atol=0.015)
 
 
 def test_ddim_eta_one_samples_like_ddpm_small_variance():
@@ -100,11 +83,11 @@ def test_mixture_statistics_detect_a_wrong_distribution():
   n = NUM_MIX_SAMPLES
   comp = rng.random(n) < 0.5
   x = np.where(comp, -0.6 + 0.1 * rng.standard_normal(n), 0.5 + 0.2 * rng.standard_normal(n))
-  weights, _, _ = mixture_statistics(x)
-  assert np.abs(weights - MIX_W).max() > 0.1
+  weights, _, _ = mix.mixture_statistics(x)
+  assert np.abs(weights - mix.MIX_W).max() > 0.1
   comp = rng.random(n) < 0.3
   x = np.where(comp, -0.6 + 0.13 * rng.standard_normal(n), 0.5 + 0.2 * rng.standard_normal(n))
-  _, _, stds = mixture_statistics(x)
+  _, _, stds = mix.mixture_statistics(x)
   assert abs(stds[0] - 0.1) > 0.02
 
 

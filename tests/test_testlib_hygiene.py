@@ -2,6 +2,7 @@
 
 Shared helpers live in tests/cascade_testlib.py (the tiny cascade, random checkpoints, fake
 text encoder, spy model), tests/train_testlib.py (a tiny denoiser and batches),
+tests/mixture_testlib.py (the Gaussian mixture of the sampler tests),
 tests/distill_toy.py and, for pytest fixtures, tests/conftest.py. No module in tests/ imports a
 `test_*` module other than itself (nor `conftest`), and none uses a private name (`_x`) of
 another module in tests/: a test module's contents are its own, free to change without breaking
