@@ -26,9 +26,11 @@ Layout:
               frames at each position. Sequence parallelism (sharding.sequence_parallel) keeps
               the stream's tokens sharded over the `sequence` mesh axis; around attention
               either the heads are sharded instead (Ulysses: all-to-alls) or, for full
-              attention, the keys and values travel a ring (attention.ring_attention). Queries and keys are normalized per head (qk_norm) and
-              rotated by 3D RoPE (rope.py) so attention sees relative (t, h, w) offsets; text
-              tokens are not rotated.
+              attention, the keys and values travel a ring (attention.ring_attention).
+              Queries and keys are normalized per head (qk_norm) and rotated by 3D RoPE
+              (rope.py) so attention sees relative (t, h, w) offsets; text tokens are not
+              rotated. With model.scan_blocks the blocks run as one nn.scan over parameters
+              stacked on a `layers` axis.
   output      LN(x) * (1 + scale) + shift from Dense(emb), Dense -> pt*ph*pw*out_channels
               (zero-initialized), unpatchify.
 
@@ -38,9 +40,11 @@ zeros. `is_image` [B] marks examples whose frames are independent images: their 
 attend only within their own frame (needs patch_size[0] == 1 when T > 1), so each frame is
 computed as a one-frame clip would be: its frames are all rotated as time 0 (with joint text,
 whose stream the frames share, the text reads the first frame: exact for an image tiled over
-the frames, as image datasets feed them, and for one-frame clips). A one-frame clip costs only its own tokens, which is how
-joint image-video training feeds images (vdm_jax/train/objective.py). Text padding (text_mask
-False) is masked out of cross and joint attention; an all-padding caption adds nothing.
+the frames, as image datasets feed them, and for one-frame clips). A one-frame clip costs only
+its own tokens, which is how joint image-video training feeds images
+(vdm_jax/train/objective.py); with `segment_ids` a row packs several clips and images, each
+computed as if alone (see `VideoDiT.__call__`). Text padding (text_mask False) is masked out of
+cross and joint attention; an all-padding caption adds nothing.
 """
 from typing import Any, Optional, Tuple
 
@@ -510,9 +514,8 @@ class VideoDiT(nn.Module):
                                 frame_seg[:, 1:] != frame_seg[:, :-1]], axis=1)
       first = jax.lax.cummax(jnp.where(starts, frame[None], 0), axis=1)
       local_t = jnp.repeat(frame[None] - first, grid[1] * grid[2], axis=1)   # [B, N]
-      pos = jnp.concatenate([local_t[..., None],
-                             jnp.broadcast_to(positions[None, :, 1:], (b,) + positions[:, 1:].shape)],
-                            axis=-1)
+      space = jnp.broadcast_to(positions[None, :, 1:], (b,) + positions[:, 1:].shape)
+      pos = jnp.concatenate([local_t[..., None], space], axis=-1)            # [B, N, 3]
       angles = rope.angles_at(pos, spec.head_dim, float(spec.rope_theta))    # [B, N, D / 2]
     else:
       masks = attention_masks(b, grid, num_text=num_text,
