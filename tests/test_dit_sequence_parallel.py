@@ -121,3 +121,12 @@ def test_sequence_parallel_config_errors():
   c.sharding.constrain_activations = False
   with pytest.raises(errors.ConfigError, match="constrain_activations=True"):
     config_utils.validate_config(c)
+
+
+def test_sequence_parallel_shards_the_parameters_over_fsdp_and_sequence():
+  rules = sharding.logical_rules(_config("ring").sharding)
+  spec = sharding.logical_to_mesh_spec(("embed", "mlp"), rules)
+  assert spec == jax.sharding.PartitionSpec(("fsdp", "sequence"), "tensor")
+  none = sharding.logical_rules(_config("none").sharding)
+  assert sharding.logical_to_mesh_spec(("embed", "mlp"), none) == jax.sharding.PartitionSpec(
+      "fsdp", "tensor")

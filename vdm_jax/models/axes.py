@@ -64,10 +64,14 @@ DEFAULT_RULES = (
 
 # What `sharding.sequence_parallel` puts before the rules (first match wins): the stream's
 # tokens over `sequence`, and inside attention either the heads (Ulysses: XLA turns the layout
-# change into all-to-alls) or the tokens (ring attention, `attention.ring_attention`).
+# change into all-to-alls) or the tokens (ring attention, `attention.ring_attention`); the
+# parameters are fully sharded over `fsdp` and `sequence` together (FSDP over every device
+# that holds a part of a clip).
+_SEQUENCE_FSDP = ((EMBED, (MESH_FSDP, MESH_SEQUENCE)),)
 SEQUENCE_PARALLEL_RULES = {
     "none": (),
-    "ulysses": ((TOKENS, MESH_SEQUENCE), (ATTN_TOKENS, None),
-                (ATTN_HEADS, (MESH_TENSOR, MESH_SEQUENCE))),
-    "ring": ((TOKENS, MESH_SEQUENCE), (ATTN_TOKENS, MESH_SEQUENCE), (ATTN_HEADS, MESH_TENSOR)),
+    "ulysses": _SEQUENCE_FSDP + ((TOKENS, MESH_SEQUENCE), (ATTN_TOKENS, None),
+                                 (ATTN_HEADS, (MESH_TENSOR, MESH_SEQUENCE))),
+    "ring": _SEQUENCE_FSDP + ((TOKENS, MESH_SEQUENCE), (ATTN_TOKENS, MESH_SEQUENCE),
+                              (ATTN_HEADS, MESH_TENSOR)),
 }
