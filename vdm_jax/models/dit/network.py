@@ -246,20 +246,21 @@ def _per_token(values, seg):
 
 
 def _full_mask(b, grid, num_text, text_mask, is_image):
-  """The [B, 1, L + N, L + N] attend mask of full attention (None when nothing is masked):
-  padded text keys are masked out, and an image example's video tokens see only their own
-  frame (and the text); its text tokens see the text and its first frame."""
+  """The attend mask of full attention (None when nothing is masked): padded text keys are
+  masked out ([B, 1, 1, L + N], a key-padding mask, which every attention implementation
+  takes), and an image example's video tokens see only their own frame (and the text), its
+  text tokens the text and its first frame ([B, 1, L + N, L + N])."""
   t, h, w = grid
   n = t * h * w
   image = is_image is not None and t > 1
-  if not image and (num_text == 0 or text_mask is None):
-    return None
+  keys = None
+  if num_text and text_mask is not None:
+    keys = jnp.concatenate([text_mask, jnp.ones((b, n), jnp.bool_)], axis=1)[:, None, None, :]
+  if not image:
+    return keys
   frame = jnp.arange(n) // (h * w)
-  if image:
-    same = frame[:, None] == frame[None, :]                          # [N, N]
-    video = same[None, None] | ~is_image[:, None, None, None]        # [B, 1, N, N]
-  else:
-    video = jnp.ones((b, 1, n, n), jnp.bool_)
+  same = frame[:, None] == frame[None, :]                            # [N, N]
+  video = same[None, None] | ~is_image[:, None, None, None]          # [B, 1, N, N]
   if num_text == 0:
     return video
   top = jnp.ones((b, 1, num_text, num_text + n), jnp.bool_)
@@ -271,10 +272,7 @@ def _full_mask(b, grid, num_text, text_mask, is_image):
     top = top & (first[None, None, None, :] | ~is_image[:, None, None, None])
   bottom = jnp.concatenate([jnp.ones((b, 1, n, num_text), jnp.bool_), video], axis=-1)
   mask = jnp.concatenate([top, bottom], axis=2)
-  if text_mask is not None:
-    keys = jnp.concatenate([text_mask, jnp.ones((b, n), jnp.bool_)], axis=1)
-    mask = mask & keys[:, None, None, :]
-  return mask
+  return mask if keys is None else mask & keys
 
 
 class CrossAttention(nn.Module):
