@@ -1,0 +1,112 @@
+"""Encoding and decoding long videos in chunks, exactly, with the frame cache carried through
+`lax.scan`.
+
+The first frame (or latent) goes alone: it starts the video, so every causal layer pads with
+zeros and the time resamplers treat it as the first frame. Its call returns the cache pytree
+(the Flax collection 'cache', see layers.py); the remaining frames go in chunks of
+`chunk_latents` latents (chunk_latents * temporal_factor frames), each call taking the cache
+and returning the next. Because no layer mixes frames except causally, and every norm is per
+frame, the result equals the whole-clip encode / decode up to float rounding. A last shorter
+chunk takes whatever is left.
+
+    mean, logvar = encode_chunked(model, params, video, chunk_latents=2)
+    video = decode_chunked(model, params, z, chunk_latents=2)
+
+`chunk_for_budget` picks the largest chunk whose compiled step fits a memory budget.
+"""
+import functools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from vdm_jax.models.vae.network import AutoencoderKL
+
+CACHE = "cache"
+
+
+def _chunks(x, size: int):
+  """[B, N, ...] -> ([n, B, size, ...] full chunks, [B, N - n * size, ...] the rest)."""
+  n = x.shape[1] // size
+  full = x[:, :n * size].reshape((x.shape[0], n, size) + x.shape[2:])
+  return jnp.swapaxes(full, 0, 1), x[:, n * size:]
+
+
+def _unchunk(y):
+  """[n, B, size, ...] -> [B, n * size, ...]."""
+  y = jnp.swapaxes(y, 0, 1)
+  return y.reshape((y.shape[0], y.shape[1] * y.shape[2]) + y.shape[3:])
+
+
+def _run(fn: Callable, params, x, *, step: int):
+  """fn applied to x[:, :1] (the start), then to chunks of `step` along axis 1 with the cache
+  carried; outputs (trees of [B, n, ...]) concatenated along axis 1."""
+  out0, state = fn({"params": params}, x[:, :1])
+  full, rest = _chunks(x[:, 1:], step)
+
+  def body(cache, chunk):
+    out, state = fn({"params": params, CACHE: cache}, chunk)
+    return state[CACHE], out
+
+  pieces = [out0]
+  cache = state[CACHE]
+  if full.shape[0]:
+    cache, outs = jax.lax.scan(body, cache, full)
+    pieces.append(jax.tree.map(_unchunk, outs))
+  if rest.shape[1]:
+    pieces.append(fn({"params": params, CACHE: cache}, rest)[0])
+  return jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *pieces)
+
+
+def encode_chunked(model: AutoencoderKL, params, video, *, chunk_latents: int):
+  """(mean, logvar) of `video` [B, 1 + f k, H, W, C], encoded `chunk_latents` latents at a
+  time (f = the temporal compression)."""
+  f = model.spec.temporal_factor
+  if chunk_latents < 1:
+    raise ValueError(f"chunk_latents={chunk_latents} must be at least 1")
+  fn = functools.partial(model.apply, method=AutoencoderKL.encode, mutable=[CACHE])
+  return _run(fn, params, video, step=chunk_latents * f)
+
+
+def decode_chunked(model: AutoencoderKL, params, z, *, chunk_latents: int):
+  """The video [B, 1 + f (T' - 1), H, W, C] of latents `z` [B, T', H', W', C'], decoded
+  `chunk_latents` latents at a time."""
+  if chunk_latents < 1:
+    raise ValueError(f"chunk_latents={chunk_latents} must be at least 1")
+  fn = functools.partial(model.apply, method=AutoencoderKL.decode, mutable=[CACHE])
+  return _run(fn, params, z, step=chunk_latents)
+
+
+def decode_memory(model: AutoencoderKL, params_shapes, *, latent_shape: Sequence[int],
+                  batch: int = 1, candidates=(1, 2, 4, 8, 16, 32)) -> dict:
+  """{chunk_latents: bytes} of decoding latents `latent_shape` (T', H', W', C') in chunks of
+  each candidate length: XLA's compiled temporary plus output memory (nothing is allocated:
+  the parameters may be shapes)."""
+  t = int(latent_shape[0])
+  z = jax.ShapeDtypeStruct((batch,) + tuple(latent_shape), jnp.float32)
+  sizes = {}
+  for c in sorted(c for c in candidates if c <= max(t - 1, 1)):
+    fn = jax.jit(functools.partial(decode_chunked, model, chunk_latents=c))
+    mem = fn.lower(params_shapes, z).compile().memory_analysis()
+    sizes[c] = float(mem.temp_size_in_bytes + mem.output_size_in_bytes)
+  return sizes
+
+
+def choose_chunk(sizes: dict, budget_bytes: float) -> int:
+  """The largest chunk of `decode_memory`'s table that fits `budget_bytes`; ValueError when
+  none does."""
+  fitting = [c for c, b in sizes.items() if b <= budget_bytes]
+  if not fitting:
+    raise ValueError(f"no decode chunk fits {budget_bytes / 2**30:.3f} GiB (the smallest needs "
+                     f"{min(sizes.values()) / 2**30:.3f} GiB); tile in space or raise the budget")
+  return max(fitting)
+
+
+def chunk_for_budget(model: AutoencoderKL, params_shapes, *, latent_shape: Sequence[int],
+                     budget_bytes: float, batch: int = 1, candidates=(1, 2, 4, 8, 16, 32)
+                     ) -> tuple[int, dict]:
+  """(the largest chunk_latents among `candidates` whose chunked decode of `latent_shape`
+  fits `budget_bytes`, the {chunk: bytes} table); ValueError when none fits."""
+  sizes = decode_memory(model, params_shapes, latent_shape=latent_shape, batch=batch,
+                        candidates=candidates)
+  return choose_chunk(sizes, budget_bytes), sizes
