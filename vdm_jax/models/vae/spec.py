@@ -11,11 +11,10 @@ One network covers the three autoencoders of the latent path:
 import dataclasses
 from typing import Any, Mapping
 
-import jax.numpy as jnp
 
 from vdm_jax.models.vae.layers import NORMS
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from vdm_jax.models.unet.spec import DTYPES  # one dtype table for every family
 TIME_RESAMPLE = ("conv", "pool")
 KEYS = ("family", "channels", "num_res_blocks", "latent_channels", "image_channels",
         "temporal_kernel", "time_down", "norm", "norm_groups", "mid_attention", "quant_conv",
