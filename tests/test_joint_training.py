@@ -118,7 +118,7 @@ def test_an_image_costs_one_frame_not_a_clip(setup):
 def test_accumulated_microbatches_keep_rows_and_flags_aligned(setup):
   _, _, params, loss_fn, batch = setup
   batch = jax.tree.map(jnp.asarray, batch)
-  loss, per_example, is_image, _ = jax.jit(
+  loss, per_example, is_image, _, _ = jax.jit(
       lambda p, b: sp._grads(p, b, jax.random.key(1), loss_fn, 2))(params, batch)  # pylint: disable=protected-access
   assert per_example.shape == (B + B * K,) and int(is_image.sum()) == B * K
   assert float(loss) == pytest.approx(float(per_example.mean()), rel=1e-5)

@@ -75,6 +75,8 @@ def validate_config(config) -> None:
                                   width=config.width)
     errors += encoder.section_errors(config.text, needs_text=fam.needs_text)
     errors += sharding.section_errors(config.sharding, model_family=fam.name)
+    if fam.family.config_errors is not None:
+      errors += fam.family.config_errors(config)
   errors += config_checks.diffusion_errors(config.diffusion)
   errors += config_checks.sampler_errors(config.sample)
   errors += train_checks.train_errors(config)

@@ -4,7 +4,8 @@ Modes:
   build_data  build the dataset that `config.data` names into `config.data.data_dir`
   train       train one stage into --workdir (resumes from its last checkpoint)
   sample      sample --prompt=... from the stage trained in --workdir
-  eval        evaluate the stage in --workdir on held-out prompts (FVD, caption accuracy)
+  eval        evaluate the stage in --workdir on held-out prompts (FVD, caption accuracy); an
+              autoencoder (model.family='vae'): its reconstructions of the test clips
   distill     progressive / guided distillation of the stage trained in --teacher_workdir
   inflate     write checkpoint 0 of a video stage in --workdir from the text-to-image stage
               in --config.train.init_from (Make-A-Video; then --mode=train goes on from it)
@@ -32,6 +33,8 @@ from vdm_jax import text
 from vdm_jax.cli import cascade_eval
 from vdm_jax.cli import stage_modes
 from vdm_jax.data import build
+from vdm_jax.eval import autoencoder as autoencoder_eval
+from vdm_jax.models import registry
 from vdm_jax.sample import cascade
 from vdm_jax.train import loop
 
@@ -91,6 +94,7 @@ def _main(argv):
     sharding.maybe_initialize_distributed()
     loop.initialize_workdir(config, _require_workdir())
   elif mode == "sample":
+    registry.family(config.model).require_denoiser("--mode=sample")
     if not _PROMPTS.value:
       raise app.UsageError('--mode=sample needs at least one --prompt="..."')
     text.check_prompts(list(_PROMPTS.value), allow_empty=False)  # before any checkpoint loads
@@ -101,13 +105,17 @@ def _main(argv):
       stage_modes.sample_from_workdir(config, _require_workdir(), list(_PROMPTS.value),
                                       out_dir=_OUT.value)
   elif mode == "eval":
-    if cascade.is_cascade_config(config):
+    if not registry.family(config.model).is_denoiser:   # an autoencoder: its reconstructions
+      autoencoder_eval.evaluate_workdir(config, _require_workdir(), out_dir=_OUT.value,
+                                        num_videos=_NUM_VIDEOS.value)
+    elif cascade.is_cascade_config(config):
       cascade_eval.evaluate_cascade(config, _require_workdir(), out_dir=_OUT.value,
                                     num_videos=_NUM_VIDEOS.value)
     else:
       stage_modes.evaluate_workdir(config, _require_workdir(), out_dir=_OUT.value,
                                    num_videos=_NUM_VIDEOS.value)
   elif mode == "distill":
+    registry.family(config.model).require_denoiser("--mode=distill")
     if not _TEACHER.value:
       raise app.UsageError("--mode=distill needs --teacher_workdir=DIR (the teacher's training "
                            "workdir) and --workdir=DIR for the student's rounds.")

@@ -16,8 +16,6 @@ import os
 import time
 from typing import Any, Optional, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vdm_jax.data import build
@@ -60,26 +58,9 @@ def real_clip_for_prompt(prompt: str, *, frames: int, height: int, width: int, f
   return None if spec is None else render.render(spec)
 
 
-def real_at_geometry(videos: np.ndarray, source_fps: float, stage_config) -> np.ndarray:
-  """Stored real clips uint8 [N, T0, H0, W0, 3] at `source_fps` -> the stage's first
-  frames/fps/size (frame stride round(source_fps / fps), then a bilinear resize)."""
-  stride = max(1, int(round(float(source_fps) / float(stage_config.fps))))
-  c = stage_config
-  return resize_like(np.asarray(videos)[:, ::stride], (c.frames, c.height, c.width))
-
-
-def resize_like(videos: np.ndarray, thw: tuple) -> np.ndarray:
-  """uint8 real clips [N, T0, H0, W0, 3] at the stage's fps -> its first T frames at its size."""
-  t, h, w = thw
-  v = np.asarray(videos)
-  if v.shape[1] < t:
-    raise ValueError(f"Real clips have {v.shape[1]} frames at the stage's fps; need {t}.")
-  v = v[:, :t]
-  if v.shape[2:4] != (h, w):
-    v = np.asarray(jax.image.resize(jnp.asarray(v, jnp.float32), v.shape[:2] + (h, w, v.shape[4]),
-                                    "linear"))
-    v = np.clip(np.round(v), 0, 255).astype(np.uint8)
-  return v
+# The real clips at a stage's geometry (kept here for the callers that import them from this module).
+real_at_geometry = evaluate.real_at_geometry
+resize_like = evaluate.resize_like
 
 
 def _scale(stage_config, final_config) -> int:

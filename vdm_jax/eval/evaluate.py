@@ -9,6 +9,8 @@ import math
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vdm_jax.eval import evaluators
@@ -45,6 +47,28 @@ def check_videos(videos, name: str) -> np.ndarray:
   if videos.ndim != 5 or videos.shape[-1] != 3:
     raise ValueError(f"{name} must be [N, T, H, W, 3], got shape {videos.shape}")
   return videos
+
+
+def real_at_geometry(videos: np.ndarray, source_fps: float, stage_config) -> np.ndarray:
+  """Stored real clips uint8 [N, T0, H0, W0, 3] at `source_fps` -> the stage's first
+  frames/fps/size (frame stride round(source_fps / fps), then a bilinear resize)."""
+  stride = max(1, int(round(float(source_fps) / float(stage_config.fps))))
+  c = stage_config
+  return resize_like(np.asarray(videos)[:, ::stride], (c.frames, c.height, c.width))
+
+
+def resize_like(videos: np.ndarray, thw: tuple) -> np.ndarray:
+  """uint8 real clips [N, T0, H0, W0, 3] at the stage's fps -> its first T frames at its size."""
+  t, h, w = thw
+  v = np.asarray(videos)
+  if v.shape[1] < t:
+    raise ValueError(f"Real clips have {v.shape[1]} frames at the stage's fps; need {t}.")
+  v = v[:, :t]
+  if v.shape[2:4] != (h, w):
+    v = np.asarray(jax.image.resize(jnp.asarray(v, jnp.float32), v.shape[:2] + (h, w, v.shape[4]),
+                                    "linear"))
+    v = np.clip(np.round(v), 0, 255).astype(np.uint8)
+  return v
 
 
 def evaluate_videos(videos, targets: Optional[Sequence[Any]], real_videos=None,

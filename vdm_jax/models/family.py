@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vdm_jax import errors
 from vdm_jax.models import inflation
 
 TRAINABLE = ("all", "temporal")      # train.trainable
@@ -70,6 +71,20 @@ class ModelFamily:
   temporal_param: Optional[Callable[[str], bool]] = None
   # New temporal parameters that inflation sets to zero so their layer starts as the identity.
   zero_when_inflated: Callable[[str], bool] = lambda path: False
+  # What the module is: 'denoiser' (called as (x, logsnr, **inputs), trained by the diffusion
+  # objective, sampled by the samplers) or 'autoencoder' (called as (x) -> (reconstruction,
+  # posterior); trained by its own objective; encodes and decodes, never sampled from).
+  kind: str = "denoiser"
+  # (config, module) -> loss(params, groups, key) -> (loss, aux with 'loss_per_example' [rows],
+  # optionally 'metrics' {name: scalar} and 'row_is_image'), for a family with its own
+  # objective (None: the diffusion objective of vdm_jax.train.objective). `groups`: the batch's
+  # videos [B, T, H, W, C], then its extra images [B * K, 1, H, W, C] in joint training.
+  objective: Optional[Callable[[Any, nn.Module], Callable]] = None
+  # (module, x [B, T, H, W, C]) -> key -> boxed params, for a module not called as
+  # (x, logsnr, **inputs) (None: ModelInterface.init_fn's denoiser init).
+  init: Optional[Callable[[nn.Module, Any], Callable]] = None
+  # config -> the problems of the config sections its own objective reads (with `objective`).
+  config_errors: Optional[Callable[[Any], list]] = None
 
   def validate(self, model_cfg) -> list[str]:
     """The problems of a `model` section (empty when it is valid)."""
@@ -103,6 +118,18 @@ class ModelInterface:
   def inputs(self) -> FrozenSet[str]:
     """The keyword inputs the module takes besides (x, logsnr, train)."""
     return self.spec.inputs
+
+  @property
+  def is_denoiser(self) -> bool:
+    """Whether the module is a denoiser (diffusion objective, samplers, cascades)."""
+    return self.family.kind == "denoiser"
+
+  def require_denoiser(self, what: str) -> None:
+    """Raises ConfigError (a ValueError) when the module is not a denoiser: `what` needs one."""
+    if not self.is_denoiser:
+      raise errors.ConfigError(f"{what} needs a denoiser, but model.family={self.name!r} is an "
+                       f"{self.family.kind} (it encodes and decodes videos; train it with "
+                       "--mode=train and use it as a latent diffusion stage's autoencoder)")
 
   @property
   def needs_text(self) -> bool:
@@ -205,6 +232,11 @@ class ModelInterface:
   def init_fn(self, model: nn.Module, *, batch_like: Mapping[str, Any], batch_size: int = 1):
     """key -> boxed params of `model`, traced on a `batch_size` slice of a batch's shapes
     (other batch entries, e.g. a joint batch's extra images, are ignored)."""
+    if self.family.init is not None:
+      video = batch_like["video"]
+      return self.family.init(model, jax.ShapeDtypeStruct((batch_size,) + tuple(video.shape[1:]),
+                                                          jnp.float32))
+
     def init(key):
       small = {k: jnp.zeros((batch_size,) + tuple(v.shape[1:]), v.dtype)
                for k, v in batch_like.items() if k in BATCH_KEYS}
@@ -245,6 +277,8 @@ class ModelInterface:
     arguments as `abstract_inputs`."""
     model = self.module()
     x, logsnr, kw = self.abstract_inputs(**geometry)
+    if self.family.init is not None:
+      return nn.unbox(jax.eval_shape(self.family.init(model, x), jax.random.key(0)))
     shapes = jax.eval_shape(
         lambda x, logsnr, kw: model.init(jax.random.key(0), x, logsnr, **kw), x, logsnr, kw)
     return nn.unbox(shapes)["params"]

@@ -12,8 +12,9 @@ from typing import Any, Mapping
 from vdm_jax.models import dit
 from vdm_jax.models import family as family_lib
 from vdm_jax.models import unet
+from vdm_jax.models import vae
 
-FAMILIES: dict[str, family_lib.ModelFamily] = {f.name: f for f in (unet.FAMILY, dit.FAMILY)}
+FAMILIES: dict[str, family_lib.ModelFamily] = {f.name: f for f in (unet.FAMILY, dit.FAMILY, vae.FAMILY)}
 DEFAULT_FAMILY = "unet"
 
 

@@ -78,6 +78,7 @@ def make_stage(config, params: Any, param_shardings: Any, *, step: int, mesh: An
   """A Stage of `config`'s model with `params` (placed by `param_shardings` on `mesh`); a
   text-conditioned model without `text_encoder` loads the one `config.text` names."""
   fam = registry.family(config.model)
+  fam.require_denoiser("sampling")
   if text_encoder is None and fam.needs_text:
     text_encoder = text.load_text_encoder(config.text)
   return Stage(config=config, model=fam.module(), params=params, step=int(step), mesh=mesh,

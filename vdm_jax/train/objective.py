@@ -123,9 +123,18 @@ _IMAGE_SALT = 0x696d6773  # fold_in salt of the extra images' draws (the videos'
 
 
 def make_loss_fn(config, model) -> Callable[[Any, dict, jax.Array], tuple]:
-  """LossFn(params, batch, key) -> (loss, aux) of `model` (of the config's model family) on a batch with
-  'video' [B, T, H, W, C] in [-1, 1] and the conditioning the model config asks for."""
+  """LossFn(params, batch, key) -> (loss, aux) of `model` (of the config's model family) on a
+  batch with 'video' [B, T, H, W, C] in [-1, 1] and the conditioning the model config asks for:
+  the diffusion loss, or the family's own objective when it has one (`ModelFamily.objective`,
+  e.g. the autoencoders' reconstruction + KL)."""
   d, fam = config.diffusion, registry.family(config.model)
+  if fam.family.objective is not None:   # a family with its own objective (the autoencoders)
+    own = fam.family.objective(config, model)
+
+    def family_loss(params, batch, key):
+      videos, images = split_joint_batch(batch)
+      return own(params, [videos["video"]] + ([images["video"]] if images else []), key)
+    return family_loss
   schedule = diffusion.schedule_from_config(d, resolution=config.height)
   noise_fn = noise_lib.noise_fn_from_config(d)   # None: i.i.d. noise
   cond_aug = fam.takes_cond_aug

@@ -80,12 +80,14 @@ def _row_is_image(batch: dict, aux: dict) -> jax.Array:
 
 
 def _grads(params, batch, key, loss_fn: LossFn, accum: int):
-  """(loss, per-example losses [rows], which rows are images [rows], mean gradient) over
+  """(loss, per-example losses [rows], which rows are images [rows], the objective's own
+  metrics {name: scalar} (aux 'metrics', mean over microbatches), mean gradient) over
   `accum` microbatches."""
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if accum == 1:
     (loss, aux), grads = grad_fn(params, batch, jax.random.fold_in(key, 1))
-    return loss, aux["loss_per_example"], _row_is_image(batch, aux), grads
+    return (loss, aux["loss_per_example"], _row_is_image(batch, aux), aux.get("metrics", {}),
+            grads)
 
   micro = split_microbatches(batch, accum)
 
@@ -93,14 +95,16 @@ def _grads(params, batch, key, loss_fn: LossFn, accum: int):
     i, mb = xs
     (loss, aux), g = grad_fn(params, mb, jax.random.fold_in(key, 1 + i))
     g_sum, l_sum = carry
-    rows = (aux["loss_per_example"], _row_is_image(mb, aux))
+    rows = (aux["loss_per_example"], _row_is_image(mb, aux), aux.get("metrics", {}))
     return (jax.tree.map(jnp.add, g_sum, g), l_sum + loss), rows
 
   zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-  (g_sum, l_sum), (per_ex, is_img) = jax.lax.scan(
+  (g_sum, l_sum), (per_ex, is_img, metrics) = jax.lax.scan(
       body, (zeros, jnp.zeros((), jnp.float32)), (jnp.arange(accum), micro))
   grads = jax.tree.map(lambda g, p: (g / accum).astype(p.dtype), g_sum, params)
-  return l_sum / accum, merge_microbatches(per_ex), merge_microbatches(is_img), grads
+  metrics = {name: jnp.mean(v) for name, v in metrics.items()}
+  return (l_sum / accum, merge_microbatches(per_ex), merge_microbatches(is_img), metrics,
+          grads)
 
 
 def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn,
@@ -113,12 +117,13 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn,
   counter still advances and `nonfinite_count` / `consecutive_nonfinite` count the skip.
 
   Returns (new state, metrics of scalars: loss, grad_norm, lr, ema_decay, finite,
-  nonfinite_count, consecutive_nonfinite, and loss_video / loss_image for joint batches).
+  nonfinite_count, consecutive_nonfinite, loss_video / loss_image for joint batches, and the
+  objective's own metrics: aux["metrics"] of the loss function, e.g. an autoencoder's psnr).
   """
   key = step_key(seed, state.step)
   batch = apply_cond_dropout(batch, jax.random.fold_in(key, _COND_DROP_SALT), cond_drop_prob)
-  loss, per_example, row_is_image, grads = _grads(state.params, batch, key, loss_fn,
-                                                  grad_accum_steps)
+  loss, per_example, row_is_image, objective_metrics, grads = _grads(
+      state.params, batch, key, loss_fn, grad_accum_steps)
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
@@ -144,6 +149,7 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn,
       "finite": finite,
       "nonfinite_count": new_state.nonfinite_count,
       "consecutive_nonfinite": new_state.consecutive_nonfinite,
+      **objective_metrics,
   }
   if "is_image" in batch or IMAGE_PREFIX + "video" in batch:
     is_img = row_is_image.astype(jnp.float32)

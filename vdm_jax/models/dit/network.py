@@ -60,6 +60,7 @@ from vdm_jax.models import axes
 from vdm_jax.models import conditioning
 from vdm_jax.models import input_checks
 from vdm_jax.models import layers
+from vdm_jax.models import spec_common
 from vdm_jax.models.dit import rope
 from vdm_jax.models.dit import spec as dit_spec
 
@@ -527,7 +528,7 @@ class VideoDiT(nn.Module):
                                float(spec.rope_theta))
         angles = jnp.where(is_image[:, None, None], still[None], angles[None])  # [B, N, D/2]
     block_cls = DiTBlock
-    policy = dit_spec.REMAT_POLICIES.get(spec.remat)
+    policy = spec_common.REMAT_POLICIES.get(spec.remat)
     if policy is not None:
       block_cls = nn.remat(DiTBlock, policy=policy)
     block_kw = dict(num_heads=spec.num_heads, mlp_dim=spec.mlp_dim, grid=grid,

@@ -7,23 +7,14 @@ says what is wrong and what to do.
 import dataclasses
 from typing import Tuple
 
-import jax
-import jax.numpy as jnp
+from vdm_jax.models.spec_common import (ATTENTION_IMPLS, DTYPES, LOWRES_CONDITIONING,
+                                        LOWRES_TEMPORAL_UPSAMPLE, REMAT, DtypeProperties)
 
 ATTENTION_LAYOUTS = ("full", "alternating")
 TEXT_CONDITIONING = ("cross", "joint", "none")
 TEXT_PROJECTIONS = ("linear", "mlp")
 MODULATIONS = ("block", "shared")
 QK_NORMS = ("rms", "layer", "none")
-LOWRES_CONDITIONING = ("none", "spatial", "temporal")
-LOWRES_TEMPORAL_UPSAMPLE = ("repeat", "linear")
-ATTENTION_IMPLS = ("xla", "cudnn", "splash")
-REMAT = ("none", "block", "full")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-REMAT_POLICIES = {
-    "block": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "full": jax.checkpoint_policies.nothing_saveable,
-}
 # Each keyword input of the transformer and the spec property that switches it on (None: always
 # taken).
 INPUT_FLAGS = {
@@ -35,7 +26,7 @@ INPUT_FLAGS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class DiTSpec:
+class DiTSpec(DtypeProperties):
   """Every transformer hyper-parameter, checked. Field meanings: presets.default_section()."""
   patch_size: Tuple[int, int, int]
   hidden_dim: int
@@ -95,14 +86,6 @@ class DiTSpec:
   @property
   def head_dim(self) -> int:
     return self.hidden_dim // self.num_heads
-
-  @property
-  def compute_dtype(self):
-    return DTYPES[self.dtype]
-
-  @property
-  def params_dtype(self):
-    return DTYPES[self.param_dtype]
 
   @property
   def needs_text(self) -> bool:

@@ -48,6 +48,7 @@ from vdm_jax.models import attention_blocks
 from vdm_jax.models import axes
 from vdm_jax.models import conditioning
 from vdm_jax.models import input_checks
+from vdm_jax.models import spec_common
 from vdm_jax.models import layers
 from vdm_jax.models.unet import spec as unet_spec
 
@@ -168,7 +169,7 @@ class _Blocks:
   def __init__(self, spec, train):
     self.spec = spec
     self.deterministic = not train
-    policy = unet_spec.REMAT_POLICIES.get(spec.remat)
+    policy = spec_common.REMAT_POLICIES.get(spec.remat)
     wrap = (lambda cls: nn.remat(cls, policy=policy)) if policy is not None else (lambda c: c)
     self.res_cls = wrap(layers.ResBlock)
     self.spatial_cls = wrap(attention_blocks.SpatialSelfAttention)

@@ -7,16 +7,12 @@ for callers that only want the error.
 import dataclasses
 from typing import Tuple
 
-import jax
-import jax.numpy as jnp
+from vdm_jax.models.spec_common import (ATTENTION_IMPLS, DTYPES, LOWRES_CONDITIONING,
+                                        LOWRES_TEMPORAL_UPSAMPLE, REMAT, DtypeProperties)
 
 TEMPORAL_MIXING = ("attention", "conv", "none", "spacetime")
 TEMPORAL_POSITIONS = ("bias", "shaw")
 FRAME_POSITIONS = ("none", "sinusoidal")
-LOWRES_CONDITIONING = ("none", "spatial", "temporal")
-LOWRES_TEMPORAL_UPSAMPLE = ("repeat", "linear")
-ATTENTION_IMPLS = ("xla", "cudnn", "splash")
-REMAT = ("none", "block", "full")
 # Each keyword input of the U-Net and the spec field that switches it on (None: always taken;
 # needs_text covers text_cross_attention or text_pooled_conditioning).
 INPUT_FLAGS = {
@@ -25,18 +21,7 @@ INPUT_FLAGS = {
     "guidance_weight": "guidance_weight_conditioning", "frame_cond": "frame_mask_conditioning",
     "frame_mask": "frame_mask_conditioning", "is_image": None,
 }
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
-# Remat policies per `model.remat`:
-#   none   keep every activation for the backward pass (fastest, most memory);
-#   block  rematerialize each residual/attention block, keeping only the results of its
-#          weight matmuls (dense and attention projections); convs, norms, nonlinearities and
-#          attention probabilities are recomputed;
-#   full   rematerialize each block keeping nothing inside it (only block inputs are stored).
-REMAT_POLICIES = {
-    "block": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "full": jax.checkpoint_policies.nothing_saveable,
-}
 
 
 # Parameter paths of the temporal layers: ResBlock temporal convs ("temporal",
@@ -62,7 +47,7 @@ def zero_when_inflated(path: str) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class UNetSpec:
+class UNetSpec(DtypeProperties):
   """Every U-Net hyper-parameter, checked. Field meanings: configs/default.py, `model`."""
   base_channels: int
   channel_mult: Tuple[int, ...]
@@ -128,14 +113,6 @@ class UNetSpec:
   @property
   def num_levels(self):
     return len(self.channel_mult)
-
-  @property
-  def compute_dtype(self):
-    return DTYPES[self.dtype]
-
-  @property
-  def params_dtype(self):
-    return DTYPES[self.param_dtype]
 
   @property
   def needs_text(self):

@@ -11,10 +11,8 @@ One network covers the three autoencoders of the latent path:
 import dataclasses
 from typing import Any, Mapping
 
-
 from vdm_jax.models.vae.layers import NORMS
-
-from vdm_jax.models.unet.spec import DTYPES  # one dtype table for every family
+from vdm_jax.models.spec_common import DTYPES, DtypeProperties
 TIME_RESAMPLE = ("conv", "pool")
 KEYS = ("family", "channels", "num_res_blocks", "latent_channels", "image_channels",
         "temporal_kernel", "time_down", "norm", "norm_groups", "mid_attention", "quant_conv",
@@ -22,7 +20,7 @@ KEYS = ("family", "channels", "num_res_blocks", "latent_channels", "image_channe
 
 
 @dataclasses.dataclass(frozen=True)
-class VAESpec:
+class VAESpec(DtypeProperties):
   channels: tuple = (32, 64, 64)           # width of each level; len - 1 spatial halvings
   num_res_blocks: int = 1                  # per encoder level (the decoder has one more)
   latent_channels: int = 4
@@ -89,20 +87,17 @@ class VAESpec:
     return out
 
   @property
+  def inputs(self) -> frozenset:
+    """The conditioning inputs it takes besides the video: none (see models/family.py)."""
+    return frozenset()
+
+  @property
   def spatial_factor(self) -> int:
     return 2 ** (len(self.channels) - 1)
 
   @property
   def temporal_factor(self) -> int:
     return 2 ** sum(bool(d) for d in self.time_down)
-
-  @property
-  def compute_dtype(self):
-    return DTYPES[self.dtype]
-
-  @property
-  def params_dtype(self):
-    return DTYPES[self.param_dtype]
 
   def geometry_errors(self, *, frames: int, height: int, width: int) -> list[str]:
     """What keeps a video of this geometry from passing through the autoencoder."""
