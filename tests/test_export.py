@@ -114,3 +114,37 @@ def test_manifest_format_is_checked(exported, tmp_path):
   os.remove(os.path.join(copy, export.MANIFEST))
   with pytest.raises(export.IntegrityError, match="manifest.*missing"):
     export.verify(copy)
+
+
+def _fresh_state(config):
+  from vdm_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  from vdm_jax.models import registry  # pylint: disable=g-import-not-at-top
+  from vdm_jax.train import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
+  from vdm_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  fam = registry.family(config.model)
+  mesh = sharding_lib.create_mesh(config.sharding, jax.devices()[:1])
+  state, shardings = state_lib.init_train_state(
+      init_params_fn=fam.init_fn(fam.module(), batch_like=fam.example_batch(config)),
+      key=jax.random.key(7), tx=optimizer_lib.make_optimizer(config.train, config.model),
+      mesh=mesh, rules=sharding_lib.logical_rules(config.sharding))
+  return state, shardings, mesh
+
+
+def test_training_starts_from_an_exported_stage_after_checking_it(exported, tmp_path):
+  """`train.init_from=<exported stage dir>` (fine-tuning the shipped weights): params and EMA
+  are the exported ones; a corrupt file is refused before anything is read from it."""
+  from vdm_jax.train import loop  # pylint: disable=g-import-not-at-top
+  config, out, _, trained = exported
+  base = dict(cascade.stage_configs(config))["base"]
+  state, shardings, mesh = _fresh_state(base)
+  started = loop.init_from_workdir(base, os.path.join(out, "base"), state, shardings, mesh)
+  for got in (started.params, started.ema_params):
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(got),
+                 jax.device_get(trained.stages[0].params))
+  copy = _copy(out, tmp_path)
+  path = os.path.join(copy, "base", export.PARAMS)
+  data = bytearray(open(path, "rb").read())
+  data[-3] ^= 0x01
+  open(path, "wb").write(bytes(data))
+  with pytest.raises(export.IntegrityError, match="base/params.safetensors is corrupt"):
+    loop.init_from_workdir(base, os.path.join(copy, "base"), state, shardings, mesh)

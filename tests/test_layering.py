@@ -2,7 +2,7 @@
 
 Layers, lowest first (a module may import its own layer and the layers below it, never above):
 
-  0  errors, integrity                          shared plain-Python helpers
+  0  errors, integrity, weights                 shared plain-Python helpers, exported-weights files
   1  diffusion                                  pure math
   2  models                                     Flax modules, one folder per family
   3  data, text, media, sharding                inputs, text conditioning, video files, meshes
@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "vdm_jax")
 
 LAYERS = {
-    "errors": 0, "integrity": 0,
+    "errors": 0, "integrity": 0, "weights": 0,
     "diffusion": 1,
     "models": 2,
     "data": 3, "text": 3, "media": 3, "sharding": 3,

@@ -17,7 +17,6 @@ flipped bit or a truncated file is refused with `IntegrityError` naming the file
 parameter tree that does not match the model its config builds is refused naming the
 differing parameters.
 """
-import json
 import os
 from typing import Any, Mapping, Optional, Sequence
 
@@ -26,68 +25,17 @@ import jax
 import ml_collections
 import numpy as np
 
-from vdm_jax import errors
 from vdm_jax import sharding as sharding_lib
 from vdm_jax.integrity import sha256_file
 from vdm_jax.models import registry
 from vdm_jax.sample import cascade as cascade_lib
 from vdm_jax.sample import stage as stage_lib
 from vdm_jax.train import checkpoint as ckpt_lib
-
-FORMAT = "vdm_jax.exported_cascade"
-VERSION = 1
-MANIFEST = "manifest.json"
-PARAMS = "params.safetensors"
-CONFIG = "config.json"
-
-
-class IntegrityError(errors.UserError, ValueError):
-  """An exported file is missing, or its bytes are not the ones the manifest records."""
-
-
-def flatten_params(params: Any) -> dict[str, np.ndarray]:
-  """Nested parameter dicts -> {'a/b/c': float32 numpy array} (keys sorted)."""
-  out = {}
-
-  def walk(tree, prefix):
-    if isinstance(tree, Mapping):
-      for k in sorted(tree):
-        walk(tree[k], f"{prefix}{k}/")
-    else:
-      out[prefix.rstrip("/")] = np.asarray(jax.device_get(tree), np.float32)
-  walk(params, "")
-  return out
-
-
-def unflatten_params(flat: Mapping[str, np.ndarray]) -> dict:
-  """{'a/b/c': array} -> nested dicts."""
-  tree: dict = {}
-  for key, value in flat.items():
-    node = tree
-    *path, last = key.split("/")
-    for part in path:
-      node = node.setdefault(part, {})
-    node[last] = value
-  return tree
-
-
-def _read_json(path: str, what: str) -> dict:
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except FileNotFoundError as e:
-    raise IntegrityError(f"{what} {path} is missing.") from e
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise IntegrityError(f"{what} {path} is unreadable or not JSON ({e}).") from e
-
-
-def _write_json(path: str, payload: dict) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
-
+# The file format lives in vdm_jax/weights.py (below the models); these names are its API here too.
+from vdm_jax.weights import CONFIG, FORMAT, MANIFEST, PARAMS, VERSION  # pylint: disable=unused-import
+from vdm_jax.weights import IntegrityError, read_manifest, verify  # pylint: disable=unused-import
+from vdm_jax.weights import entries, flatten_params, load_params, read_json, unflatten_params
+from vdm_jax.weights import verify_file, write_json
 
 def write_stage(directory: str, name: str, params: Any, config) -> dict:
   """Writes `<directory>/<name>/params.safetensors` and `config.json`; returns the manifest
@@ -101,7 +49,7 @@ def write_stage(directory: str, name: str, params: Any, config) -> dict:
   # Paths of the training machine mean nothing elsewhere: the loader's caller sets them.
   payload.get("data", {})["data_dir"] = "data"
   payload.get("text", {})["store_path"] = ""
-  _write_json(os.path.join(directory, rel_config), payload)
+  write_json(os.path.join(directory, rel_config), payload)
   return {"params": rel_params, "config": rel_config,
           "num_params": int(sum(v.size for v in flat.values()))}
 
@@ -110,66 +58,12 @@ def write_manifest(directory: str, manifest: dict) -> dict:
   """Adds format, version and the sha256 of every file the stage entries list; writes it."""
   manifest = dict(manifest, format=FORMAT, version=VERSION)
   files = {}
-  for entry in _entries(manifest).values():
+  for entry in entries(manifest).values():
     for key in ("params", "config"):
       files[entry[key]] = sha256_file(os.path.join(directory, entry[key]))
   manifest["sha256"] = files
-  _write_json(os.path.join(directory, MANIFEST), manifest)
+  write_json(os.path.join(directory, MANIFEST), manifest)
   return manifest
-
-
-def _entries(manifest: dict) -> dict:
-  """{label: stage entry} of the stages and the distilled extras ('base' / 'base distilled')."""
-  out = {n: e for n, e in manifest.get("stages", {}).items()}
-  out.update({f"{n} distilled": e for n, e in manifest.get("distilled", {}).items()})
-  return out
-
-
-def read_manifest(directory: str) -> dict:
-  """The manifest of an exported cascade, checked for format and version."""
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"No exported cascade at {directory}.")
-  manifest = _read_json(os.path.join(directory, MANIFEST), "The manifest")
-  if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-    raise IntegrityError(f"{directory}/{MANIFEST} is not a {FORMAT} manifest of version "
-                         f"{VERSION} (format {manifest.get('format')!r}, version "
-                         f"{manifest.get('version')!r}).")
-  return manifest
-
-
-def verify_file(directory: str, manifest: dict, rel: str) -> str:
-  """The absolute path of `rel` after checking its sha256 against the manifest."""
-  want = manifest.get("sha256", {}).get(rel)
-  path = os.path.join(directory, rel)
-  if want is None:
-    raise IntegrityError(f"{path} is not listed with a sha256 in {directory}/{MANIFEST}.")
-  if not os.path.isfile(path):
-    raise IntegrityError(f"{path} is missing (listed in {directory}/{MANIFEST}).")
-  got = sha256_file(path)
-  if got != want:
-    raise IntegrityError(
-        f"{path} is corrupt: its sha256 is {got}, the manifest records {want}. The file was "
-        "changed or damaged after export; restore it (e.g. reinstall the package, or git "
-        "checkout the file) or export the stage again.")
-  return path
-
-
-def verify(directory: str) -> dict:
-  """Checks every file of an exported cascade; returns its manifest."""
-  manifest = read_manifest(directory)
-  for entry in _entries(manifest).values():
-    for key in ("params", "config"):
-      verify_file(directory, manifest, entry[key])
-  return manifest
-
-
-def _load_params(path: str) -> dict:
-  from safetensors import SafetensorError  # pylint: disable=g-import-not-at-top
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  try:
-    return load_file(path)
-  except (SafetensorError, OSError, ValueError) as e:
-    raise IntegrityError(f"{path} is not a readable safetensors file ({e}).") from e
 
 
 def _check_tree(flat: Mapping[str, np.ndarray], abstract: Mapping[str, Any], path: str) -> None:
@@ -196,14 +90,14 @@ def load_stage(directory: str, entry: dict, manifest: dict, *,
   as a restored checkpoint's is (`stage.make_stage`)."""
   config_path = verify_file(directory, manifest, entry["config"])
   params_path = verify_file(directory, manifest, entry["params"])
-  config = ml_collections.ConfigDict(_read_json(config_path, "The stage config"))
+  config = ml_collections.ConfigDict(read_json(config_path, "The stage config"))
   mesh = sharding_lib.create_mesh(config.sharding, devices)
   rules = sharding_lib.logical_rules(config.sharding)
   fam = registry.family(config.model)
   init_fn = fam.init_fn(fam.module(), batch_like=fam.example_batch(config))
   abstract = jax.eval_shape(init_fn, jax.random.key(0))
   shardings = sharding_lib.logical_shardings(abstract, mesh, rules)
-  flat = _load_params(params_path)
+  flat = load_params(params_path)
   _check_tree(flat, flatten_abstract(nn.unbox(abstract)), params_path)
   params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s),
                         unflatten_params(flat), shardings)
@@ -242,7 +136,7 @@ def load_cascade(directory: str, *, distilled: bool = False,
       text_encoder = stage.text_encoder
     s = cascade_lib.StageSampling.from_config(stage.config, index=i, cascade_seed=cascade_seed)
     if student is not None:   # the teacher stage's sampling, at the student's step count
-      teacher = _read_json(os.path.join(directory, entry["config"]), "The stage config")
+      teacher = read_json(os.path.join(directory, entry["config"]), "The stage config")
       s = cascade_lib.StageSampling.of_student(ml_collections.ConfigDict(teacher), stage,
                                                index=i, cascade_seed=cascade_seed)
     stages.append(stage)

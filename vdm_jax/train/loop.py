@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from vdm_jax import errors
 from vdm_jax import sharding as sharding_lib
+from vdm_jax import weights
 from vdm_jax.diffusion import config_checks as diffusion_checks
 from vdm_jax.models import registry
 from vdm_jax.train import checkpoint as ckpt_lib
@@ -159,11 +160,15 @@ class Trainer:
 def init_from_workdir(config, source_workdir: str, state: state_lib.TrainState, shardings,
                       mesh) -> state_lib.TrainState:
   """`state` (fresh) with params and EMA set from the EMA weights of the newest good checkpoint
-  of training workdir `source_workdir` (`train.init_from`): a text-to-image stage of the same
+  of training workdir `source_workdir` (`train.init_from`), or of an exported stage directory
+  (its files checked against the cascade's manifest first): a text-to-image stage of the same
   network inflated (`ModelInterface.inflate`: its weights copied, new temporal layers as the
   identity), or the same model copied. Raises ConfigError when the two models do not match."""
   fam = registry.family(config.model)
-  source, step, _ = ckpt_lib.restore_workdir_ema(source_workdir, mesh=mesh)
+  if weights.is_exported_stage(source_workdir):     # e.g. vdm_jax/assets/demo_cascade/base
+    source, step, _ = weights.load_stage_params(source_workdir)
+  else:
+    source, step, _ = ckpt_lib.restore_workdir_ema(source_workdir, mesh=mesh)
   reports = []
 
   def build(src, fresh):
