@@ -207,3 +207,27 @@ def test_decode_chunk_from_a_memory_budget():
   assert chunked.choose_chunk(sizes, (sizes[1] + sizes[4]) / 2) == 1
   with pytest.raises(ValueError, match="no decode chunk fits"):
     chunked.choose_chunk(sizes, 1.0)
+
+
+def _check_time_sharded(model, params, video):
+  latent = _encode(model, params, video)[0]
+  z = jax.random.normal(jax.random.key(3), (1, 17) + latent.shape[2:], jnp.float32)
+  mesh = jax.make_mesh((8,), ("time",), devices=jax.devices()[:8])
+  sharded = jax.jit(functools.partial(chunked.decode_time_sharded, model, mesh=mesh,
+                                      axis="time"))(params, z)
+  np.testing.assert_allclose(sharded, _decode(model, params, z), atol=1e-5)
+  return z, mesh
+
+
+def test_time_sharded_decode_on_8_devices_equals_the_single_device_decode(causal, video):
+  """1 + 16 latents, 2 per device of an 8-device 'time' axis: each causal layer's halo comes
+  from the previous device by ppermute; the first device's from the first latent's cache."""
+  model, params = causal
+  z, mesh = _check_time_sharded(model, params, video)
+  with pytest.raises(ValueError, match="at least 2 latents"):
+    chunked.decode_time_sharded(model, params, z[:, :9], mesh, axis="time")
+
+
+def test_time_sharded_temporal_decoder_equals_the_single_device_decode(video):
+  model = _model(**dict(presets.CPU["tiny2d"], temporal_decoder=True))
+  _check_time_sharded(model, random_params(model, video), video)

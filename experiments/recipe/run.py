@@ -301,6 +301,9 @@ def evaluate(run_dir: str, step: int) -> dict:
     out["consistency"] = st.get("consistency")
     stage = cascade.stages[0]
     out["swap_gap"] = caption_swap_gap(stage, stage_cfg, num_clips=_EVAL_VIDEOS.value)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import time_reversal  # pylint: disable=g-import-not-at-top
+    out["time_reversal"] = time_reversal.reversal_residual(stage, num_clips=32)
   else:
     out.update(sr_eval(config, stage_cfg, workdir, step))
   out["eval_seconds"] = round(time.perf_counter() - start, 1)

@@ -52,9 +52,13 @@ class InflationReport:
   new_count: int
 
   def summary(self) -> str:
-    return (f"{len(self.copied)} arrays ({self.copied_count:,} parameters) copied from the image "
-            f"model; {len(self.new)} new temporal arrays ({self.new_count:,} parameters), "
-            f"{len(self.zeroed)} of them zeroed so the new layers start as the identity")
+    text = (f"{len(self.copied)} arrays ({self.copied_count:,} parameters) copied from the "
+            "source model")
+    if not self.new:
+      return text + "; nothing new"
+    return (text + f"; {len(self.new)} new temporal arrays ({self.new_count:,} parameters), "
+            f"{len(self.zeroed)} of them zeroed (the others zero-initialized already or not on "
+            "the residual path) so the new layers start as the identity")
 
 
 def inflate(source: Any, target: Any, *, is_temporal: Callable[[str], bool],

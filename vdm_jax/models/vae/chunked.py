@@ -12,7 +12,9 @@ chunk takes whatever is left.
     mean, logvar = encode_chunked(model, params, video, chunk_latents=2)
     video = decode_chunked(model, params, z, chunk_latents=2)
 
-`chunk_for_budget` picks the largest chunk whose compiled step fits a memory budget.
+`chunk_for_budget` picks the largest chunk whose compiled step fits a memory budget;
+`decode_time_sharded` decodes the chunks in parallel, one per device of a mesh axis, each
+causal layer exchanging a halo of past frames with its neighbour.
 """
 import functools
 from typing import Callable, Sequence
@@ -20,7 +22,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from vdm_jax.models.vae.network import AutoencoderKL
+from vdm_jax.models.vae.network import AutoencoderKL, Decoder
 
 CACHE = "cache"
 
@@ -75,6 +77,37 @@ def decode_chunked(model: AutoencoderKL, params, z, *, chunk_latents: int):
     raise ValueError(f"chunk_latents={chunk_latents} must be at least 1")
   fn = functools.partial(model.apply, method=AutoencoderKL.decode, mutable=[CACHE])
   return _run(fn, params, z, step=chunk_latents)
+
+
+def decode_time_sharded(model: AutoencoderKL, params, z, mesh, *, axis: str,
+                        gather: bool = True):
+  """`z` [B, 1 + k, H', W', C'] decoded with its time axis sharded over mesh axis `axis`
+  (D devices, k divisible by D): the first latent is decoded alone (replicated, it starts the
+  video) and gives the first device its cache; the other k latents are split into D contiguous
+  shards decoded in parallel under `shard_map`, every causal layer receiving its past frames
+  from the previous device (`ppermute`, layers.halo_past). The result equals `decode` up to
+  float rounding. With gather=False it returns (the first frame, the other frames sharded over
+  `axis`), so that no device holds the whole video."""
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  devices, k = int(mesh.shape[axis]), int(z.shape[1]) - 1
+  if k % devices or k // devices < 2:
+    raise ValueError(f"decode_time_sharded: the {k} latents after the first must split into "
+                     f"{devices} shards ({axis!r}) of at least 2 latents each")
+  first, state = model.apply({"params": params}, z[:, :1], method=AutoencoderKL.decode,
+                             mutable=[CACHE])
+  decoder = Decoder(model.spec, halo_axis=axis)
+
+  def shard(p, cache, zs):
+    return decoder.apply({"params": p, CACHE: cache}, zs)
+
+  zs = jax.reshard(z[:, 1:], NamedSharding(mesh, P(None, axis)))
+  rest = jax.shard_map(shard, mesh=mesh, in_specs=(P(), P(), P(None, axis)),
+                       out_specs=P(None, axis), check_vma=False)(
+                           params["decoder"], state[CACHE]["decoder"], zs)
+  if not gather:
+    return first, rest
+  rest = jax.reshard(rest, NamedSharding(mesh, P()))
+  return jnp.concatenate([first, rest], axis=1)
 
 
 def decode_memory(model: AutoencoderKL, params_shapes, *, latent_shape: Sequence[int],

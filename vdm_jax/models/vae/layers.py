@@ -17,7 +17,7 @@ time resamplers treat frame 0 as the first frame, which is compressed in space o
 (T = 1 + 4k frames -> 1 + k latents). A layer writes its cache only when the collection is
 mutable, so training on whole clips carries none.
 """
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -47,6 +47,20 @@ def identity_last_tap(kt: int, copies: int = 1):
   return init
 
 
+def halo_past(x, cached, n: int, axis: Optional[str]):
+  """The n frames before `x` [B, T, ...]: `cached` (the previous chunk's, or the start's), or,
+  when the time axis is sharded over mesh axis `axis` (`decode_time_sharded`), the last n
+  frames of the previous device's `x` (a `ppermute` halo), with `cached` on the first device."""
+  if axis is None:
+    return cached
+  if x.shape[1] < n:
+    raise ValueError(f"a time shard of {x.shape[1]} frames is shorter than the {n}-frame halo "
+                     "a causal layer needs: give every device more latents")
+  size = jax.lax.axis_size(axis)
+  neighbour = jax.lax.ppermute(x[:, -n:], axis, [(i, i + 1) for i in range(size - 1)])
+  return jnp.where(jax.lax.axis_index(axis) == 0, cached.astype(x.dtype), neighbour)
+
+
 class CausalConv3D(nn.Module):
   """A 3-D convolution over [B, T, H, W, C], 'SAME' in space and causal in time: output frame t
   reads input frames t - kt + 1 .. t (zeros before the video starts, or the cached frames of
@@ -55,6 +69,7 @@ class CausalConv3D(nn.Module):
   kernel: Sequence[int] = (3, 3, 3)          # (kt, kh, kw)
   zero_init: bool = False
   kernel_init: Any = None
+  halo_axis: Optional[str] = None      # the mesh axis time is sharded over (halo_past)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -64,6 +79,7 @@ class CausalConv3D(nn.Module):
     if kt > 1:
       past = (self.get_variable(CACHE, "frames") if self.has_variable(CACHE, "frames")
               else jnp.zeros(x.shape[:1] + (kt - 1,) + x.shape[2:], x.dtype))
+      past = halo_past(x, past, kt - 1, self.halo_axis)
       full = jnp.concatenate([past.astype(x.dtype), x], axis=1)       # [B, kt - 1 + T, H, W, C]
       if self.is_mutable_collection(CACHE):
         self.put_variable(CACHE, "frames", full[:, -(kt - 1):])
@@ -114,6 +130,7 @@ class ResBlock(nn.Module):
   groups: int = 32
   dropout: float = 0.0
   zero_out: bool = False        # output conv zero-initialized: the block starts as the identity
+  halo_axis: Optional[str] = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -121,11 +138,12 @@ class ResBlock(nn.Module):
   def __call__(self, x, train: bool = False):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = nn.silu(make_norm(self.norm, self.groups, name="norm1", **kw)(x))
-    h = CausalConv3D(self.channels, (self.kt, 3, 3), name="conv1", **kw)(h)
+    h = CausalConv3D(self.channels, (self.kt, 3, 3), halo_axis=self.halo_axis, name="conv1",
+                     **kw)(h)
     h = nn.silu(make_norm(self.norm, self.groups, name="norm2", **kw)(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = CausalConv3D(self.channels, (self.kt, 3, 3), zero_init=self.zero_out, name="conv2",
-                     **kw)(h)
+    h = CausalConv3D(self.channels, (self.kt, 3, 3), zero_init=self.zero_out,
+                     halo_axis=self.halo_axis, name="conv2", **kw)(h)
     skip = x if x.shape[-1] == self.channels else dense(self.channels, name="skip", **kw)(x)
     return constrain_video(skip + h)
 
@@ -139,6 +157,7 @@ class TemporalResBlock(nn.Module):
   norm: str = "group"
   groups: int = 32
   mix_init: float = 0.0
+  halo_axis: Optional[str] = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -146,9 +165,10 @@ class TemporalResBlock(nn.Module):
   def __call__(self, x):
     c, kw = x.shape[-1], dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = nn.silu(make_norm(self.norm, self.groups, name="norm1", **kw)(x))
-    h = CausalConv3D(c, (self.kt, 1, 1), name="conv1", **kw)(h)
+    h = CausalConv3D(c, (self.kt, 1, 1), halo_axis=self.halo_axis, name="conv1", **kw)(h)
     h = nn.silu(make_norm(self.norm, self.groups, name="norm2", **kw)(h))
-    h = CausalConv3D(c, (self.kt, 1, 1), zero_init=True, name="conv2", **kw)(h)
+    h = CausalConv3D(c, (self.kt, 1, 1), zero_init=True, halo_axis=self.halo_axis,
+                     name="conv2", **kw)(h)
     mix = self.param("mix_logit", nn.initializers.constant(self.mix_init), (), jnp.float32)
     a = jax.nn.sigmoid(mix).astype(x.dtype)
     return constrain_video(a * x + (1 - a) * (x + h))
@@ -264,6 +284,7 @@ class TimeUp(nn.Module):
   """Doubles the frames after the first: (z0, z1, ..., zm) -> (z0, a1, b1, ..., am, bm), where
   (a_j, b_j) are the two halves of a causal conv (kernel 3 in time) at z_j. Starts as
   a_j = b_j = z_j."""
+  halo_axis: Optional[str] = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -273,6 +294,7 @@ class TimeUp(nn.Module):
     start = not self.has_variable(CACHE, "frames")
     past = (jnp.zeros((b, 2, h, w, c), x.dtype) if start
             else self.get_variable(CACHE, "frames").astype(x.dtype))
+    past = halo_past(x, past, 2, self.halo_axis)
     full = jnp.concatenate([past, x], axis=1)                            # [B, 2 + T, H, W, C]
     if self.is_mutable_collection(CACHE):
       self.put_variable(CACHE, "frames", full[:, -2:])

@@ -13,6 +13,8 @@ decoder residual block is followed by a `TemporalResBlock` (its parameters are n
 '*_temporal'), and the output gets a zero-initialized causal time conv: at initialization the
 decoder is the per-frame one.
 """
+from typing import Optional
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -58,54 +60,63 @@ class Encoder(nn.Module):
 
 
 def _middle(s: VAESpec, h, train, blk, kw, temporal: bool = False):
+  kw = dict(kw)
+  halo_axis = kw.pop("halo_axis", None)
   h = layers.ResBlock(h.shape[-1], name="mid_res0", **blk)(h, train)
   if temporal:
-    h = _temporal(s, "mid_res0", kw)(h)
+    h = _temporal(s, "mid_res0", kw, halo_axis)(h)
   if s.mid_attention:
     h = layers.FrameAttention(norm=s.norm, groups=s.norm_groups, name="mid_attn", **kw)(h)
   h = layers.ResBlock(h.shape[-1], name="mid_res1", **blk)(h, train)
   if temporal:
-    h = _temporal(s, "mid_res1", kw)(h)
+    h = _temporal(s, "mid_res1", kw, halo_axis)(h)
   return h
 
 
-def _temporal(s: VAESpec, after: str, kw):
+def _temporal(s: VAESpec, after: str, kw, halo_axis=None):
   return layers.TemporalResBlock(norm=s.norm, groups=s.norm_groups, name=f"{after}_temporal",
-                                 **kw)
+                                 halo_axis=halo_axis, **kw)
 
 
 class Decoder(nn.Module):
+  """The decoder. With `halo_axis` it runs inside `shard_map` on one time shard of the latents
+  (after the first latent), every causal layer taking its past frames from the previous device
+  (`layers.halo_past`), the first device from the cache of the first latent."""
   spec: VAESpec
+  halo_axis: Optional[str] = None
 
   @nn.compact
   def __call__(self, z, train: bool = False):
     s = self.spec
     kw = dict(dtype=s.compute_dtype, param_dtype=s.params_dtype)
-    blk = dict(kt=s.temporal_kernel, norm=s.norm, groups=s.norm_groups, dropout=s.dropout, **kw)
+    halo = dict(halo_axis=self.halo_axis)
+    blk = dict(kt=s.temporal_kernel, norm=s.norm, groups=s.norm_groups, dropout=s.dropout,
+               **halo, **kw)
     mix = s.temporal_decoder
     start = layers.CACHE not in self.variables   # the first chunk of a video (or all of it)
     h = z.astype(s.compute_dtype)
     if s.quant_conv:
       h = layers.CausalConv3D(s.latent_channels, (1, 1, 1), name="post_quant_conv", **kw)(h)
-    h = layers.CausalConv3D(s.channels[-1], (s.temporal_kernel, 3, 3), name="conv_in", **kw)(h)
-    h = _middle(s, h, train, blk, kw, temporal=mix)
+    h = layers.CausalConv3D(s.channels[-1], (s.temporal_kernel, 3, 3), name="conv_in", **halo,
+                            **kw)(h)
+    h = _middle(s, h, train, blk, dict(kw, **halo), temporal=mix)
     for i in reversed(range(len(s.channels))):
       for j in range(s.num_res_blocks + 1):
         h = layers.ResBlock(s.channels[i], name=f"up{i}_res{j}", **blk)(h, train)
         if mix:
-          h = _temporal(s, f"up{i}_res{j}", kw)(h)
+          h = _temporal(s, f"up{i}_res{j}", kw, self.halo_axis)(h)
       if i > 0:
         h = layers.SpaceUp(s.channels[i], name=f"up{i}_space", **kw)(h)
         if s.time_down[i - 1] and s.time_resample == "pool":
           h = layers.time_repeat(h, start)
         elif s.time_down[i - 1]:
-          h = layers.TimeUp(name=f"up{i}_time", **kw)(h)
+          h = layers.TimeUp(name=f"up{i}_time", **halo, **kw)(h)
     h = nn.silu(layers.make_norm(s.norm, s.norm_groups, name="norm_out", **kw)(h))
     h = layers.CausalConv3D(s.image_channels, (s.temporal_kernel, 3, 3), name="conv_out",
-                            **kw)(h)
+                            **halo, **kw)(h)
     if mix:   # Stable Video Diffusion's output time conv, as a residual that starts at zero
       h = h + layers.CausalConv3D(s.image_channels, (3, 1, 1), zero_init=True,
-                                  name="conv_out_temporal", **kw)(h)
+                                  name="conv_out_temporal", **halo, **kw)(h)
     return h.astype(jnp.float32)
 
 
