@@ -231,3 +231,41 @@ def test_time_sharded_decode_on_8_devices_equals_the_single_device_decode(causal
 def test_time_sharded_temporal_decoder_equals_the_single_device_decode(video):
   model = _model(**dict(presets.CPU["tiny2d"], temporal_decoder=True))
   _check_time_sharded(model, random_params(model, video), video)
+
+
+def test_spatial_tiles_blend_without_seams(causal, video):
+  """Tiles that each decode to a constant (their mean latent column) blend into a ramp across
+  the overlap, with no jump larger than the tile difference over the overlap's pixels; abutting
+  tiles jump by the whole difference. On the model: one tile covering everything is the plain
+  decode, and overlapping tiles are closer to the whole decode than abutting ones (per-frame
+  norms and the receptive field make any tiling inexact)."""
+  model, params = causal
+  if model.spec.time_resample != "conv":
+    pytest.skip("one resampler is enough")
+  s = model.spec.spatial_factor
+  cols = jnp.broadcast_to(jnp.arange(12.0)[None, None, None, :, None], (1, 1, 4, 12, 1))
+
+  def constant(p, zt):
+    del p
+    return jnp.full(zt.shape[:2] + (zt.shape[2] * s, zt.shape[3] * s, 3), zt[..., 0].mean())
+
+  abut = np.asarray(chunked.decode_tiled(model, None, cols, tile=4, overlap=0,
+                                         decode=constant))[0, 0, 0, :, 0]
+  np.testing.assert_allclose(np.diff(abut).max(), 4.0)            # tile means 1.5, 5.5, 9.5
+  blend = np.asarray(chunked.decode_tiled(model, None, cols, tile=6, overlap=3,
+                                          decode=constant))[0, 0, 0, :, 0]
+  steps = np.diff(blend)                                          # tile means 2.5, 5.5, 8.5
+  assert (steps >= -1e-6).all() and steps.max() <= 3.0 / (3 * s) + 1e-5
+  assert blend[0] == pytest.approx(2.5) and blend[-1] == pytest.approx(8.5)
+
+  z = jax.random.normal(jax.random.key(5), (1, 3, 8, 8, model.spec.latent_channels))
+  whole = np.asarray(_decode(model, params, z))
+  dec = _jitted(model)[1]
+  np.testing.assert_allclose(chunked.decode_tiled(model, params, z, tile=8, overlap=0,
+                                                  decode=dec), whole, atol=1e-6)
+  err = {ov: np.abs(np.asarray(chunked.decode_tiled(model, params, z, tile=4, overlap=ov,
+                                                      decode=dec)) - whole).mean()
+         for ov in (0, 2)}
+  assert err[2] < 0.85 * err[0]
+  with pytest.raises(ValueError, match="overlap"):
+    chunked.decode_tiled(model, params, z, tile=4, overlap=4)

@@ -14,7 +14,8 @@ chunk takes whatever is left.
 
 `chunk_for_budget` picks the largest chunk whose compiled step fits a memory budget;
 `decode_time_sharded` decodes the chunks in parallel, one per device of a mesh axis, each
-causal layer exchanging a halo of past frames with its neighbour.
+causal layer exchanging a halo of past frames with its neighbour; `decode_tiled` bounds memory
+in space with overlapping tiles blended by linear ramps.
 """
 import functools
 from typing import Callable, Sequence
@@ -108,6 +109,60 @@ def decode_time_sharded(model: AutoencoderKL, params, z, mesh, *, axis: str,
     return first, rest
   rest = jax.reshard(rest, NamedSharding(mesh, P()))
   return jnp.concatenate([first, rest], axis=1)
+
+
+def _tile_starts(size: int, tile: int, overlap: int) -> list:
+  """Starts of tiles of length `tile` stepping tile - overlap, the last one flush with the end."""
+  if tile >= size:
+    return [0]
+  starts = list(range(0, size - tile, tile - overlap)) + [size - tile]
+  return sorted(set(starts))
+
+
+def _ramp(tile: int, overlap: int, lead: bool, trail: bool):
+  """Blend weights [tile * s] along one axis: linear ramps over the `overlap` pixels shared
+  with a neighbouring tile before (`lead`) / after (`trail`), 1 elsewhere."""
+  w = jnp.ones((tile,), jnp.float32)
+  ramp = (jnp.arange(overlap, dtype=jnp.float32) + 0.5) / overlap
+  if lead and overlap:
+    w = w.at[:overlap].set(ramp)
+  if trail and overlap:
+    w = w.at[tile - overlap:].set(ramp[::-1])
+  return w
+
+
+def decode_tiled(model: AutoencoderKL, params, z, *, tile: int, overlap: int,
+                 decode: Callable = None):
+  """The video of latents `z` [B, T', H', W', C'] decoded in spatial tiles of tile x tile
+  latents overlapping by `overlap` latents, blended with linear ramps over the overlap (the
+  seams of tiles decoded apart fade into each other instead of showing as edges). `decode`
+  (params, z_tile) -> video tile decodes one tile (default: the whole clip at once; pass a
+  `decode_chunked` partial to bound time too). Peak memory is one tile's decode. Not exact: a
+  tile's pixels near its edge miss the context beyond it, which the overlap hides."""
+  s = model.spec.spatial_factor
+  _, _, hl, wl, _ = z.shape
+  if not 0 <= overlap < tile:
+    raise ValueError(f"decode_tiled: overlap={overlap} must be in [0, tile={tile})")
+  if decode is None:
+    def decode(p, zt):
+      return model.apply({"params": p}, zt, method=AutoencoderKL.decode)
+  ys, xs = _tile_starts(hl, tile, overlap), _tile_starts(wl, tile, overlap)
+  th, tw = min(tile, hl), min(tile, wl)
+  total = weight = None
+  for y in ys:
+    for x in xs:
+      out = decode(params, z[:, :, y:y + th, x:x + tw])            # [B, T, th s, tw s, C]
+      # Ramps where a neighbour shares pixels (the last tile, flush with the end, may share
+      # more than `overlap`: there both weigh 1 and average).
+      wy = _ramp(th * s, overlap * s, y != ys[0], y != ys[-1])
+      wx = _ramp(tw * s, overlap * s, x != xs[0], x != xs[-1])
+      w = (wy[:, None] * wx[None, :])[None, None, :, :, None]
+      if total is None:
+        total = jnp.zeros(out.shape[:2] + (hl * s, wl * s, out.shape[-1]), jnp.float32)
+        weight = jnp.zeros((1, 1, hl * s, wl * s, 1), jnp.float32)
+      total = total.at[:, :, y * s:(y + th) * s, x * s:(x + tw) * s].add(w * out)
+      weight = weight.at[:, :, y * s:(y + th) * s, x * s:(x + tw) * s].add(w)
+  return total / weight
 
 
 def decode_memory(model: AutoencoderKL, params_shapes, *, latent_shape: Sequence[int],
