@@ -227,6 +227,37 @@ def test_temporal_position_and_identical_frames(position):
     assert spread < 1e-5
 
 
+def test_text_bias_lets_the_caption_break_time_reversal_symmetry():
+  """With a direction-symmetric position table the block is equivariant under time reversal
+  (so 'left' and 'right' cannot differ); the text bias (zero at init) makes the bias depend on
+  the caption, and with a nonzero map two captions give time-asymmetric, different outputs."""
+  block = attention_blocks.TemporalSelfAttention(num_heads=2, head_dim=4, num_groups=2,
+                                                 num_buckets=8, max_distance=16,
+                                                 text_bias=True)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 5, 2, 3, 8)), jnp.float32)
+  text = jnp.asarray(rng.standard_normal((2, 4, 6)), jnp.float32)
+  mask = jnp.array([[True, True, True, False], [True, True, False, False]])
+  is_image = jnp.array([False, False])
+  params = block.init(jax.random.key(0, impl="unsafe_rbg"), x, is_image, text, mask)["params"]
+  params = jax.tree.map(lambda p: p + 0.3 * jnp.ones_like(p), params)     # live output layer
+  table = np.asarray(rng.standard_normal((8, 2)), np.float32)
+  table[5:8] = table[1:4]                          # bias(+d) = bias(-d): direction-symmetric
+  params["rel_pos"]["table"] = jnp.asarray(table)
+  params["text_bias"] = jax.tree.map(jnp.zeros_like, params["text_bias"])
+
+  def run(p, xs, t=text):
+    return block.apply({"params": p}, xs, is_image, t, mask)
+
+  rev = lambda a: a[:, ::-1]
+  np.testing.assert_allclose(run(params, rev(x)), rev(run(params, x)), atol=1e-5)
+  params["text_bias"]["kernel"] = jnp.asarray(rng.standard_normal((6, 16)), jnp.float32)
+  assert float(jnp.max(jnp.abs(run(params, rev(x)) - rev(run(params, x))))) > 1e-2
+  assert float(jnp.max(jnp.abs(run(params, x, -text) - run(params, x)))) > 1e-2
+  with pytest.raises(ValueError, match="text tokens"):
+    block.apply({"params": params}, x, is_image)
+
+
 def test_spacetime_relative_position_indexes_frame_row_and_column_offsets():
   rel = attention_blocks.SpaceTimeRelativePosition(num_heads=2, head_dim=3, num_buckets=8,
                                                    max_distance=16, max_offset=2)

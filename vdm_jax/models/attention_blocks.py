@@ -194,13 +194,16 @@ class TemporalSelfAttention(_AttentionSettings):
   num_buckets: int = 32
   max_distance: int = 128
   position: str = "bias"
+  text_bias: bool = False
 
   @nn.compact
-  def __call__(self, x, is_image):
+  def __call__(self, x, is_image, text=None, text_mask=None):
     b, t, h, w, c = x.shape
     tokens = jnp.transpose(self._norm(x), (0, 2, 3, 1, 4)).reshape(b * h * w, t, c)
     bias = RelativePositionBias(self.num_heads, self.num_buckets, self.max_distance,
                                 self.param_dtype, name="rel_pos")(t)       # [1, N, T, T]
+    if self.text_bias:
+      bias = jnp.repeat(bias + self._text_bias(text, text_mask, t), h * w, axis=0)
     eye = jnp.eye(t, dtype=jnp.bool_)
     mask = jnp.where(is_image[:, None, None, None], eye, jnp.ones_like(eye))  # [B, 1, T, T]
     mask = jnp.repeat(mask, h * w, axis=0)                                     # [B*H*W, 1, T, T]
@@ -216,6 +219,22 @@ class TemporalSelfAttention(_AttentionSettings):
     out = jnp.transpose(out.reshape(b, h, w, t, c), (0, 3, 1, 2, 4))
     return layers.constrain_video(x + out.astype(x.dtype))
 
+  def _text_bias(self, text, text_mask, t):
+    """[B, N, T, T]: a zero-initialized linear map of the mean caption token to one bias per
+    (bucket, head). The buckets are signed, so the caption can make attention look to the past
+    or the future: with it, the gradient that breaks the model's time-reversal symmetry is first
+    order in the difference between two captions (e.g. 'left' / 'right'); through the shared
+    table alone, a clip and its reverse cancel it (experiments/recipe/README.md)."""
+    if text is None or text_mask is None:
+      raise ValueError("TemporalSelfAttention(text_bias=True) needs the text tokens and mask")
+    pooled = layers.masked_mean(text, text_mask)                                  # [B, D]
+    per_bucket = layers.dense(self.num_buckets * self.num_heads, names=(axes.EMBED, None),
+                              zero_init=True, param_dtype=self.param_dtype,
+                              name="text_bias")(pooled.astype(jnp.float32))
+    per_bucket = per_bucket.reshape(-1, self.num_buckets, self.num_heads)
+    buckets = frame_offset_buckets(jnp.arange(t), num_buckets=self.num_buckets,
+                                   max_distance=self.max_distance)                # [Tq, Tk]
+    return jnp.transpose(per_bucket[:, buckets], (0, 3, 1, 2)).astype(jnp.float32)
 
 class SpaceTimeRelativePosition(nn.Module):
   """Relative position of two space-time tokens (frame offset in T5 buckets, row and column

@@ -201,10 +201,12 @@ class _Blocks:
       x = self.cross_cls(name=f"{prefix}_cross_attn", **self._attn_kw(c))(x, text, text_mask)
     mode = s.temporal_mixing[level]
     if mode == "attention":
-      x = self.temporal_attn_cls(num_buckets=s.rel_pos_buckets,
-                                 max_distance=s.rel_pos_max_distance,
-                                 position=s.temporal_position,
-                                 name=f"{prefix}_temporal_attn", **self._attn_kw(c))(x, is_image)
+      attn = self.temporal_attn_cls(num_buckets=s.rel_pos_buckets,
+                                    max_distance=s.rel_pos_max_distance,
+                                    position=s.temporal_position,
+                                    text_bias=s.temporal_text_bias,
+                                    name=f"{prefix}_temporal_attn", **self._attn_kw(c))
+      x = (attn(x, is_image, text, text_mask) if s.temporal_text_bias else attn(x, is_image))
     elif mode == "spacetime":
       x = self.spacetime_attn_cls(num_buckets=s.rel_pos_buckets,
                                   max_distance=s.rel_pos_max_distance,

@@ -69,6 +69,8 @@ def default_section():
   #   scalar per offset bucket) | shaw (+ Shaw et al. relative key/value vectors, as VDM cites)
   m.frame_position = "none"               # none (the papers) | sinusoidal: each frame's absolute
   #   index embedded and added to its FiLM embedding (AnimateDiff-style absolute time)
+  m.temporal_text_bias = False            # temporal attention's position bias + a zero-init
+  #   linear map of the mean caption token (the caption can say which way time runs)
   m.cond_embed_dim = 128
   m.text_embed_dim = 384
   m.text_cross_attention = True           # beside spatial attention, on its levels

@@ -85,9 +85,12 @@ class UNetSpec(DtypeProperties):
   # With temporal_conv_in_resblock: a temporal conv after each of a ResBlock's two spatial
   # convs (Make-A-Video's pseudo-3D convs) instead of after the second only.
   pseudo3d_convs: bool = False
+  # Temporal attention's relative-position bias also a linear function (zero at init) of the
+  # pooled caption tokens: the text can say which way time runs (see TemporalSelfAttention).
+  temporal_text_bias: bool = False
 
   OPTIONAL = ("frame_mask_conditioning", "temporal_position", "frame_position",
-              "cross_attention_levels", "pseudo3d_convs")
+              "cross_attention_levels", "pseudo3d_convs", "temporal_text_bias")
 
   @classmethod
   def from_config(cls, config):
@@ -217,6 +220,11 @@ class UNetSpec(DtypeProperties):
            "sits beside spatial attention, so enable spatial attention on a level, or name the "
            "levels in cross_attention_levels, or set text_cross_attention=False (pooled text "
            "still conditions the model)")
+    if not isinstance(self.temporal_text_bias, bool):
+      fail(f"model.temporal_text_bias must be True or False, got {self.temporal_text_bias!r}")
+    elif self.temporal_text_bias and "attention" not in self.temporal_mixing:
+      fail("model.temporal_text_bias=True conditions temporal attention's position bias on the "
+           "text: it needs a level with temporal_mixing='attention'")
     choices = (("lowres_conditioning", LOWRES_CONDITIONING),
                ("lowres_temporal_upsample", LOWRES_TEMPORAL_UPSAMPLE),
                ("attention_impl", ATTENTION_IMPLS), ("dtype", tuple(DTYPES)),
