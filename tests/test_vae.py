@@ -221,8 +221,11 @@ def _check_time_sharded(model, params, video):
 
 def test_time_sharded_decode_on_8_devices_equals_the_single_device_decode(causal, video):
   """1 + 16 latents, 2 per device of an 8-device 'time' axis: each causal layer's halo comes
-  from the previous device by ppermute; the first device's from the first latent's cache."""
+  from the previous device by ppermute; the first device's from the first latent's cache
+  (the conv resamplers: the pool ones hold no cache, the convs around them are the same)."""
   model, params = causal
+  if model.spec.time_resample != "conv":
+    pytest.skip("the conv resamplers cover the halo of every cached layer")
   z, mesh = _check_time_sharded(model, params, video)
   with pytest.raises(ValueError, match="at least 2 latents"):
     chunked.decode_time_sharded(model, params, z[:, :9], mesh, axis="time")

@@ -22,6 +22,8 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from vdm_jax.models.vae.network import AutoencoderKL, Decoder
 
@@ -89,7 +91,6 @@ def decode_time_sharded(model: AutoencoderKL, params, z, mesh, *, axis: str,
   from the previous device (`ppermute`, layers.halo_past). The result equals `decode` up to
   float rounding. With gather=False it returns (the first frame, the other frames sharded over
   `axis`), so that no device holds the whole video."""
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   devices, k = int(mesh.shape[axis]), int(z.shape[1]) - 1
   if k % devices or k // devices < 2:
     raise ValueError(f"decode_time_sharded: the {k} latents after the first must split into "
