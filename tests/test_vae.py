@@ -108,6 +108,15 @@ def test_chunked_encode_and_decode_equal_the_whole_clip(causal, video):
     np.testing.assert_allclose(part, whole, atol=1e-5)
 
 
+def test_chunked_decode_of_a_per_frame_autoencoder(video):
+  """A 2-D autoencoder caches nothing: its chunks carry an empty cache and still match."""
+  model = _model(**presets.CPU["tiny2d"])
+  params = random_params(model, video[:, :5])
+  z = jax.random.normal(jax.random.key(5), (1, 6, 4, 4, 4), jnp.float32)
+  part = jax.jit(functools.partial(chunked.decode_chunked, model, chunk_latents=2))(params, z)
+  np.testing.assert_allclose(part, _decode(model, params, z), atol=1e-5)
+
+
 def test_the_inflated_3d_vae_reproduces_the_2d_vae_per_frame(video):
   small = dict(channels=(8, 16), time_down=(True,), mid_attention=False)   # 2x in time
   m2 = _model(**dict(presets.CPU["tiny2d"], **dict(small, time_down=(False,))))

@@ -45,16 +45,17 @@ def _unchunk(y):
 
 def _run(fn: Callable, params, x, *, step: int):
   """fn applied to x[:, :1] (the start), then to chunks of `step` along axis 1 with the cache
-  carried; outputs (trees of [B, n, ...]) concatenated along axis 1."""
+  carried (an empty cache where no layer mixes frames); outputs (trees of [B, n, ...])
+  concatenated along axis 1."""
   out0, state = fn({"params": params}, x[:, :1])
   full, rest = _chunks(x[:, 1:], step)
 
   def body(cache, chunk):
     out, state = fn({"params": params, CACHE: cache}, chunk)
-    return state[CACHE], out
+    return state.get(CACHE, {}), out
 
   pieces = [out0]
-  cache = state[CACHE]
+  cache = state.get(CACHE, {})      # empty for a per-frame (2-D) autoencoder: nothing to carry
   if full.shape[0]:
     cache, outs = jax.lax.scan(body, cache, full)
     pieces.append(jax.tree.map(_unchunk, outs))

@@ -12,7 +12,8 @@ checked against the stated figure (Stable Diffusion 83.65M, Wan 2.1 127M):
   - CogVideoX's 3-D causal VAE (diffusers AutoencoderKLCogVideoX): 215,583,907;
   - Wan 2.1's VAE (WanVAE_): 126,892,531.
 Where our network differs from a reference, the preset is the closest configuration and the
-difference is stated; `experiments/vae/` prints ours next to the reference counts.
+difference is stated; `python -m experiments.vae.paper_scale` prints ours next to the
+reference counts.
   - CogVideoX: its decoder norms are conditioned on the latents (SpatialNorm3D, 0.4M
     parameters we do not have) and its GroupNorm pools statistics over the frames of a chunk
     (ours are per frame, which keeps chunked decoding exact).
