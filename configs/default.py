@@ -4,6 +4,7 @@ Variant configs import this, call `get_config()` and change only what differs. S
   model      the model family and its hyper-parameters (vdm_jax/models/<family>/presets.py)
   diffusion  schedule, parameterization, loss weighting, sampler (vdm_jax/diffusion)
   data       dataset and pipeline (vdm_jax/data)
+  latent     the frozen autoencoder of a latent diffusion stage (data.latents)
   text       text encoder and embedding store (vdm_jax/text)
   train      optimizer, steps, EMA, checkpoints, logging (vdm_jax/train)
   sharding   mesh and logical axis rules (vdm_jax/sharding.py)
@@ -93,11 +94,25 @@ def get_config(arg=None):
   # (text-to-image training, Make-A-Video); stored at source_resolution x source_resolution.
   dd.image_test_fraction = 0.0            # share of images in a test split (0 = train only)
   dd.rebuild = False                      # build_data: overwrite an existing build
+  # latent diffusion (vdm_jax/data/latents.py): the directory of a latent dataset made by
+  # --mode=build_latents; set, the stage trains on its normalized latents (frames, height,
+  # width, channels = the latent shape) and decodes its samples with latent.autoencoder.
+  dd.latents = ""
   # pipeline (vdm_jax/data/pipeline.py):
   dd.image_source = "frames"              # joint training images: frames | moving_shapes_images
   dd.lowres_frames = 0                    # tsr: the previous stage's frame count (required)
   dd.lowres_height = 0                    # ssr: the previous stage's size (required)
   dd.lowres_width = 0
+
+  # --- latent diffusion (with data.latents; vdm_jax/train/latent_codec.py) ---
+  lt = c.latent = ml_collections.ConfigDict()
+  lt.autoencoder = ""                     # a trained autoencoder (model.family='vae'): its
+  #   training workdir or an exported stage directory; latent_stats.json is stored beside it
+  lt.autoencoder_step = -1                # build_latents: the checkpoint to encode with (-1 =
+  #   the newest); sampling decodes with the step latent_stats.json records
+  lt.batch_size = 16                      # build_latents: clips per jitted encoder call
+  lt.decode_chunk = 0                     # latents per decoder call (0 = the whole clip; k > 0
+  #   bounds memory, exactly: vdm_jax/models/vae/chunked.py)
 
   # --- text ---
   t = c.text = ml_collections.ConfigDict()

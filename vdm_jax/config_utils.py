@@ -12,6 +12,7 @@ from typing import Dict
 from vdm_jax import errors as errors_lib
 from vdm_jax import sharding
 from vdm_jax.data import build
+from vdm_jax.data import latents
 from vdm_jax.diffusion import config_checks
 from vdm_jax.eval import evaluators
 from vdm_jax.models import registry
@@ -56,13 +57,14 @@ def apply_overrides(config, items) -> None:
 ConfigError = errors_lib.ConfigError   # re-exported: callers catch config_utils.ConfigError
 
 
-def validate_config(config) -> None:
+def validate_config(config, *, latent_files: bool = True) -> None:
   """Checks a full experiment config; raises ConfigError naming every bad key and its fix.
 
   Each section is checked by the code that owns it: the model family (`model`, and the video
   geometry it can take), the diffusion math (`diffusion`, the sampler keys of `sample`), the
   text encoder (`text`), training (`train`, and the objective's keys spanning sections), the
-  data pipeline (`data`) and the evaluators (`eval`).
+  data pipeline (`data`; for a latent stage its keys and, with `latent_files`, the built latent
+  dataset against the stage's geometry) and the evaluators (`eval`).
   """
   errors = []
   if config.get("stage") not in STAGE_KINDS:
@@ -83,6 +85,7 @@ def validate_config(config) -> None:
   if not model_errors:
     errors += train_checks.frame_mask_errors(config) + train_checks.residual_errors(config)
   errors += build.validate_data_config(config)
+  errors += latents.config_errors(config, check_files=latent_files)
   errors += evaluators.validate_eval_config(config)
   if errors:
     raise ConfigError("Invalid config:\n  - " + "\n  - ".join(errors))

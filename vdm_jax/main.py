@@ -2,6 +2,9 @@
 
 Modes:
   build_data  build the dataset that `config.data` names into `config.data.data_dir`
+  build_latents  encode that dataset once with `latent.autoencoder` into `config.data.latents`
+              (a latent diffusion stage's data; per-channel statistics stored with the
+              autoencoder)
   train       train one stage into --workdir (resumes from its last checkpoint)
   sample      sample --prompt=... from the stage trained in --workdir
   eval        evaluate the stage in --workdir on held-out prompts (FVD, caption accuracy); an
@@ -31,6 +34,7 @@ from vdm_jax import errors
 from vdm_jax import sharding
 from vdm_jax import text
 from vdm_jax.cli import cascade_eval
+from vdm_jax.cli import latents as latents_cli
 from vdm_jax.cli import stage_modes
 from vdm_jax.data import build
 from vdm_jax.eval import autoencoder as autoencoder_eval
@@ -42,7 +46,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with a variant: configs/x.py:arg.",
     lock_config=True)
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["build_data", "train", "sample", "eval", "distill", "inflate"],
+    "mode", "train",
+    ["build_data", "build_latents", "train", "sample", "eval", "distill", "inflate"],
     "What to run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 _PROMPTS = flags.DEFINE_multi_string("prompt", [], "Prompts for --mode=sample (repeatable).")
@@ -80,13 +85,16 @@ def _main(argv):
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config=configs/<experiment>.py is required.")
-  config_utils.validate_config(config)
-  compile_cache.enable(_COMPILE_CACHE.value)
   mode = _MODE.value
+  # build_latents rewrites the latent files that the other modes check against the config.
+  config_utils.validate_config(config, latent_files=mode != "build_latents")
+  compile_cache.enable(_COMPILE_CACHE.value)
   logging.info("mode=%s", mode)
 
   if mode == "build_data":
     build.build_dataset(config)
+  elif mode == "build_latents":
+    latents_cli.build_latents(config)
   elif mode == "train":
     sharding.maybe_initialize_distributed()
     loop.train_and_evaluate(config, _require_workdir())

@@ -5,6 +5,8 @@
   cascade_eval   the `eval` mode of a cascade (every stage scored on held-out prompts, one
                  gallery page) and its pieces the demo shows: real clips of a prompt, detector
                  scores per stage, gallery entries
+  latents        the `build_latents` mode: a latent stage's dataset encoded once by its
+                 frozen autoencoder, the per-channel statistics stored with the autoencoder
 
 `python -m vdm_jax.main` (flags and dispatch) and `python -m vdm_jax.demo` use them.
 """

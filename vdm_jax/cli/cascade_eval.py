@@ -29,6 +29,7 @@ from vdm_jax.eval import evaluators
 from vdm_jax.eval import fvd
 from vdm_jax.media import gallery
 from vdm_jax.sample import cascade as cascade_lib
+from vdm_jax.sample import stage as stage_lib
 
 GALLERY_SCALE = 4     # GIF pixels per video pixel of the final stage
 
@@ -72,14 +73,14 @@ def gallery_entries(out_dir: str, cascade: cascade_lib.Cascade, videos: dict,
                     prefix: str, limit: int = 16) -> list[dict]:
   """Writes GIFs of every stage (each scaled to the final size on screen) and of the real clip
   for the first `limit` prompts; returns `gallery.write_gallery` entries."""
-  final = cascade.final.config
+  final = stage_lib.video_config(cascade.final.config)
   entries = []
   for i, prompt in enumerate(list(prompts)[:limit]):
     stages = []
     for name, stage in zip(cascade.names, cascade.stages):
       if name not in videos:
         continue
-      c = stage.config
+      c = stage_lib.video_config(stage.config)
       label = f"{name}: {c.frames}x{c.height}x{c.width} @{c.fps:g}fps"
       path = os.path.join(out_dir, "gifs", f"{prefix}{i:03d}_{name}.gif")
       stages.append((label, gallery.write_gif(path, evaluate.to_uint8(videos[name][i]),
@@ -157,7 +158,7 @@ def score_held_out(config, cascade: cascade_lib.Cascade, *, num_videos: Optional
   """Samples the first `num_videos` (default `eval.num_videos`) test prompts through `cascade`
   and scores them (`score_stages`, plus counts, sampling time per video and checkpoint steps).
   Returns (scores, {stage: videos}, prompts, the real clips at the final geometry)."""
-  final = cascade.final.config
+  final = stage_lib.video_config(cascade.final.config)
   n = int(num_videos or config.eval.num_videos)
   real = build.load_split_examples(final, "test", n)
   prompts = list(real["caption"])

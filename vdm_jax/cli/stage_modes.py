@@ -64,7 +64,8 @@ def evaluate_workdir(config, workdir: str, *, out_dir: Optional[str] = None,
   videos = sampler.sample_stage(stage, key=key, prompts=prompts)
   per_video = (time.perf_counter() - start) / len(prompts)
   # The real clips at the stage's frame rate (a frame stride), its first frames, its size.
-  real_videos = cascade_eval.real_at_geometry(real["video"], float(real["fps"][0]), config)
+  real_videos = cascade_eval.real_at_geometry(real["video"], float(real["fps"][0]),
+                                              stage_lib.video_config(config))
   out_dir = out_dir or os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
   results = evaluate.evaluate_videos(

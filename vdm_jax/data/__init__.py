@@ -7,6 +7,8 @@ image_folder  tfds builder `image_folder` for a directory of the user's captione
 video_io      video decoding, frame picking by timestamp, resizing and cropping
 build         build_dataset / make_builder / load_split_examples for an experiment config
 pipeline      grain pipelines: make_train_iterator, to_global_batch
+latents       latent datasets of a frozen autoencoder (safetensors + a checked JSON sidecar) and
+              their per-channel statistics, for latent diffusion stages
 """
 
 # Batch keys of the extra images of joint image-video training ("images/video", ...): see

@@ -48,6 +48,13 @@ the lowres video is made: the window starts on a multiple of the lowres factor o
 (T // lowres_frames, H // lowres_height, W // lowres_width; 1 for a base stage), so `lowres` is
 cut to the matching window [b, crop_frames / ft, crop_height / fh, crop_width / fw, 3] and stays
 exactly the lowres video of the cropped clip. The model then samples at the full size.
+
+Latent stages (`data.latents` names a latent dataset, `vdm_jax.data.latents`): every record is
+one clip encoded once by a frozen autoencoder (`--mode=build_latents`), and `video` is its
+normalized latents float32 [b, T', H', W', C'] (the stage's frames, height, width, channels
+must be the latent shape: checked when the split is opened, before anything compiles), with
+the clip's fps, is_image False, index and its caption's text_emb / text_mask as above. No crop,
+no extra images; the shuffle, sharding and checkpointable state are the pixel pipeline's.
 """
 import dataclasses
 from typing import Optional
@@ -57,8 +64,10 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 
+from vdm_jax import errors
 from vdm_jax.data import build
 from vdm_jax.data import IMAGE_PREFIX
+from vdm_jax.data import latents as latents_lib
 from vdm_jax.data import video_io
 from vdm_jax.data.moving_shapes import grammar
 from vdm_jax.models import conditioning
@@ -271,14 +280,34 @@ class MakeRows(grain.transforms.RandomMap):
       row = crop_row(row, g if crop_time else dataclasses.replace(
           g, frames=1, lowres_frames=1, crop_frames=1), rng)
     if self.text_store is not None:
-      if self.ignore_captions or not caption:   # the null condition; no lookup
-        store = self.text_store
-        row["text_emb"] = np.zeros((store.max_length, store.dim), np.float32)
-        row["text_mask"] = np.zeros((store.max_length,), bool)
-      else:
-        emb, mask = self.text_store.lookup(caption)
-        row["text_emb"] = np.asarray(emb, np.float32)
-        row["text_mask"] = np.asarray(mask, bool)
+      row.update(text_entries(self.text_store, caption, self.ignore_captions))
+    return row
+
+
+def text_entries(store, caption: str, ignore_captions: bool = False) -> dict:
+  """A row's text_emb [L, D] / text_mask [L]: the caption's from `store`, or the null condition
+  (zeros, all-False mask; no lookup) for an empty caption or with `ignore_captions`."""
+  if ignore_captions or not caption:
+    return {"text_emb": np.zeros((store.max_length, store.dim), np.float32),
+            "text_mask": np.zeros((store.max_length,), bool)}
+  emb, mask = store.lookup(caption)
+  return {"text_emb": np.asarray(emb, np.float32), "text_mask": np.asarray(mask, bool)}
+
+
+class LatentRows(grain.transforms.Map):
+  """A latent record (`latents.LatentSplit`) -> a row: `video` = its normalized latents
+  [T', H', W', C'], its clip's fps, is_image False, its index and its caption's text."""
+
+  def __init__(self, stats: latents_lib.LatentStats, *, text_store=None,
+               ignore_captions: bool = False):
+    self.stats, self.text_store, self.ignore_captions = stats, text_store, ignore_captions
+
+  def map(self, record):
+    row = {"video": np.asarray(self.stats.normalize(record["latents"]), np.float32),
+           "fps": np.float32(record["fps"]), "is_image": np.bool_(False),
+           "index": np.int32(record["_index"])}
+    if self.text_store is not None:
+      row.update(text_entries(self.text_store, record["caption"], self.ignore_captions))
     return row
 
 
@@ -306,10 +335,14 @@ def make_data_loader(config, *, split: str = "train", text_store=None,
   """The grain DataLoader behind `make_train_iterator` (num_epochs None = forever)."""
   if process_index is None or process_count is None:
     process_index, process_count = jax.process_index(), jax.process_count()
-  g = stage_geometry(config)
   batch = int(config.train.batch_size)
   if batch % process_count:
     raise ValueError(f"train.batch_size={batch} must split evenly over {process_count} hosts.")
+  if latents_lib.is_latent_config(config):
+    return _latent_loader(config, split=split, text_store=text_store, batch=batch,
+                          process_index=process_index, process_count=process_count,
+                          num_epochs=num_epochs)
+  g = stage_geometry(config)
   sources = build.make_builder(config).as_data_source()
   if split not in sources:
     raise ValueError(f"Split {split!r} not built for {config.data.name}; has {sorted(sources)}.")
@@ -331,6 +364,37 @@ def make_data_loader(config, *, split: str = "train", text_store=None,
                ignore_captions=build.ignores_captions(config)),
       grain.transforms.Batch(batch_size=batch // process_count, drop_remainder=True),
   ] + ([FlattenGroups()] if g.images_per_video else [])
+  return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
+                          worker_count=int(config.data.worker_count), shard_options=shard)
+
+
+def open_latent_split(config, split: str = "train") -> latents_lib.LatentSplit:
+  """The latent dataset split of a latent stage (`data.latents`), checked against the stage:
+  ConfigError before anything compiles when its frames/height/width/channels or fps are not
+  the latents', or when the latents were normalized with other statistics than the
+  autoencoder's latent_stats.json."""
+  problems = latents_lib.config_errors(config)
+  if problems:
+    raise errors.ConfigError("Invalid latent stage:\n  - " + "\n  - ".join(problems))
+  return latents_lib.read_split(config.data.latents, split)
+
+
+def _latent_loader(config, *, split, text_store, batch, process_index, process_count,
+                   num_epochs) -> grain.DataLoader:
+  """`make_data_loader` of a latent stage: every record of the split is a fixed clip's latents
+  (encoded once by `--mode=build_latents`), so there is no crop, only the shuffle."""
+  data = open_latent_split(config, split)
+  source = IndexedSource(data, f"latents:{data.meta['dataset'].get('name', '')}/{split}")
+  if len(source) < process_count:
+    raise ValueError(f"{len(source)} records cannot be shared by {process_count} hosts.")
+  shard = grain.sharding.ShardOptions(shard_index=process_index, shard_count=process_count,
+                                      drop_remainder=True)
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(source), shard_options=shard, shuffle=True, num_epochs=num_epochs,
+      seed=int(config.data.shuffle_seed))
+  operations = [LatentRows(data.stats, text_store=text_store,
+                           ignore_captions=build.ignores_captions(config)),
+                grain.transforms.Batch(batch_size=batch // process_count, drop_remainder=True)]
   return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
                           worker_count=int(config.data.worker_count), shard_options=shard)
 

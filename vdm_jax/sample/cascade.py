@@ -12,6 +12,8 @@ Each stage samples with its own `sample` section: steps, guidance weight and sch
 (constant | oscillating), the conditioning-augmentation level of its low-resolution input
 (`sample.cond_aug_logsnr`), `sample.shared_init_noise`, and the seed `sample.seed` (-1: the
 cascade seed + the stage's index). The stage after stage i gets stage i's output as `lowres`.
+A latent stage (data.latents, a base stage) outputs its decoded videos, so pixel SR stages can
+follow it (`check_chain` reads its output geometry through its autoencoder).
 A temporal SR stage is either Imagen Video's (model.lowres_conditioning='temporal') or masked
 frame interpolation (Make-A-Video: model.frame_mask_conditioning; the previous frames are kept
 at frames 0, s, 2s, ... and the rest filled, see vdm_jax/sample/sampler.py).
@@ -70,6 +72,7 @@ def check_chain(named: Sequence[tuple[str, Any]]) -> None:
                       "conditioning)")
       continue
     prev_name, p = named[i - 1]
+    p = stage_lib.video_config(p)   # what it outputs: a latent stage's decoded videos
     if not sr or c.stage not in ("ssr", "tsr"):
       errors.append(f"{name}: stages after the first must be 'ssr' or 'tsr' with "
                     "model.lowres_conditioning set (or 'tsr' with "

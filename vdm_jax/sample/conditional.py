@@ -33,6 +33,10 @@ DEFAULT_RECONSTRUCTION_WEIGHT = 5.0
 
 
 def _check_stage(stage: stage_lib.Stage) -> None:
+  if stage.is_latent:
+    raise ValueError("Conditional sampling guides the sample towards observed pixels; a latent "
+                     "stage samples latents (its observations would have to be encoded), "
+                     "which is not available: use a pixel stage.")
   if stage.is_sr:
     raise ValueError(f"The {stage.config.stage} stage samples from a low-resolution input; "
                      "conditional sampling by guidance needs a stage that samples from text "

@@ -6,8 +6,10 @@
 `sample_stage` runs the stage's sampler (`vdm_jax.train.stage_sampler`, the settings of
 `config.sample` with overrides) under one `jax.jit` per shape and settings, cached on the Stage,
 with classifier-free guidance against the null text condition. A super-resolution stage takes
-the previous stage's video as `lowres` (see `conditioning.stage_conditioning`). The whole
-cascade of stages is `cascade.py`.
+the previous stage's video as `lowres` (see `conditioning.stage_conditioning`). A latent stage
+samples its normalized latents and returns them decoded by its autoencoder (`stage.codec`):
+videos at `stage_lib.video_config(config)`'s geometry. The whole cascade of stages is
+`cascade.py`.
 
 A frame-mask stage (Make-A-Video's masked frame interpolation) fills the frames it does not
 know: the previous stage's frames placed at a regular stride, or any masked frames of given
@@ -53,7 +55,8 @@ def sample_stage(stage: stage_lib.Stage, *, key: jax.Array,
                  shared_init_noise: Optional[bool] = None,
                  frame_cond: Optional[np.ndarray] = None,
                  frame_mask: Optional[np.ndarray] = None, **overrides) -> np.ndarray:
-  """Samples videos float32 [N, T, H, W, C] in [-1, 1] from a loaded stage.
+  """Samples videos float32 [N, T, H, W, C] in [-1, 1] from a loaded stage (a latent stage's
+  decoded: T, H, W, C of `stage_lib.video_config`).
 
   `overrides` replace `config.sample` settings (num_steps, guidance_weight, sampler, eta, clip,
   ...). Guidance needs text: for a stage without text the weight is ignored; a guided-distilled
@@ -97,6 +100,8 @@ def sample_stage(stage: stage_lib.Stage, *, key: jax.Array,
       key, cond, uncond if has_uncond else None, noise, lowres)
   if known is not None:   # the given frames, exactly
     out = np.where(known[1][:, :, None, None, None], known[0], out)
+  if stage.codec is not None:   # a latent stage: normalized latents -> pixels
+    out = stage.codec.decode(out)
   return out
 
 

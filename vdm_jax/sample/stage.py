@@ -8,6 +8,10 @@
 is a mesh of one device). `make_stage` builds a Stage from parameters already in place (an
 exported stage, `vdm_jax.export`) the same way: the config's model module and, for a
 text-conditioned model, its text encoder.
+
+A latent stage (`data.latents`) also loads its frozen autoencoder (`Stage.codec`,
+`vdm_jax.train.latent_codec.load_for_stage`): its sampler diffuses normalized latents and
+decodes them at the end, so what it returns, and `video_config(config)` describes, are pixels.
 """
 from __future__ import annotations
 
@@ -21,8 +25,10 @@ import ml_collections
 
 from vdm_jax import sharding as sharding_lib
 from vdm_jax import text
+from vdm_jax.data import latents
 from vdm_jax.models import registry
 from vdm_jax.train import checkpoint as ckpt_lib
+from vdm_jax.train import latent_codec
 
 
 def is_interpolation_stage(config) -> bool:
@@ -36,6 +42,17 @@ def is_sr_config(config) -> bool:
   return registry.family(config.model).takes_lowres or is_interpolation_stage(config)
 
 
+def video_config(config):
+  """The geometry of the videos a stage samples: `config` itself for a pixel stage; for a
+  latent stage a copy whose frames, height, width and channels are its latents' decoded by
+  its autoencoder (read from the autoencoder's config; nothing is loaded)."""
+  if not latents.is_latent_config(config):
+    return config
+  out = config.copy_and_resolve_references()
+  out.frames, out.height, out.width, out.channels = latent_codec.decoded_shape(config)
+  return out
+
+
 @dataclasses.dataclass
 class Stage:
   """A trained stage ready to sample: its config, module, EMA parameters and mesh."""
@@ -46,6 +63,8 @@ class Stage:
   mesh: Any
   param_shardings: Any
   text_encoder: Optional[Any] = None
+  # A latent stage's frozen autoencoder (`latent_codec.LatentCodec`): decodes the samples.
+  codec: Optional[Any] = None
   # Jitted samplers by (settings, shape, guided): repeated calls of one shape compile once.
   jit_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
@@ -63,6 +82,10 @@ class Stage:
     return is_sr_config(self.config)
 
   @property
+  def is_latent(self) -> bool:
+    return self.codec is not None
+
+  @property
   def uses_frame_masks(self) -> bool:
     return self.family.takes_frame_masks
 
@@ -74,15 +97,18 @@ class Stage:
 
 
 def make_stage(config, params: Any, param_shardings: Any, *, step: int, mesh: Any,
-               text_encoder: Optional[Any] = None) -> Stage:
+               text_encoder: Optional[Any] = None, codec: Optional[Any] = None) -> Stage:
   """A Stage of `config`'s model with `params` (placed by `param_shardings` on `mesh`); a
-  text-conditioned model without `text_encoder` loads the one `config.text` names."""
+  text-conditioned model without `text_encoder` loads the one `config.text` names, a latent
+  stage without `codec` the autoencoder `latent.autoencoder` names."""
   fam = registry.family(config.model)
   fam.require_denoiser("sampling")
   if text_encoder is None and fam.needs_text:
     text_encoder = text.load_text_encoder(config.text)
+  if codec is None and latents.is_latent_config(config):
+    codec = latent_codec.load_for_stage(config)
   return Stage(config=config, model=fam.module(), params=params, step=int(step), mesh=mesh,
-               param_shardings=param_shardings, text_encoder=text_encoder)
+               param_shardings=param_shardings, text_encoder=text_encoder, codec=codec)
 
 
 def load_stage(config, workdir: str, *, step: Optional[int] = None,

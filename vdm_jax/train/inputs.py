@@ -11,6 +11,7 @@ from vdm_jax import sharding as sharding_lib
 from vdm_jax import text
 from vdm_jax.data import build
 from vdm_jax.data import IMAGE_PREFIX
+from vdm_jax.data import latents
 from vdm_jax.data import pipeline
 from vdm_jax.models import registry
 
@@ -23,6 +24,9 @@ def training_captions(config, split: str = "train") -> list[str]:
   image-video training, the captions of the image rows; none with `data.captions='ignore'`."""
   if build.ignores_captions(config):
     return []
+  if latents.is_latent_config(config):   # a latent stage: the captions its sidecar lists
+    return list(dict.fromkeys(c for c in latents.read_meta(config.data.latents, split)["captions"]
+                              if c))
   source = build.make_builder(config).as_data_source()[split]
   joint = int(config.data.images_per_video) > 0
   captions = []

@@ -1,7 +1,8 @@
 """Periodic samples during training: the EMA parameters, the stage's sampler with the config's
 `sample` section (`stage_sampler.py`, shared with vdm_jax.sample), the text encoder on
 `sample.prompts`, written as GIF + MP4 under `workdir/samples/step_XXXXXX/` with a
-`prompts.txt` (process 0 writes; all processes sample)."""
+`prompts.txt` (process 0 writes; all processes sample). A latent stage's samples are decoded by
+its autoencoder (`latent_codec.load_for_stage`) before they are written."""
 import os
 from typing import Any, Optional
 
@@ -13,10 +14,12 @@ import numpy as np
 
 from vdm_jax import diffusion
 from vdm_jax import sharding as sharding_lib
+from vdm_jax.data import latents
 from vdm_jax.media import writer
 from vdm_jax.models import conditioning
 from vdm_jax.models import registry
 from vdm_jax.text import tokenization
+from vdm_jax.train import latent_codec
 from vdm_jax.train import objective
 from vdm_jax.train import stage_sampler
 
@@ -54,6 +57,8 @@ class PeriodicSampler:
           tokenization.check_prompts(self.prompts, allow_empty=False))
     self.schedule = diffusion.schedule_from_config(config.diffusion, resolution=config.height)
     self.settings = stage_sampler.sample_settings(config)
+    self.codec = (latent_codec.load_for_stage(config) if latents.is_latent_config(config)
+                  else None)
     replicated = NamedSharding(mesh, PartitionSpec())
     self._sample = jax.jit(self._sample_fn, in_shardings=(param_shardings, replicated, replicated),
                            out_shardings=replicated)
@@ -113,5 +118,7 @@ class PeriodicSampler:
     videos = np.asarray(videos.addressable_data(0))  # replicated: every process has it all
     if jax.process_index() != 0:
       return []
+    if self.codec is not None:   # a latent stage: its latents decoded to pixels
+      videos = self.codec.decode(videos)
     return writer.write_videos(sample_dir(self.workdir, step), list(videos),
                                fps=float(self.config.fps), prompts=lines)
