@@ -258,6 +258,44 @@ def test_text_bias_lets_the_caption_break_time_reversal_symmetry():
     block.apply({"params": params}, x, is_image)
 
 
+def test_text_bias_attention_pooling_starts_as_the_mean_and_can_pick_a_token():
+  """text_bias_pooling='attention': with its score weights at zero (their init) the block is
+  the mean-pooled one; with scores that single out one token, only that token's embedding
+  moves the bias; masked tokens never do."""
+  kw = dict(num_heads=2, head_dim=4, num_groups=2, num_buckets=8, max_distance=16,
+            text_bias=True)
+  mean_block = attention_blocks.TemporalSelfAttention(**kw)
+  attn_block = attention_blocks.TemporalSelfAttention(**kw, text_bias_pooling="attention")
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((2, 5, 2, 3, 8)), jnp.float32)
+  text = jnp.asarray(rng.standard_normal((2, 4, 6)), jnp.float32)
+  mask = jnp.array([[True, True, True, False], [True, True, False, False]])
+  is_image = jnp.array([False, False])
+  params = attn_block.init(jax.random.key(0, impl="unsafe_rbg"), x, is_image, text, mask)
+  params = jax.tree.map(lambda p: p + 0.3 * jnp.ones_like(p), params["params"])
+  params["text_bias"]["kernel"] = jnp.asarray(rng.standard_normal((6, 16)), jnp.float32)
+  params["text_bias_pool"] = jax.tree.map(jnp.zeros_like, params["text_bias_pool"])
+  mean_params = {k: v for k, v in params.items() if k != "text_bias_pool"}
+  run = lambda blk, p, t: blk.apply({"params": p}, x, is_image, t, mask)
+  np.testing.assert_allclose(run(attn_block, params, text), run(mean_block, mean_params, text),
+                             atol=1e-5)
+  masked = text.at[0, 3].add(5.0)                          # a padding token: no effect
+  np.testing.assert_allclose(run(attn_block, params, masked), run(attn_block, params, text),
+                             atol=1e-6)
+  # Scores that pick token 0 (its embedding along the score direction is made large).
+  direction = np.zeros((6, 1), np.float32)
+  direction[0] = 1.0
+  params["text_bias_pool"]["kernel"] = jnp.asarray(direction)
+  picked = text.at[:, 0, 0].set(60.0)
+  base = run(attn_block, params, picked)
+  other = picked.at[:, 1, 1:].add(3.0)                     # another token: (almost) no effect
+  assert float(jnp.max(jnp.abs(run(attn_block, params, other) - base))) < 1e-4
+  first = picked.at[:, 0, 1:].add(3.0)                     # the picked token: an effect
+  assert float(jnp.max(jnp.abs(run(attn_block, params, first) - base))) > 1e-2
+  assert float(jnp.max(jnp.abs(run(mean_block, mean_params, other)
+                               - run(mean_block, mean_params, picked)))) > 1e-2
+
+
 def test_spacetime_relative_position_indexes_frame_row_and_column_offsets():
   rel = attention_blocks.SpaceTimeRelativePosition(num_heads=2, head_dim=3, num_buckets=8,
                                                    max_distance=16, max_offset=2)

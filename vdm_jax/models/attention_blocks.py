@@ -15,6 +15,7 @@ dispatcher `vdm_jax.models.attention.dot_product_attention`.
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from vdm_jax.models import attention
@@ -195,6 +196,7 @@ class TemporalSelfAttention(_AttentionSettings):
   max_distance: int = 128
   position: str = "bias"
   text_bias: bool = False
+  text_bias_pooling: str = "mean"
 
   @nn.compact
   def __call__(self, x, is_image, text=None, text_mask=None):
@@ -220,21 +222,38 @@ class TemporalSelfAttention(_AttentionSettings):
     return layers.constrain_video(x + out.astype(x.dtype))
 
   def _text_bias(self, text, text_mask, t):
-    """[B, N, T, T]: a zero-initialized linear map of the mean caption token to one bias per
+    """[B, N, T, T]: a zero-initialized linear map of the pooled caption tokens to one bias per
     (bucket, head). The buckets are signed, so the caption can make attention look to the past
     or the future: with it, the gradient that breaks the model's time-reversal symmetry is first
     order in the difference between two captions (e.g. 'left' / 'right'); through the shared
-    table alone, a clip and its reverse cancel it (experiments/recipe/README.md)."""
+    table alone, a clip and its reverse cancel it (experiments/recipe/README.md).
+
+    text_bias_pooling: 'mean', the masked mean of the tokens; 'attention', weights
+    softmax(w . token) over the caption's tokens with w learned from zero (so it starts as the
+    mean): the pool can come to rest on the word that says the direction, whose contextual
+    embedding differs between captions far more than the whole caption's mean does."""
     if text is None or text_mask is None:
       raise ValueError("TemporalSelfAttention(text_bias=True) needs the text tokens and mask")
-    pooled = layers.masked_mean(text, text_mask)                                  # [B, D]
+    text = text.astype(jnp.float32)
+    if self.text_bias_pooling == "mean":
+      pooled = layers.masked_mean(text, text_mask)                                # [B, D]
+    elif self.text_bias_pooling == "attention":
+      score = layers.dense(1, names=(axes.EMBED, None), zero_init=True,
+                           param_dtype=self.param_dtype, name="text_bias_pool")(text)[..., 0]
+      score = jnp.where(text_mask, score.astype(jnp.float32), -1e9)
+      weights = jax.nn.softmax(score, axis=-1) * text_mask                        # [B, L]
+      pooled = jnp.einsum("bl,bld->bd", weights, text)
+    else:
+      raise ValueError(f"unknown text_bias_pooling {self.text_bias_pooling!r}; use 'mean' or "
+                       "'attention'")
     per_bucket = layers.dense(self.num_buckets * self.num_heads, names=(axes.EMBED, None),
                               zero_init=True, param_dtype=self.param_dtype,
-                              name="text_bias")(pooled.astype(jnp.float32))
+                              name="text_bias")(pooled)
     per_bucket = per_bucket.reshape(-1, self.num_buckets, self.num_heads)
     buckets = frame_offset_buckets(jnp.arange(t), num_buckets=self.num_buckets,
                                    max_distance=self.max_distance)                # [Tq, Tk]
     return jnp.transpose(per_bucket[:, buckets], (0, 3, 1, 2)).astype(jnp.float32)
+
 
 class SpaceTimeRelativePosition(nn.Module):
   """Relative position of two space-time tokens (frame offset in T5 buckets, row and column

@@ -205,6 +205,7 @@ class _Blocks:
                                     max_distance=s.rel_pos_max_distance,
                                     position=s.temporal_position,
                                     text_bias=s.temporal_text_bias,
+                                    text_bias_pooling=s.temporal_text_bias_pooling,
                                     name=f"{prefix}_temporal_attn", **self._attn_kw(c))
       x = (attn(x, is_image, text, text_mask) if s.temporal_text_bias else attn(x, is_image))
     elif mode == "spacetime":

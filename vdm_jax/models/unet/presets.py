@@ -71,6 +71,8 @@ def default_section():
   #   index embedded and added to its FiLM embedding (AnimateDiff-style absolute time)
   m.temporal_text_bias = False            # temporal attention's position bias + a zero-init
   #   linear map of the mean caption token (the caption can say which way time runs)
+  m.temporal_text_bias_pooling = "mean"   # mean | attention (learned weights over the tokens,
+  #   starting as the mean: the pool can rest on the direction word)
   m.cond_embed_dim = 128
   m.text_embed_dim = 384
   m.text_cross_attention = True           # beside spatial attention, on its levels

@@ -13,6 +13,7 @@ from vdm_jax.models.spec_common import (ATTENTION_IMPLS, DTYPES, LOWRES_CONDITIO
 TEMPORAL_MIXING = ("attention", "conv", "none", "spacetime")
 TEMPORAL_POSITIONS = ("bias", "shaw")
 FRAME_POSITIONS = ("none", "sinusoidal")
+TEXT_BIAS_POOLINGS = ("mean", "attention")
 # Each keyword input of the U-Net and the spec field that switches it on (None: always taken;
 # needs_text covers text_cross_attention or text_pooled_conditioning).
 INPUT_FLAGS = {
@@ -88,9 +89,11 @@ class UNetSpec(DtypeProperties):
   # Temporal attention's relative-position bias also a linear function (zero at init) of the
   # pooled caption tokens: the text can say which way time runs (see TemporalSelfAttention).
   temporal_text_bias: bool = False
+  temporal_text_bias_pooling: str = "mean"
 
   OPTIONAL = ("frame_mask_conditioning", "temporal_position", "frame_position",
-              "cross_attention_levels", "pseudo3d_convs", "temporal_text_bias")
+              "cross_attention_levels", "pseudo3d_convs", "temporal_text_bias",
+              "temporal_text_bias_pooling")
 
   @classmethod
   def from_config(cls, config):
@@ -230,6 +233,7 @@ class UNetSpec(DtypeProperties):
                ("attention_impl", ATTENTION_IMPLS), ("dtype", tuple(DTYPES)),
                ("param_dtype", tuple(DTYPES)), ("remat", REMAT),
                ("temporal_position", TEMPORAL_POSITIONS),
+               ("temporal_text_bias_pooling", TEXT_BIAS_POOLINGS),
                ("frame_position", FRAME_POSITIONS))
     for key, allowed in choices:
       if getattr(self, key) not in allowed:
