@@ -37,6 +37,7 @@ import numpy as np
 from vdm_jax import errors
 from vdm_jax.data import video_io
 from vdm_jax.integrity import sha256_file
+from vdm_jax.weights import write_json
 
 FORMAT, VERSION = "vdm_jax.latents", 1
 STATS_FORMAT = "vdm_jax.latent_stats"
@@ -179,7 +180,7 @@ def write_split(directory: str, split: str, latents: np.ndarray, *, captions: Se
           "video_shape": [int(v) for v in video_shape],
           "captions": list(captions), "fps": [float(v) for v in fps],
           "stats": stats.to_dict(), "autoencoder": dict(autoencoder), "dataset": dict(dataset)}
-  _write_json(meta_path, meta)
+  write_json(meta_path, meta)
   return meta
 
 
@@ -255,7 +256,7 @@ def write_stats(autoencoder_dir: str, stats: LatentStats, *, step: int, params_s
                 computed_on: Mapping[str, Any]) -> str:
   """Writes `<autoencoder_dir>/latent_stats.json`; returns its path."""
   path = os.path.join(autoencoder_dir, STATS_FILE)
-  _write_json(path, {"format": STATS_FORMAT, "version": VERSION, "step": int(step),
+  write_json(path, {"format": STATS_FORMAT, "version": VERSION, "step": int(step),
                      "params_sha256": params_sha256, **stats.to_dict(),
                      "computed_on": dict(computed_on)})
   return path
@@ -274,14 +275,6 @@ def read_stats(autoencoder_dir: str) -> Optional[dict]:
   if out.get("format") != STATS_FORMAT:
     raise LatentDataError(f"{path} is not a {STATS_FORMAT} file.")
   return out
-
-
-def _write_json(path: str, payload: dict) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(payload, f, indent=1)
-    f.write("\n")
-  os.replace(tmp, path)
 
 
 # --- a latent stage's config --------------------------------------------------------------
