@@ -14,6 +14,8 @@ diffuse. Variants (comma-separated):
   kind=temporal_decoder  Video LDM: the 2-D autoencoder's decoder with temporal residual blocks
                          added, only those trained (train.trainable='temporal'); start it from a
                          trained kind=2d run with train.init_from
+  factor=4|2             spatial compression of kind=2d / temporal_decoder (default 4):
+                         2 is 'shapes2d_f2', 13 x 32 x 32 x 3 -> 13 x 16 x 16 x 4 latents
   images=K               joint training: K extra single frames per clip, encoded as one-frame
                          videos (the 3-D VAE compresses a first frame in space only)
 The objective (vdm_jax/models/vae/objective.py): L1 reconstruction + autoencoder.kl_weight *
@@ -33,12 +35,15 @@ def get_config(arg=None):
   v = config_utils.parse_variant(arg)
   kind = v.pop("kind", "3d")
   images = int(v.pop("images", 0))
-  if v or kind not in KINDS or images < 0:
-    raise ValueError(f"configs/vae.py takes kind={tuple(KINDS)} and images=K >= 0; got {arg!r}")
+  factor = int(v.pop("factor", 4))
+  if v or kind not in KINDS or images < 0 or factor not in (2, 4) or (factor == 2 and
+                                                                      kind == "3d"):
+    raise ValueError(f"configs/vae.py takes kind={tuple(KINDS)}, images=K >= 0 and factor=4|2 "
+                     f"(2: kind=2d or temporal_decoder); got {arg!r}")
   c = default.get_config()
   c.frames, c.height, c.width, c.fps = 13, 32, 32, 8.0
   c.model = presets.default_section()
-  c.model.update(presets.cpu(KINDS[kind]))
+  c.model.update(presets.cpu(KINDS[kind] + ("_f2" if factor == 2 else "")))
   if kind == "temporal_decoder":
     c.model.temporal_decoder = True
     c.model.quant_conv = True

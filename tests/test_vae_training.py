@@ -135,6 +135,9 @@ def test_the_temporal_decoder_trains_only_its_temporal_layers():
 def test_bad_autoencoder_configs_fail_before_compiling():
   config_utils.validate_config(vae_config.get_config())          # the shipped config is valid
   config_utils.validate_config(vae_config.get_config("kind=temporal_decoder,images=2"))
+  config_utils.validate_config(vae_config.get_config("kind=temporal_decoder,factor=2"))
+  with pytest.raises(ValueError, match="factor=4\\|2"):
+    vae_config.get_config("kind=3d,factor=2")          # the 3-D preset has one compression
   for change, message in [
       (lambda c: c.autoencoder.update(reconstruction="l3"), "autoencoder.reconstruction"),
       (lambda c: c.autoencoder.update(kl_weight=-1.0), "autoencoder.kl_weight"),

@@ -72,6 +72,11 @@ CPU = {
     "shapes2d": dict(channels=(16, 32, 64), num_res_blocks=1, latent_channels=8,
                      temporal_kernel=1, time_down=(False, False), norm="group", norm_groups=8,
                      mid_attention=True),
+    # The per-frame autoencoder at 2x spatial compression, 13 x 32 x 32 x 3 -> 13 x 16 x 16 x 4
+    # (3x fewer values): at 4x ('shapes2d') the detectors misread small shapes after decoding.
+    "shapes2d_f2": dict(channels=(32, 64), num_res_blocks=1, latent_channels=4,
+                        temporal_kernel=1, time_down=(False,), norm="group", norm_groups=8,
+                        mid_attention=True),
 }
 
 
