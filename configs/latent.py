@@ -20,6 +20,8 @@ stage's (detectors, FVD against the real test clips).
 
 Variants (comma-separated):
   kind=3d | 2d | temporal_decoder   which configs/vae.py autoencoder (its latent shape)
+  factor=4 | 2                      its spatial compression (2: per-frame kinds only,
+                                    13 x 16 x 16 x 4 latents)
   autoencoder=DIR                   its training workdir or exported stage directory
   latents=DIR                       the latent dataset (default DIR/latents of the autoencoder)
   scale=tiny                        a few-second CPU smoke run (tiny U-Net, 50 steps)
@@ -40,11 +42,12 @@ def get_config(arg=None):
   if kind not in vae.KINDS or scale not in ("cpu", "tiny"):
     raise ValueError(f"configs/latent.py takes kind={tuple(vae.KINDS)} and scale=cpu|tiny; "
                      f"got {arg!r}")
-  autoencoder = v.pop("autoencoder", DEFAULT_AUTOENCODER[kind])
+  factor = v.pop("factor", "4")
+  autoencoder = v.pop("autoencoder", DEFAULT_AUTOENCODER[kind] + ("_f2" if factor == "2" else ""))
   latents = v.pop("latents", f"{autoencoder}/latents")
   if v:
     raise ValueError(f"configs/latent.py: unknown variant keys {sorted(v)} in {arg!r}")
-  pixels = vae.get_config(f"kind={kind}")   # the autoencoder's clips and data
+  pixels = vae.get_config(f"kind={kind},factor={factor}")   # the autoencoder's clips and data
   base = demo.get_config().cascade.stages["base"]
   c = base.copy_and_resolve_references()
   c.data = pixels.data.copy_and_resolve_references()

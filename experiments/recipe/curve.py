@@ -4,9 +4,10 @@
         --variants=base:ref+base_long,tsr1:sr_res,ssr1:sr_res --out=experiments/recipe/curve
 
 Reads the evaluations of `run.py` (one JSON line each) for the chosen variant of every stage
-(several joined by `+`: a run and its continuation) and writes `<out>.json` (stage -> [{step, cpu_hours, accuracy per attribute}]) and `<out>.png`
-(one panel per stage: accuracy against CPU-hours of training, one line per attribute; the
-thresholds of the shipped cascade's issue as dotted lines). Drawn with Pillow only.
+(several joined by `+`: a run and its continuation) and writes `<out>.json` (panel -> [{step,
+cpu_hours, accuracy per attribute}]) and `<out>.png` (one panel per stage: accuracy against
+CPU-hours of training, one line per attribute; the thresholds of the shipped cascade's issue
+as dotted lines). Drawn with Pillow only.
 
 A fine-tune started from another run's weights (`train.init_from`) counts its own steps and CPU
 seconds from zero; `PANEL:VARIANTS@PARENT:STEP` puts it after that point of panel PARENT (its
