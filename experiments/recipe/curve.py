@@ -117,6 +117,7 @@ def main():
                  help="stage:variant,... (which run of each stage)")
   p.add_argument("--out", default="experiments/recipe/curve")
   p.add_argument("--machine", default="2-core x86-64 CPU (one core per run)")
+  p.add_argument("--note", default="", help="Appended to the JSON's 'what'.")
   args = p.parse_args()
   panels = parse_variants(args.variants)
   variants = {panel: "+".join(names) + (f"@{parent[0]}:{parent[1]}" if parent else "")
@@ -126,7 +127,8 @@ def main():
     json.dump({"machine": args.machine, "variants": variants,
                "what": "held-out accuracy (detectors) against training compute; base: 64 "
                        "held-out prompts sampled; SR stages: the real low-res test clips "
-                       "super-resolved", "curves": curves}, f, indent=2)
+                       "super-resolved" + (f"; {args.note}" if args.note else ""),
+               "curves": curves}, f, indent=2)
   draw(curves, args.out + ".png", f"held-out accuracy vs training CPU-hours ({args.machine})")
   print(json.dumps(curves, indent=1))
 
