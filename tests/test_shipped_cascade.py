@@ -25,6 +25,19 @@ def test_the_package_ships_a_verified_cascade_with_its_recipe():
   assert manifest["recipe"]["command"].startswith("python -m vdm_jax.demo --train")
 
 
+def test_the_manifest_carries_the_training_curve_the_gallery_shows():
+  curve = export.verify(WEIGHTS)["training_curve"]
+  for stage in ("base", "tsr1", "ssr1"):                 # every stage has its curve
+    assert len(curve["curves"][stage]) >= 2
+  rows = demo.curve_table(curve)
+  base_rows = [r for r in rows if r.startswith("base: ")]
+  assert len(base_rows) == len(curve["curves"]["base"])
+  # a fine-tune panel's branch point is its parent's row, not a second one
+  branched = [p for ps in curve["curves"].values() for p in ps if p.get("branch_point")]
+  assert len(rows) == sum(len(ps) for ps in curve["curves"].values()) - len(branched)
+  assert set(next(iter(rows.values()))) >= {"shape", "motion", "all"}
+
+
 @pytest.mark.parametrize("distilled", [False, True])
 def test_a_prompt_sampled_with_few_steps_has_the_prompts_colour(distilled):
   cascade = export.load_cascade(WEIGHTS, distilled=distilled, devices=jax.devices()[:1])

@@ -267,9 +267,27 @@ def load_exported(config, weights: str, out: str, run: _Runner):
   return cascade, cascades, manifest
 
 
-def show(config, cascades: dict, out: str, run: _Runner, *, recipe: dict) -> dict:
+CURVE_ATTRIBUTES = ("color", "background", "num_objects", "size", "shape", "motion", "all")
+
+
+def curve_table(curve: dict) -> dict:
+  """The manifest's training curve (experiments/recipe/curve.py's JSON: panel -> points) as a
+  gallery table: one row per evaluated checkpoint, one column per attribute."""
+  rows = {}
+  for panel, points in curve.get("curves", {}).items():
+    for p in points:
+      if p.get("branch_point"):
+        continue     # the parent panel's point, already a row there
+      rows[f"{panel}: {p['step']} steps, {p['cpu_hours']:.2f} CPU-h"] = {
+          a: p[a] for a in CURVE_ATTRIBUTES if a in p}
+  return rows
+
+
+def show(config, cascades: dict, out: str, run: _Runner, *, recipe: dict,
+         curve: Optional[dict] = None) -> dict:
   """Samples the demo prompts and evaluates the held-out prompts through every cascade;
-  writes the gallery, eval.json and demo.json; returns the demo.json summary."""
+  writes the gallery, eval.json and demo.json; returns the demo.json summary. `curve` (the
+  manifest's `training_curve`) is shown as a table."""
   cascade = cascades["trained"]
   final = cascade.final.config
   run("build the test split", lambda: build.build_dataset(final))
@@ -302,6 +320,9 @@ def show(config, cascades: dict, out: str, run: _Runner, *, recipe: dict) -> dic
         "final stage": {k: distilled_scores[label].get(k)
                         for k in ("fvd", "seconds_per_video")}}
   extra_figures["the shipped recipe"] = recipe
+  if curve:
+    extra_figures[f"training curve: {curve.get('what', '')} ({curve.get('machine', '')})"] = (
+        curve_table(curve))
   extra_figures["demo run"] = {
       "cpu cores": os.cpu_count(),
       **{f"{k}: wall s / CPU s / load average": f"{run.timings[k]:.0f} / {run.cpu[k]:.0f} / "
@@ -358,7 +379,7 @@ def main(argv):
                 compute={n: e.get("compute") for n, e in manifest["stages"].items()},
                 distilled_compute={n: e.get("compute")
                                    for n, e in manifest.get("distilled", {}).items()})
-  show(config, cascades, out, run, recipe=recipe)
+  show(config, cascades, out, run, recipe=recipe, curve=manifest.get("training_curve"))
 
 
 if __name__ == "__main__":
