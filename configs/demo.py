@@ -30,8 +30,9 @@ warmup-cosine over 7000 and over 14000 (warm restarts), then fine-tuned 8000 ste
 temporal text bias (below); the shipped ssr1 was trained 1200 steps, then resumed with
 warmup-cosine over 3600 to its end, then fine-tuned 3600 more steps from its export (from the
 real low-res clips, 64 test prompts: MSE 0.0050 at 2400 steps, 0.0040 at 3600, 0.0019 at 7200;
-bilinear 0.0065); `make demo-train` runs one schedule per stage over STEPS, the same totals. Well-separated direction words did not make the 2400-step base
-read its motion word, so the text encoder is the default MiniLM.
+bilinear 0.0065); `make demo-train` runs one schedule per stage over STEPS, the same totals.
+Well-separated direction words did not make the 2400-step base read its motion word, so the
+text encoder is the default MiniLM.
 """
 import ml_collections
 
@@ -94,7 +95,7 @@ def get_config(arg=None):
   # The base's temporal attention takes a caption-dependent signed bias, pooled from the
   # caption's tokens with learned weights: without it the base is equivariant under time
   # reversal and reads no direction word (motion 0.58 at 14000 steps; with it, fine-tuned
-  # from there, 0.78 after 4000 more: experiments/recipe/README.md).
+  # from there, 0.78 after 4000 and after 8000 more: experiments/recipe/README.md).
   c.cascade.stages["base"].model.temporal_text_bias = True
   c.cascade.stages["base"].model.temporal_text_bias_pooling = "attention"
   # `make demo` also distills the base (guided distillation at 16 steps, then one progressive

@@ -36,8 +36,8 @@ def get_config(arg=None):
   kind = v.pop("kind", "3d")
   images = int(v.pop("images", 0))
   factor = int(v.pop("factor", 4))
-  if v or kind not in KINDS or images < 0 or factor not in (2, 4) or (factor == 2 and
-                                                                      kind == "3d"):
+  factor_ok = factor == 4 or (factor == 2 and kind != "3d")
+  if v or kind not in KINDS or images < 0 or not factor_ok:
     raise ValueError(f"configs/vae.py takes kind={tuple(KINDS)}, images=K >= 0 and factor=4|2 "
                      f"(2: kind=2d or temporal_decoder); got {arg!r}")
   c = default.get_config()

@@ -267,19 +267,16 @@ def load_exported(config, weights: str, out: str, run: _Runner):
   return cascade, cascades, manifest
 
 
-CURVE_ATTRIBUTES = ("color", "background", "num_objects", "size", "shape", "motion", "all")
-
-
 def curve_table(curve: dict) -> dict:
   """The manifest's training curve (experiments/recipe/curve.py's JSON: panel -> points) as a
-  gallery table: one row per evaluated checkpoint, one column per attribute."""
+  gallery table: one row per evaluated checkpoint, one column per figure of its points."""
   rows = {}
   for panel, points in curve.get("curves", {}).items():
     for p in points:
       if p.get("branch_point"):
         continue     # the parent panel's point, already a row there
       rows[f"{panel}: {p['step']} steps, {p['cpu_hours']:.2f} CPU-h"] = {
-          a: p[a] for a in CURVE_ATTRIBUTES if a in p}
+          k: v for k, v in p.items() if k not in ("step", "cpu_hours")}
   return rows
 
 
