@@ -58,6 +58,8 @@ _DIT = flags.DEFINE_string(
     "dit", None, "Train the video transformer instead of the U-Net (base stage): the model "
     "section of configs/dit.py with this variant, e.g. 'layout=full' or "
     "'layout=alternating,text=joint' (objective=flow also sets the diffusion and sampler).")
+_FVD = flags.DEFINE_bool("fvd", False, "Base stage: also the FVD of the sampled test videos "
+                         "against the real clips (I3D features; a few CPU minutes).")
 _SWAP_LOGSNR = (-4.0, -2.0, 0.0)
 
 
@@ -275,6 +277,32 @@ def _read(videos, captions, fps):
   return out
 
 
+def step_and_sampling_cost(workdir: str, cascade, scores: dict, prompts: list) -> dict:
+  """What a training step and a sampled video cost: the median wall seconds per step of the
+  training log (compilation excluded; one pinned core, so about CPU seconds), XLA's FLOP count
+  per step, and the seconds per sampled video, first pass (compilation included) and a second
+  pass of one batch of 16 (compiled)."""
+  import statistics  # pylint: disable=g-import-not-at-top
+  rows = []
+  path = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      rows = [r for r in map(json.loads, f) if r.get("steps_per_sec")]
+  out = {"sample_s_per_video_first_pass": round(scores["seconds_per_video"], 3)}
+  if len(rows) > 2:
+    rows = rows[2:]                    # the first log windows hold compilation and warm-up
+    out["train_s_per_step"] = round(statistics.median(1 / r["steps_per_sec"] for r in rows), 3)
+    flops = [r["tflops_per_device"] / r["steps_per_sec"] for r in rows
+             if r.get("tflops_per_device")]
+    if flops:
+      out["train_tflop_per_step"] = round(statistics.median(flops), 4)
+  prompts = (list(prompts) * 16)[:16]
+  start = time.perf_counter()
+  cascade.sample(prompts, batch_size=16)
+  out["sample_s_per_video"] = round((time.perf_counter() - start) / len(prompts), 3)
+  return out
+
+
 def evaluate(run_dir: str, step: int) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from vdm_jax.cli import cascade_eval  # pylint: disable=g-import-not-at-top
@@ -292,9 +320,11 @@ def evaluate(run_dir: str, step: int) -> dict:
     config.cascade.stages["base"] = stage_cfg
     cascade = cascade_lib.Cascade.from_config(config, os.path.join(run_dir, _VARIANT.value),
                                               steps={"base": step})
-    config.eval.fvd = False
-    scores = cascade_eval.score_held_out(config, cascade, num_videos=_EVAL_VIDEOS.value,
-                                         batch_size=16)[0]
+    config.eval.fvd = _FVD.value
+    scores, _, prompts, _ = cascade_eval.score_held_out(
+        config, cascade, num_videos=_EVAL_VIDEOS.value, batch_size=16)
+    out.update({k: scores[k] for k in ("fvd", "fvd_num_videos", "fvd_note") if k in scores})
+    out["cost"] = step_and_sampling_cost(workdir, cascade, scores, prompts)
     st = scores["stages"]["base"]
     out["caption_accuracy"] = st["caption_accuracy"]
     out["caption_accuracy_held_out"] = st.get("caption_accuracy_held_out")
