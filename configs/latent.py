@@ -24,6 +24,9 @@ Variants (comma-separated):
                                     13 x 16 x 16 x 4 latents)
   autoencoder=DIR                   its training workdir or exported stage directory
   latents=DIR                       the latent dataset (default DIR/latents of the autoencoder)
+  space=pixel                       the comparison: the same U-Net, data, prompts and
+                                    training settings on the clips themselves (13 x 32 x 32 x 3,
+                                    no autoencoder; experiments/latent/compare.py)
   scale=tiny                        a few-second CPU smoke run (tiny U-Net, 50 steps)
 """
 from configs import demo
@@ -45,6 +48,9 @@ def get_config(arg=None):
   factor = v.pop("factor", "4")
   autoencoder = v.pop("autoencoder", DEFAULT_AUTOENCODER[kind] + ("_f2" if factor == "2" else ""))
   latents = v.pop("latents", f"{autoencoder}/latents")
+  space = v.pop("space", "latent")
+  if space not in ("latent", "pixel"):
+    raise ValueError(f"configs/latent.py: space={space!r} must be latent or pixel")
   if v:
     raise ValueError(f"configs/latent.py: unknown variant keys {sorted(v)} in {arg!r}")
   pixels = vae.get_config(f"kind={kind},factor={factor}")   # the autoencoder's clips and data
@@ -54,15 +60,19 @@ def get_config(arg=None):
   d = c.data
   d.crop_frames = d.crop_height = d.crop_width = 0
   d.images_per_video = 0
-  d.latents = latents
-  c.latent.autoencoder = autoencoder
-  spec = vae_presets.spec(pixels.model.to_dict())
-  c.frames, c.height, c.width, c.channels = spec.latent_shape(
-      frames=pixels.frames, height=pixels.height, width=pixels.width)
   c.fps = pixels.fps
-  c.model.out_channels = c.channels
   c.text.store_path = ""
-  c.sample.clip = "none"                 # normalized latents are not bounded in [-1, 1]
+  if space == "pixel":                   # the clips themselves, as the demo base diffuses them
+    c.frames, c.height, c.width, c.channels = (pixels.frames, pixels.height, pixels.width,
+                                               pixels.channels)
+  else:
+    d.latents = latents
+    c.latent.autoencoder = autoencoder
+    spec = vae_presets.spec(pixels.model.to_dict())
+    c.frames, c.height, c.width, c.channels = spec.latent_shape(
+        frames=pixels.frames, height=pixels.height, width=pixels.width)
+    c.sample.clip = "none"               # normalized latents are not bounded in [-1, 1]
+  c.model.out_channels = c.channels
   t = c.train
   t.sample_every = 0
   t.log_every = 50

@@ -191,6 +191,20 @@ def test_the_shipped_latent_config_diffuses_its_autoencoders_latents(kind, shape
   assert c.data.latents == f"{c.latent.autoencoder}/latents" and c.sample.clip == "none"
 
 
+def test_the_pixel_twin_is_the_same_base_on_the_autoencoders_clips():
+  latent_cfg = latent_config.get_config("kind=2d,factor=2")
+  pixel = latent_config.get_config("kind=2d,factor=2,space=pixel")
+  config_utils.validate_config(pixel)
+  assert (pixel.frames, pixel.height, pixel.width, pixel.channels) == (13, 32, 32, 3)
+  assert pixel.model.out_channels == 3 and not pixel.data.latents
+  assert pixel.sample.clip != "none"
+  same = lambda c: {k: v for k, v in c.model.to_dict().items() if k != "out_channels"}
+  assert same(pixel) == same(latent_cfg) and pixel.train == latent_cfg.train
+  assert pixel.data.data_dir == latent_cfg.data.data_dir and pixel.fps == latent_cfg.fps
+  with pytest.raises(ValueError, match="space="):
+    latent_config.get_config("kind=2d,space=voxel")
+
+
 def test_a_latent_stage_samples_decoded_pixels_and_chains_into_a_pixel_sr_stage(built):
   c, vae_params, _ = built
   fam = registry.family(c.model)
