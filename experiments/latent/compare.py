@@ -14,6 +14,8 @@ that one-off cost is reported beside the table, as is the autoencoder's own trai
 workdir's metrics), which the latent arm also needs.
 
 Each arm trains through the CLI (`--mode=train`, resumable: a rerun goes on where it stopped)
+at a constant learning rate after warm-up, so that a later rerun with a larger --pixel_steps
+extends both arms without changing what they did so far (the table gets a row per budget),
 and is evaluated by `--mode=eval` on the first --num_videos held-out test prompts (detectors,
 temporal consistency, FVD against the real clips, seconds per sampled video; the latent arm's
 videos are decoded by its autoencoder, and the decode is part of its sampling time). The arms
@@ -107,21 +109,23 @@ class Comparison:
       s["encode_cpu_s"] = self.cli("build_latents", arm)
       self.save(arm, s)
     steps = self.steps(arm)
-    if s.get("steps") != steps:
+    trained = s.setdefault("trained", {})          # {steps: CPU s of training so far}
+    if str(steps) not in trained:
       workdir = os.path.join(self.root, arm)
-      s["train_cpu_s"] = s.get("train_cpu_s", 0.0) + self.cli(
-          "train", arm, [f"--workdir={workdir}", f"--config.train.num_steps={steps}"])
-      s["steps"] = steps
+      so_far = max([0.0] + list(trained.values()))
+      trained[str(steps)] = so_far + self.cli(
+          "train", arm, [f"--workdir={workdir}", f"--config.train.num_steps={steps}",
+                         "--config.train.lr_schedule=constant",
+                         f"--config.train.checkpoint_every={min(steps, 500)}"])
       self.save(arm, s)
 
   def evaluate(self, arm):
-    s = self.state(arm)
-    out = os.path.join(self.root, "eval", arm)
+    """Evaluates the arm's checkpoint at this --pixel_steps budget (root/eval/ARM/STEPS)."""
+    steps = self.steps(arm)
+    out = os.path.join(self.root, "eval", arm, str(steps))
     if not os.path.exists(os.path.join(out, "eval.json")):
-      s["eval_cpu_s"] = self.cli("eval", arm, [f"--workdir={os.path.join(self.root, arm)}",
-                                               f"--out={out}",
-                                               f"--num_videos={self.args.num_videos}"])
-      self.save(arm, s)
+      self.cli("eval", arm, [f"--workdir={os.path.join(self.root, arm)}", f"--out={out}",
+                             f"--num_videos={self.args.num_videos}"])
 
   def report(self) -> dict:
     flops = self.flops()
@@ -130,15 +134,18 @@ class Comparison:
                "flops_per_step": flops, "arms": {}}
     for arm in ARMS:
       s = self.state(arm)
-      path = os.path.join(self.root, "eval", arm, "eval.json")
-      if not os.path.exists(path):
-        print(f"{arm}: not evaluated yet", flush=True)
-        continue
-      r = json.load(open(path, encoding="utf-8"))
-      r.update(s, steps=self.steps(arm), train_s_per_step=_median_step_seconds(
-          os.path.join(self.root, arm, "metrics.jsonl")))
-      r["train_tflop"] = flops[arm] * r["steps"] / 1e12
-      results["arms"][arm] = r
+      rows = []
+      for steps, cpu_s in sorted(s.get("trained", {}).items(), key=lambda kv: int(kv[0])):
+        path = os.path.join(self.root, "eval", arm, steps, "eval.json")
+        if not os.path.exists(path):
+          print(f"{arm} at {steps} steps: not evaluated yet", flush=True)
+          continue
+        r = json.load(open(path, encoding="utf-8"))
+        r.update(steps=int(steps), train_cpu_s=cpu_s, train_tflop=flops[arm] * int(steps) / 1e12,
+                 train_s_per_step=_median_step_seconds(
+                     os.path.join(self.root, arm, "metrics.jsonl")))
+        rows.append(r)
+      results["arms"][arm] = {"encode_cpu_s": s.get("encode_cpu_s"), "rows": rows}
     with open(os.path.join(self.root, "results.json"), "w", encoding="utf-8") as f:
       json.dump(results, f, indent=2)
     print_table(results)
@@ -159,15 +166,16 @@ def print_table(results):
   print("| arm | steps | TFLOP/step | train TFLOP | train CPU s | s/step | "
         + " | ".join(keys) + " | FVD | s/video |")
   print("|---|---|---|---|---|---|" + "---|" * (len(keys) + 2))
-  for arm, r in results["arms"].items():
+  rows = [(arm, r) for arm, a in results["arms"].items() for r in a["rows"]]
+  for arm, r in sorted(rows, key=lambda ar: (ar[1]["train_tflop"], ar[0])):
     acc = r.get("caption_accuracy", {})
     print(f"| {arm} | {r['steps']} | {results['flops_per_step'][arm] / 1e12:.4f} | "
-          f"{r['train_tflop']:.0f} | {r.get('train_cpu_s', float('nan')):.0f} | "
+          f"{r['train_tflop']:.0f} | {r['train_cpu_s']:.0f} | "
           f"{r.get('train_s_per_step') or float('nan'):.3f} | "
           + " | ".join(f"{acc.get(k, float('nan')):.2f}" for k in keys)
           + f" | {r.get('fvd', float('nan')):.0f} | {r.get('seconds_per_video', 0):.3f} |")
   latent = results["arms"].get("latent", {})
-  if "encode_cpu_s" in latent:
+  if latent.get("encode_cpu_s") is not None:
     print(f"latent arm, one-off: encoding the dataset {latent['encode_cpu_s']:.0f} CPU s "
           "(not in the train columns; the autoencoder's own training neither)")
 
