@@ -4,8 +4,9 @@
         --workdir=/tmp/tiny_distill --teacher_workdir=/tmp/tiny
 
 Variant keys (comma separated):
-  base   tiny | default | demo: the config the teacher was trained with (its model section is
-         reused); demo = the base stage of configs/demo.py (the `make demo` cascade)
+  base   tiny | default | demo | dit: the config the teacher was trained with (its model
+         section is reused); demo = the base stage of configs/demo.py (the `make demo`
+         cascade); dit = configs/dit.py (the video transformer on the demo's base stage)
   mode   progressive | guided
   start  the teacher's sampling steps (the first round's teacher grid), e.g. 1024 or 256
   end    the last student's sampling steps, e.g. 8, 4 or 1
@@ -17,6 +18,7 @@ import ml_collections
 
 from configs import default
 from configs import demo
+from configs import dit
 from configs import tiny
 from vdm_jax import config_utils
 
@@ -50,10 +52,12 @@ def get_config(arg=None):
     raise ValueError(f"configs/distill.py: unknown variant keys {sorted(unknown)}; use base=, "
                      "mode=, start=, end=")
   base = args.get("base", "tiny")
-  if base not in ("tiny", "default", "demo"):
-    raise ValueError(f"configs/distill.py: base={base!r} is not tiny, default or demo")
+  if base not in ("tiny", "default", "demo", "dit"):
+    raise ValueError(f"configs/distill.py: base={base!r} is not tiny, default, demo or dit")
   if base == "demo":
     c = demo.get_config().cascade.stages.base
+  elif base == "dit":
+    c = dit.get_config()
   else:
     c = (tiny if base == "tiny" else default).get_config()
   return distill_config(c, mode=args.get("mode", "progressive"),
