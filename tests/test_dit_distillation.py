@@ -2,8 +2,6 @@
 training workdir (configs/dit.py at test size, checkpoint 0 of drawn weights), `--mode=distill`'s
 function with configs/distill.py's section, and the student rounds loaded and sampled as stages.
 """
-import os
-
 import flax.linen as nn
 import jax
 import numpy as np
@@ -25,8 +23,8 @@ T, H, W = 2, 8, 8
 PROMPT_DIM = 384
 
 
-def _teacher_config(tmp):
-  c = dit_config.get_config("layout=full")
+def _teacher_config(tmp, variant):
+  c = dit_config.get_config(variant)
   c.model = presets.tiny(text_embed_dim=PROMPT_DIM)
   c.frames, c.height, c.width = T, H, W
   d = c.data
@@ -65,10 +63,13 @@ def _drawn(params, seed):
   return jax.tree.map(draw, nn.unbox(params))
 
 
-@pytest.fixture(scope="module")
-def distilled(tmp_path_factory):
+# The v-prediction transformer with cross-attention text, and the rectified-flow one (velocity
+# prediction, its own schedule) with Latte's alternating blocks and joint text attention.
+@pytest.fixture(scope="module",
+                params=["layout=full", "layout=alternating,text=joint,objective=flow"])
+def distilled(request, tmp_path_factory):
   tmp = tmp_path_factory.mktemp("dit_distill")
-  teacher_cfg = _teacher_config(tmp)
+  teacher_cfg = _teacher_config(tmp, request.param)
   build.build_dataset(teacher_cfg)
   captions = _fake_text_store(teacher_cfg)
   teacher_dir = str(tmp / "teacher")
