@@ -20,7 +20,10 @@ and is evaluated by `--mode=eval` on the first --num_videos held-out test prompt
 temporal consistency, FVD against the real clips, seconds per sampled video; the latent arm's
 videos are decoded by its autoencoder, and the decode is part of its sampling time). The arms
 can run as two processes side by side (`--arms=pixel` and `--arms=latent`, one core each);
-`--phase=report` then prints the table and writes <root>/results.json.
+`--phase=report` then prints the table and writes <root>/results.json. "train CPU s" is the
+CPU time of the training commands this script ran to completion (a training interrupted and
+resumed by a later call counts only its resumed part); "s/step" is the median wall seconds per
+step of the training log, compilation left out, which holds either way.
 """
 import argparse
 import json

@@ -12,6 +12,11 @@ processes, compilation included; the persistent compilation cache keeps recompil
      (train.init_from the motion run)                                      [+ step three]
   c  the same video U-Net from scratch on captioned clips                  [the baseline]
 
+Two more rows say where the arms start: the text-to-image model read on the test captions as
+one-frame images (colour, shape and size are its to give), and the inflated video model before
+any video training (the image model frame by frame). --motion_lr sets the learning rate of the
+temporal-only phases (default: the config's).
+
 Training runs in chunks of --chunk steps (a constant learning rate after warm-up, so that a
 chunk boundary changes nothing) until the arm's phase has used its CPU seconds; rerunning goes
 on where it stopped (the state is <root>/state.json, each phase's workdir resumes). Then each
@@ -100,17 +105,28 @@ class Experiment:
     budget = a.budget_cpu_s
     image = self.train_phase("t2i", "t2i", a.image_share * budget)      # shared by (a), (b)
     video_share = 1.0 - a.image_share
+    motion_extra = [f"--config.train.lr={a.motion_lr}"] if a.motion_lr else []
     self.inflate(image, "motion")
-    motion = self.train_phase("motion", "motion", video_share * budget)
+    # The inflated model before any video training: the image model frame by frame (each frame
+    # its own noise), the start the temporal layers learn motion from.
+    inflated = (self.evaluate("a0_inflated_untrained", "motion",
+                              os.path.join(self.root, "motion"))
+                if self.state["phases"].get("motion", {}).get("steps", 0) == 0 else None)
+    motion = self.train_phase("motion", "motion", video_share * budget, motion_extra)
     self.inflate(image, "motion_b")
-    motion_b = self.train_phase("motion_b", "motion", (video_share - a.finetune_share) * budget)
+    motion_b = self.train_phase("motion_b", "motion", (video_share - a.finetune_share) * budget,
+                                motion_extra)
     finetune = self.train_phase("finetune", "finetune", a.finetune_share * budget,
                                 [f"--config.train.init_from={motion_b}"])
     scratch = self.train_phase("scratch", "scratch", budget)
     results = {"machine": f"{platform.machine()} CPU, {os.cpu_count()} cores visible",
                "budget_cpu_s": budget, "image_share": a.image_share,
-               "finetune_share": a.finetune_share, "phases": self.state["phases"],
-               "arms": {}}
+               "finetune_share": a.finetune_share, "motion_lr": a.motion_lr,
+               "phases": self.state["phases"], "arms": {},
+               "image_model": self.evaluate("t2i_image_model", "t2i", image)}
+    if inflated is not None or os.path.exists(
+        os.path.join(self.root, "eval", "a0_inflated_untrained", "eval.json")):
+      results["inflated_untrained"] = self.evaluate("a0_inflated_untrained", "motion", None)
     for arm, variant, workdir in (("a_inflated_unlabeled", "motion", motion),
                                   ("b_plus_captioned", "finetune", finetune),
                                   ("c_scratch_captioned", "scratch", scratch)):
@@ -124,7 +140,12 @@ def _print_table(results):
   keys = ("color", "shape", "size", "motion", "speed", "all")
   print("| arm | " + " | ".join(keys) + " | FVD |")
   print("|---|" + "---|" * (len(keys) + 1))
-  for arm, r in results["arms"].items():
+  rows = dict(results["arms"])
+  for label, key in (("image model (t2i, one frame)", "image_model"),
+                     ("inflated, before video training", "inflated_untrained")):
+    if results.get(key):
+      rows[label] = results[key]
+  for arm, r in rows.items():
     acc = r.get("caption_accuracy", {})
     print(f"| {arm} | " + " | ".join(f"{acc.get(k, float('nan')):.2f}" for k in keys)
           + f" | {r.get('fvd', float('nan')):.0f} |")
@@ -139,6 +160,8 @@ def main():
   parser.add_argument("--finetune_share", type=float, default=0.2)
   parser.add_argument("--chunk", type=int, default=200)
   parser.add_argument("--num_videos", type=int, default=64)
+  parser.add_argument("--motion_lr", type=float, default=0.0,
+                      help="learning rate of the temporal-only phases (0: the config's)")
   Experiment(parser.parse_args()).run()
 
 
