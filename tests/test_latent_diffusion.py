@@ -23,10 +23,12 @@ from vdm_jax.data import build
 from vdm_jax.data import latents
 from vdm_jax.data import pipeline
 from vdm_jax.models import registry
+from vdm_jax.models.dit import presets as dit_presets
 from vdm_jax.models.vae import AutoencoderKL, presets
 from vdm_jax.sample import cascade
 from vdm_jax.sample import sampler
 from vdm_jax.sample import stage as stage_lib
+from vdm_jax.train import objective
 
 FRAMES, SIZE, FPS = 5, 16, 4.0
 LATENT = (2, 4, 4, 4)                 # [T', H', W', C'] of a 5 x 16 x 16 clip
@@ -238,3 +240,30 @@ def test_a_latent_stage_samples_decoded_pixels_and_chains_into_a_pixel_sr_stage(
   ssr.data.lowres_height = ssr.data.lowres_width = LATENT[1]
   with pytest.raises(ValueError, match="does not chain"):
     cascade.check_chain([("base", c), ("ssr1", ssr)])
+
+
+def test_a_transformer_diffuses_the_same_latents_and_its_samples_are_decoded(built):
+  """The video transformer as the latent stage's denoiser: the latent pipeline's batch gives a
+  finite training loss with gradients in every parameter, and its samples come out decoded."""
+  c, _, _ = built
+  c = c.copy_and_resolve_references()
+  c.model = dit_presets.tiny(text_embed_dim=cascade_testlib.TEXT_DIM, out_channels=LATENT[-1])
+  config_utils.validate_config(c)
+  fam = registry.family(c.model)
+  model = fam.module()
+  init = fam.init_fn(model, batch_like=fam.example_batch(c))
+  params = _random_params(jax.eval_shape(init, jax.random.key(0)), seed=2)
+  store = FakeTextStore()
+  store.dim = cascade_testlib.TEXT_DIM             # the width the sampler's text encoder gives
+  batch = next(pipeline.make_train_iterator(c, text_store=store, process_index=0,
+                                            process_count=1))
+  batch = {k: jnp.asarray(v) for k, v in batch.items() if k != "index"}
+  loss_fn = objective.make_loss_fn(c, model)
+  (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, jax.random.key(1))
+  assert np.isfinite(float(loss))
+  assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
+  mesh = sharding_lib.create_mesh(c.sharding, jax.devices()[:1])
+  stage = stage_lib.make_stage(c, params, NamedSharding(mesh, PartitionSpec()), step=1,
+                               mesh=mesh, text_encoder=cascade_testlib.FakeTextEncoder())
+  videos = sampler.sample_stage(stage, key=jax.random.key(0), prompts=cascade_testlib.PROMPTS)
+  assert videos.shape == (2, FRAMES, SIZE, SIZE, 3) and np.all(np.abs(videos) <= 1)
