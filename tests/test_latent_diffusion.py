@@ -1,6 +1,7 @@
 """Latent diffusion (issue 21): the latent dataset builder, the latent pipeline, a latent stage's
 config checks and its sampler, which decodes at the end. The tiny 3-D VAE (presets.CPU['tiny'],
 4x in space and time) encodes 5 x 16 x 16 moving-shapes clips to 2 x 4 x 4 x 4 latents."""
+import json
 import os
 import shutil
 
@@ -8,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
+import ml_collections
 import numpy as np
 import pytest
 
@@ -267,3 +269,36 @@ def test_a_transformer_diffuses_the_same_latents_and_its_samples_are_decoded(bui
                                mesh=mesh, text_encoder=cascade_testlib.FakeTextEncoder())
   videos = sampler.sample_stage(stage, key=jax.random.key(0), prompts=cascade_testlib.PROMPTS)
   assert videos.shape == (2, FRAMES, SIZE, SIZE, 3) and np.all(np.abs(videos) <= 1)
+
+
+def test_an_exported_latent_stage_carries_its_autoencoder_and_statistics(built, tmp_path):
+  """export_cascade writes a latent base with its autoencoder and latent_stats.json beside it
+  (listed with sha256 in the manifest); the exported cascade samples what the trained stage
+  samples, anywhere, and a changed statistics file is refused naming it."""
+  c, _, _ = built
+  root, out = str(tmp_path / "runs"), str(tmp_path / "exported")
+  cascade_testlib.save_random_checkpoint(c, cascade.stage_workdir(root, "base"), seed=3,
+                                         optimizer_state=False)
+  config = ml_collections.ConfigDict({"cascade": {"order": ("base",), "stages": {"base": c}}})
+  manifest = export.export_cascade(config, root, out, devices=jax.devices()[:1])
+  ae = manifest["autoencoders"]["base"]
+  assert ae["stats"] == "base_autoencoder/latent_stats.json" and ae["step"] == 7
+  assert ae["stats"] in manifest["sha256"]
+  saved = json.load(open(os.path.join(out, "base", "config.json"), encoding="utf-8"))
+  assert saved["latent"]["autoencoder"] == "base_autoencoder"     # no machine path
+  trained = cascade.Cascade.from_config(config, root,
+                                        text_encoder=cascade_testlib.FakeTextEncoder(),
+                                        devices=jax.devices()[:1])
+  loaded = export.load_cascade(out, text_encoder=cascade_testlib.FakeTextEncoder(),
+                               devices=jax.devices()[:1])
+  assert loaded.stages[0].codec.stats.equals(trained.stages[0].codec.stats)
+  want = trained.sample(cascade_testlib.PROMPTS)["base"]
+  got = loaded.sample(cascade_testlib.PROMPTS)["base"]
+  assert got.shape == (2, FRAMES, SIZE, SIZE, 3)
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  stats = os.path.join(out, ae["stats"])
+  with open(stats, "a", encoding="utf-8") as f:
+    f.write(" ")
+  with pytest.raises(export.IntegrityError, match="latent_stats.json is corrupt"):
+    export.load_cascade(out, text_encoder=cascade_testlib.FakeTextEncoder(),
+                        devices=jax.devices()[:1])

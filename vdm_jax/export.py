@@ -11,13 +11,17 @@ An exported cascade is a directory (the demo cascade ships one inside the packag
     <name>/config.json             the stage's full experiment config (model, diffusion, sample...)
 
 Extra stages (a distilled student beside the stage it replaces) are listed under
-`manifest["distilled"]` the same way. Nothing is unpickled: safetensors holds raw arrays and a
-JSON header. Every file's sha256 is checked against the manifest *before* it is parsed, so a
-flipped bit or a truncated file is refused with `IntegrityError` naming the file, and a
-parameter tree that does not match the model its config builds is refused naming the
-differing parameters.
+`manifest["distilled"]` the same way. A latent stage's frozen autoencoder is exported beside it
+as `<name>_autoencoder/` (its parameters, config and latent_stats.json, listed under
+`manifest["autoencoders"]`), and the stage's config names it by that relative path, so an
+exported latent stage samples decoded videos anywhere. Nothing is unpickled: safetensors holds
+raw arrays and a JSON header. Every file's sha256 is checked against the manifest *before* it
+is parsed, so a flipped bit or a truncated file is refused with `IntegrityError` naming the
+file, and a parameter tree that does not match the model its config builds is refused naming
+the differing parameters.
 """
 import os
+import shutil
 from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
@@ -26,6 +30,7 @@ import ml_collections
 import numpy as np
 
 from vdm_jax import sharding as sharding_lib
+from vdm_jax.data import latents as latents_lib
 from vdm_jax.integrity import sha256_file
 from vdm_jax.models import registry
 from vdm_jax.sample import cascade as cascade_lib
@@ -34,12 +39,15 @@ from vdm_jax.train import checkpoint as ckpt_lib
 # The file format lives in vdm_jax/weights.py (below the models); these names are its API here too.
 from vdm_jax.weights import CONFIG, FORMAT, MANIFEST, PARAMS, VERSION  # pylint: disable=unused-import
 from vdm_jax.weights import IntegrityError, read_manifest, verify  # pylint: disable=unused-import
-from vdm_jax.weights import entries, flatten_params, load_params, read_json, unflatten_params
+from vdm_jax.weights import entries, entry_files, flatten_params, load_params, read_json
+from vdm_jax.weights import unflatten_params
 from vdm_jax.weights import verify_file, write_json
 
-def write_stage(directory: str, name: str, params: Any, config) -> dict:
+def write_stage(directory: str, name: str, params: Any, config, *,
+                autoencoder: Optional[str] = None) -> dict:
   """Writes `<directory>/<name>/params.safetensors` and `config.json`; returns the manifest
-  entry {"params": rel path, "config": rel path, "num_params": n}."""
+  entry {"params": rel path, "config": rel path, "num_params": n}. A latent stage's config
+  names `autoencoder` (the exported autoencoder's directory, relative to `directory`)."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   os.makedirs(os.path.join(directory, name), exist_ok=True)
   flat = flatten_params(params)
@@ -49,6 +57,9 @@ def write_stage(directory: str, name: str, params: Any, config) -> dict:
   # Paths of the training machine mean nothing elsewhere: the loader's caller sets them.
   payload.get("data", {})["data_dir"] = "data"
   payload.get("text", {})["store_path"] = ""
+  if autoencoder is not None:
+    payload["latent"]["autoencoder"] = autoencoder
+    payload["data"]["latents"] = "latents"      # a latent stage; its dataset stays behind
   write_json(os.path.join(directory, rel_config), payload)
   return {"params": rel_params, "config": rel_config,
           "num_params": int(sum(v.size for v in flat.values()))}
@@ -59,8 +70,8 @@ def write_manifest(directory: str, manifest: dict) -> dict:
   manifest = dict(manifest, format=FORMAT, version=VERSION)
   files = {}
   for entry in entries(manifest).values():
-    for key in ("params", "config"):
-      files[entry[key]] = sha256_file(os.path.join(directory, entry[key]))
+    for rel in entry_files(entry):
+      files[rel] = sha256_file(os.path.join(directory, rel))
   manifest["sha256"] = files
   write_json(os.path.join(directory, MANIFEST), manifest)
   return manifest
@@ -91,6 +102,9 @@ def load_stage(directory: str, entry: dict, manifest: dict, *,
   config_path = verify_file(directory, manifest, entry["config"])
   params_path = verify_file(directory, manifest, entry["params"])
   config = ml_collections.ConfigDict(read_json(config_path, "The stage config"))
+  ae = config.get("latent", {}).get("autoencoder", "")
+  if latents_lib.is_latent_config(config) and ae and not os.path.isabs(ae):
+    config.latent.autoencoder = os.path.join(directory, ae)   # exported beside the stage
   mesh = sharding_lib.create_mesh(config.sharding, devices)
   rules = sharding_lib.logical_rules(config.sharding)
   fam = registry.family(config.model)
@@ -176,7 +190,16 @@ def export_cascade(config, root: str, directory: str, *, distilled: Optional[Map
     stage = stage_lib.load_stage(c, cascade_lib.stage_workdir(root, name),
                                  step=(steps or {}).get(name), text_encoder=_NO_TEXT,
                                  devices=devices)
-    entry = write_stage(directory, name, stage.params, stage.config)
+    autoencoder = None
+    if stage.codec is not None:        # a latent stage: its autoencoder and statistics too
+      autoencoder = f"{name}_autoencoder"
+      ae_entry = write_stage(directory, autoencoder, stage.codec.params, stage.codec.config)
+      stats = f"{autoencoder}/{latents_lib.STATS_FILE}"
+      shutil.copyfile(os.path.join(stage.codec.path, latents_lib.STATS_FILE),
+                      os.path.join(directory, stats))
+      ae_entry.update(step=int(stage.codec.step), stats=stats)
+      manifest.setdefault("autoencoders", {})[name] = ae_entry
+    entry = write_stage(directory, name, stage.params, stage.config, autoencoder=autoencoder)
     entry.update(step=int(stage.step), compute=compute.get(name, {}))
     manifest["order"].append(name)
     manifest["stages"][name] = entry

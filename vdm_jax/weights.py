@@ -21,6 +21,7 @@ VERSION = 1
 MANIFEST = "manifest.json"
 PARAMS = "params.safetensors"
 CONFIG = "config.json"
+FILE_KEYS = ("params", "config", "stats")   # the files a manifest entry may list
 
 
 class IntegrityError(errors.UserError, ValueError):
@@ -75,7 +76,14 @@ def entries(manifest: dict) -> dict:
   """{label: stage entry} of the stages and the distilled extras ('base' / 'base distilled')."""
   out = {n: e for n, e in manifest.get("stages", {}).items()}
   out.update({f"{n} distilled": e for n, e in manifest.get("distilled", {}).items()})
+  out.update({f"{n} autoencoder": e for n, e in manifest.get("autoencoders", {}).items()})
   return out
+
+
+def entry_files(entry: dict) -> list:
+  """The files of one manifest entry (relative paths): parameters, config, and an
+  autoencoder's latent statistics."""
+  return [entry[k] for k in FILE_KEYS if k in entry]
 
 
 def read_manifest(directory: str) -> dict:
@@ -111,8 +119,8 @@ def verify(directory: str) -> dict:
   """Checks every file of an exported cascade; returns its manifest."""
   manifest = read_manifest(directory)
   for entry in entries(manifest).values():
-    for key in ("params", "config"):
-      verify_file(directory, manifest, entry[key])
+    for rel in entry_files(entry):
+      verify_file(directory, manifest, rel)
   return manifest
 
 
