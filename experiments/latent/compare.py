@@ -21,8 +21,9 @@ temporal consistency, FVD against the real clips, seconds per sampled video; the
 videos are decoded by its autoencoder, and the decode is part of its sampling time). The arms
 can run as two processes side by side (`--arms=pixel` and `--arms=latent`, one core each);
 `--phase=report` then prints the table and writes <root>/results.json. "train CPU s" is the
-CPU time of the training commands this script ran to completion (a training interrupted and
-resumed by a later call counts only its resumed part); "s/step" is the median wall seconds per
+CPU time of the training commands this script ran (a training stopped by SIGTERM, which saves a
+checkpoint, is resumed by the next call and counted in full; one killed outright loses the time
+since its last checkpoint); "s/step" is the median wall seconds per
 step of the training log, compilation left out, which holds either way.
 """
 import argparse
@@ -33,6 +34,8 @@ import resource
 import statistics
 import subprocess
 import sys
+
+from vdm_jax import demo
 
 CONFIG = "configs/latent.py"
 ARMS = ("pixel", "latent")
@@ -116,10 +119,15 @@ class Comparison:
     if str(steps) not in trained:
       workdir = os.path.join(self.root, arm)
       so_far = max([0.0] + list(trained.values()))
-      trained[str(steps)] = so_far + self.cli(
-          "train", arm, [f"--workdir={workdir}", f"--config.train.num_steps={steps}",
-                         "--config.train.lr_schedule=constant",
-                         f"--config.train.checkpoint_every={min(steps, 500)}"])
+      cpu_s = self.cli("train", arm, [f"--workdir={workdir}", f"--config.train.num_steps={steps}",
+                                      "--config.train.lr_schedule=constant",
+                                      f"--config.train.checkpoint_every={min(steps, 500)}"])
+      reached = demo.latest_step(workdir)
+      s["unfinished_cpu_s"] = s.get("unfinished_cpu_s", 0.0) + cpu_s
+      if reached < steps:    # stopped early (SIGTERM: a checkpoint, a clean exit): not done
+        self.save(arm, s)
+        sys.exit(f"{arm}: training stopped at step {reached} of {steps}; rerun to resume.")
+      trained[str(steps)] = so_far + s.pop("unfinished_cpu_s")
       self.save(arm, s)
 
   def evaluate(self, arm):

@@ -33,6 +33,8 @@ import resource
 import subprocess
 import sys
 
+from vdm_jax import demo
+
 CONFIG = "configs/make_a_video.py"
 
 
@@ -80,6 +82,10 @@ class Experiment:
       steps = p["steps"] + self.args.chunk
       p["cpu_s"] += self.cli("train", variant, workdir,
                              list(extra) + [f"--config.train.num_steps={steps}"])
+      if demo.latest_step(workdir) < steps:   # stopped early (SIGTERM): a clean exit, not done
+        self._save()
+        sys.exit(f"{name}: training stopped at step {demo.latest_step(workdir)} of {steps}; "
+                 "rerun to resume.")
       p["steps"] = steps
       self._save()
       print(f"{name}: {p['steps']} steps, {p['cpu_s']:.0f} / {budget:.0f} CPU s", flush=True)
