@@ -19,7 +19,9 @@ temporal-only phases (default: the config's).
 
 Training runs in chunks of --chunk steps (a constant learning rate after warm-up, so that a
 chunk boundary changes nothing) until the arm's phase has used its CPU seconds; rerunning goes
-on where it stopped (the state is <root>/state.json, each phase's workdir resumes). Then each
+on where it stopped (each phase's state is <root>/state/<phase>.json, its workdir resumes).
+--arms=a,b and --arms=c can run at once in two processes (say one per core); the call that
+finds every arm evaluated writes the table, and --report writes it from what is there. Then each
 arm's video base is evaluated on the first --num_videos held-out test prompts with the
 moving-shapes detectors (colour, shape, size, motion, speed, all), temporal consistency and FVD
 (`--mode=eval`). Prints one table and writes <root>/results.json (copy it under
@@ -50,18 +52,31 @@ class Experiment:
     self.args = args
     self.root = os.path.abspath(args.root)
     os.makedirs(self.root, exist_ok=True)
-    self.path = os.path.join(self.root, "state.json")
-    self.state = json.load(open(self.path)) if os.path.exists(self.path) else {"phases": {}}
+    self.state_dir = os.path.join(self.root, "state")
+    os.makedirs(self.state_dir, exist_ok=True)
     self.common = [f"--config.data.data_dir={os.path.join(self.root, 'data')}",
                    f"--config.text.store_path={os.path.join(self.root, 'text_store.safetensors')}",
                    "--config.train.lr_schedule=constant", "--config.train.sample_every=0",
                    f"--config.train.checkpoint_every={args.chunk}", "--config.train.keep_last=1",
                    f"--config.train.log_every={min(50, args.chunk)}"]
 
-  def _save(self):
-    with open(self.path + ".tmp", "w", encoding="utf-8") as f:
-      json.dump(self.state, f, indent=2)
-    os.replace(self.path + ".tmp", self.path)
+  def phase(self, name, budget=None):
+    """The state of phase `name` ({'cpu_s', 'steps', 'budget'}); a phase not started yet is
+    created when `budget` is given, else None."""
+    path = os.path.join(self.state_dir, name + ".json")
+    if os.path.exists(path):
+      return json.load(open(path))
+    return None if budget is None else {"cpu_s": 0.0, "steps": 0, "budget": budget}
+
+  def _save(self, name, p):
+    path = os.path.join(self.state_dir, name + ".json")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      json.dump(p, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+  def phases(self):
+    return {n[:-5]: self.phase(n[:-5]) for n in sorted(os.listdir(self.state_dir))
+            if n.endswith(".json")}
 
   def cli(self, mode, variant, workdir=None, extra=()):
     cmd = [sys.executable, "-m", "vdm_jax.main", f"--mode={mode}", f"--config={CONFIG}:{variant}"]
@@ -77,17 +92,17 @@ class Experiment:
     """Trains phase `name` in chunks until it has used `budget` CPU seconds; returns its
     workdir."""
     workdir = os.path.join(self.root, name)
-    p = self.state["phases"].setdefault(name, {"cpu_s": 0.0, "steps": 0, "budget": budget})
+    p = self.phase(name, budget)
     while p["cpu_s"] < budget:
       steps = p["steps"] + self.args.chunk
       p["cpu_s"] += self.cli("train", variant, workdir,
                              list(extra) + [f"--config.train.num_steps={steps}"])
       if demo.latest_step(workdir) < steps:   # stopped early (SIGTERM): a clean exit, not done
-        self._save()
+        self._save(name, p)
         sys.exit(f"{name}: training stopped at step {demo.latest_step(workdir)} of {steps}; "
                  "rerun to resume.")
       p["steps"] = steps
-      self._save()
+      self._save(name, p)
       print(f"{name}: {p['steps']} steps, {p['cpu_s']:.0f} / {budget:.0f} CPU s", flush=True)
     return workdir
 
@@ -104,42 +119,68 @@ class Experiment:
       self.cli("eval", variant, workdir, [f"--out={out}", f"--num_videos={self.args.num_videos}"])
     return json.load(open(path))
 
+  def eval_path(self, arm):
+    return os.path.join(self.root, "eval", arm, "eval.json")
+
   def run(self):
     a = self.args
-    for variant in ("t2i", "motion"):
-      self.cli("build_data", variant)
+    arms = set(a.arms.split(","))
+    if not arms or not arms <= set(ARMS):
+      sys.exit(f"--arms={a.arms!r}: a comma-separated subset of {','.join(ARMS)}")
+    if not a.report:
+      for variant in ("t2i", "motion"):
+        self.cli("build_data", variant)
+      self.train_and_evaluate(arms)
+    if a.report or all(os.path.exists(self.eval_path(arm)) for arm in ARMS.values()):
+      self.report()
+
+  def train_and_evaluate(self, arms):
+    a = self.args
     budget = a.budget_cpu_s
-    image = self.train_phase("t2i", "t2i", a.image_share * budget)      # shared by (a), (b)
     video_share = 1.0 - a.image_share
     motion_extra = [f"--config.train.lr={a.motion_lr}"] if a.motion_lr else []
-    self.inflate(image, "motion")
-    # The inflated model before any video training: the image model frame by frame (each frame
-    # its own noise), the start the temporal layers learn motion from.
-    inflated = (self.evaluate("a0_inflated_untrained", "motion",
-                              os.path.join(self.root, "motion"))
-                if self.state["phases"].get("motion", {}).get("steps", 0) == 0 else None)
-    motion = self.train_phase("motion", "motion", video_share * budget, motion_extra)
-    self.inflate(image, "motion_b")
-    motion_b = self.train_phase("motion_b", "motion", (video_share - a.finetune_share) * budget,
-                                motion_extra)
-    finetune = self.train_phase("finetune", "finetune", a.finetune_share * budget,
-                                [f"--config.train.init_from={motion_b}"])
-    scratch = self.train_phase("scratch", "scratch", budget)
+    if arms & {"a", "b"}:
+      image = self.train_phase("t2i", "t2i", a.image_share * budget)    # shared by (a), (b)
+      self.evaluate("t2i_image_model", "t2i", image)
+    if "a" in arms:
+      motion = self.inflate(image, "motion")
+      # The inflated model before any video training: the image model frame by frame (each
+      # frame its own noise), the start the temporal layers learn motion from.
+      if (self.phase("motion") or {}).get("steps", 0) == 0:
+        self.evaluate("a0_inflated_untrained", "motion", motion)
+      motion = self.train_phase("motion", "motion", video_share * budget, motion_extra)
+      self.evaluate(ARMS["a"], "motion", motion)
+    if "b" in arms:
+      self.inflate(image, "motion_b")
+      motion_b = self.train_phase("motion_b", "motion",
+                                  (video_share - a.finetune_share) * budget, motion_extra)
+      finetune = self.train_phase("finetune", "finetune", a.finetune_share * budget,
+                                  [f"--config.train.init_from={motion_b}"])
+      self.evaluate(ARMS["b"], "finetune", finetune)
+    if "c" in arms:
+      scratch = self.train_phase("scratch", "scratch", budget)
+      self.evaluate(ARMS["c"], "scratch", scratch)
+
+  def report(self):
+    a = self.args
+    load = lambda arm: (json.load(open(self.eval_path(arm)))
+                        if os.path.exists(self.eval_path(arm)) else None)
     results = {"machine": f"{platform.machine()} CPU, {os.cpu_count()} cores visible",
-               "budget_cpu_s": budget, "image_share": a.image_share,
+               "budget_cpu_s": a.budget_cpu_s, "image_share": a.image_share,
                "finetune_share": a.finetune_share, "motion_lr": a.motion_lr,
-               "phases": self.state["phases"], "arms": {},
-               "image_model": self.evaluate("t2i_image_model", "t2i", image)}
-    if inflated is not None or os.path.exists(
-        os.path.join(self.root, "eval", "a0_inflated_untrained", "eval.json")):
-      results["inflated_untrained"] = self.evaluate("a0_inflated_untrained", "motion", None)
-    for arm, variant, workdir in (("a_inflated_unlabeled", "motion", motion),
-                                  ("b_plus_captioned", "finetune", finetune),
-                                  ("c_scratch_captioned", "scratch", scratch)):
-      results["arms"][arm] = self.evaluate(arm, variant, workdir)
+               "phases": self.phases(),
+               "arms": {arm: r for arm in ARMS.values() if (r := load(arm)) is not None},
+               "image_model": load("t2i_image_model"),
+               "inflated_untrained": load("a0_inflated_untrained")}
+    missing = [arm for arm in ARMS.values() if arm not in results["arms"]]
+    if missing:
+      print(f"not evaluated yet: {', '.join(missing)}", flush=True)
     with open(os.path.join(self.root, "results.json"), "w", encoding="utf-8") as f:
       json.dump(results, f, indent=2)
     _print_table(results)
+
+
+ARMS = {"a": "a_inflated_unlabeled", "b": "b_plus_captioned", "c": "c_scratch_captioned"}
 
 
 def _print_table(results):
@@ -168,6 +209,10 @@ def main():
   parser.add_argument("--num_videos", type=int, default=64)
   parser.add_argument("--motion_lr", type=float, default=0.0,
                       help="learning rate of the temporal-only phases (0: the config's)")
+  parser.add_argument("--arms", default="a,b,c",
+                      help="the arms this call trains and evaluates (a, b share the t2i phase)")
+  parser.add_argument("--report", action="store_true",
+                      help="only write results.json and the table from what is evaluated")
   Experiment(parser.parse_args()).run()
 
 
