@@ -204,3 +204,23 @@ def test_cli_rejects_unknown_sections_sizes_and_batches():
   assert args.train_batch == {"base_gpu_1b": 6} and args.grad_accum == 2
   json_path, _ = run_all.output_paths(args, "gpu")
   assert json_path.endswith("results_gpu_max_batch-train_base_gpu_1b_accum2.json")
+
+
+def test_training_log_cost_is_the_median_after_the_warm_up_windows(tmp_path):
+  """The first two log windows (compilation, warm-up) are left out; rows without a step rate
+  (evaluations) are skipped; a missing or too short log gives nothing."""
+  from experiments.benchmarks import common  # pylint: disable=g-import-not-at-top
+  assert common.training_log_cost(str(tmp_path)) == {}
+  rows = [{"step": 1, "steps_per_sec": 0.01, "tflops_per_device": 0.001},   # compiling
+          {"step": 2, "steps_per_sec": 0.1, "tflops_per_device": 0.01},     # warming up
+          {"step": 3, "eval_loss": 0.5},
+          {"step": 4, "steps_per_sec": 2.0, "tflops_per_device": 0.2},
+          {"step": 5, "steps_per_sec": 4.0, "tflops_per_device": 0.4},
+          {"step": 6, "steps_per_sec": 1.0, "tflops_per_device": 0.1}]
+  with open(tmp_path / "metrics.jsonl", "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows[:3])
+  assert common.training_log_cost(str(tmp_path)) == {}
+  with open(tmp_path / "metrics.jsonl", "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  assert common.training_log_cost(str(tmp_path)) == {"train_s_per_step": 0.5,
+                                                     "train_tflop_per_step": 0.1}

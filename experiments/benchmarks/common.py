@@ -3,6 +3,7 @@
     info = machine_info()                         # CPU, cores, jax, backend, device, load
     t = time_calls(run_once, warmup=1, repeats=5) # median / min / max / spread of wall times
     stats = compiled_stats(compiled)              # FLOPs, bytes accessed, memory analysis
+    cost = training_log_cost(workdir)             # median s/step and TFLOP/step of a training
 
 Timing follows DESIGN.md's performance method: warm-up calls first (compilation is done
 before), every call ends in `jax.block_until_ready`, the median of several calls is the figure
@@ -10,6 +11,7 @@ and the spread (min, max, (max - min) / median) says how far to trust it. On CPU
 between variants of one run mean anything.
 """
 import dataclasses
+import json
 import os
 import platform
 import statistics
@@ -19,6 +21,25 @@ from typing import Any, Callable, Optional
 import jax
 
 from vdm_jax.train import flops as flops_lib
+
+
+def training_log_cost(workdir: str) -> dict:
+  """What a step of the training in `workdir` cost, from its metrics.jsonl: the median wall
+  seconds per step ('train_s_per_step') and the median FLOPs per step XLA counted
+  ('train_tflop_per_step'), the first two log windows (compilation, warm-up) left out. Empty
+  when the log is missing or holds no more than those two windows."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    rows = [r for r in map(json.loads, f) if r.get("steps_per_sec")][2:]
+  if not rows:
+    return {}
+  out = {"train_s_per_step": round(statistics.median(1 / r["steps_per_sec"] for r in rows), 4)}
+  flops = [r["tflops_per_device"] / r["steps_per_sec"] for r in rows if r.get("tflops_per_device")]
+  if flops:
+    out["train_tflop_per_step"] = round(statistics.median(flops), 4)
+  return out
 
 
 def load_average() -> Optional[list]:

@@ -31,10 +31,10 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 
+from experiments.benchmarks import common
 from vdm_jax import demo
 
 CONFIG = "configs/latent.py"
@@ -153,23 +153,14 @@ class Comparison:
           continue
         r = json.load(open(path, encoding="utf-8"))
         r.update(steps=int(steps), train_cpu_s=cpu_s, train_tflop=flops[arm] * int(steps) / 1e12,
-                 train_s_per_step=_median_step_seconds(
-                     os.path.join(self.root, arm, "metrics.jsonl")))
+                 train_s_per_step=common.training_log_cost(
+                     os.path.join(self.root, arm)).get("train_s_per_step"))
         rows.append(r)
       results["arms"][arm] = {"encode_cpu_s": s.get("encode_cpu_s"), "rows": rows}
     with open(os.path.join(self.root, "results.json"), "w", encoding="utf-8") as f:
       json.dump(results, f, indent=2)
     print_table(results)
     return results
-
-
-def _median_step_seconds(path: str):
-  """The median wall seconds per step of a training log, compilation windows left out."""
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    rows = [r for r in map(json.loads, f) if r.get("steps_per_sec")][2:]
-  return round(statistics.median(1 / r["steps_per_sec"] for r in rows), 4) if rows else None
 
 
 def print_table(results):

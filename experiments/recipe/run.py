@@ -282,20 +282,9 @@ def step_and_sampling_cost(workdir: str, cascade, scores: dict, prompts: list) -
   training log (compilation excluded; one pinned core, so about CPU seconds), XLA's FLOP count
   per step, and the seconds per sampled video, first pass (compilation included) and a second
   pass of one batch of 16 (compiled)."""
-  import statistics  # pylint: disable=g-import-not-at-top
-  rows = []
-  path = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      rows = [r for r in map(json.loads, f) if r.get("steps_per_sec")]
-  out = {"sample_s_per_video_first_pass": round(scores["seconds_per_video"], 3)}
-  if len(rows) > 2:
-    rows = rows[2:]                    # the first log windows hold compilation and warm-up
-    out["train_s_per_step"] = round(statistics.median(1 / r["steps_per_sec"] for r in rows), 3)
-    flops = [r["tflops_per_device"] / r["steps_per_sec"] for r in rows
-             if r.get("tflops_per_device")]
-    if flops:
-      out["train_tflop_per_step"] = round(statistics.median(flops), 4)
+  from experiments.benchmarks import common  # pylint: disable=g-import-not-at-top
+  out = {"sample_s_per_video_first_pass": round(scores["seconds_per_video"], 3),
+         **common.training_log_cost(workdir)}
   prompts = (list(prompts) * 16)[:16]
   start = time.perf_counter()
   cascade.sample(prompts, batch_size=16)
