@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from vdm_jax.models import axes
@@ -49,9 +50,41 @@ def conv(features, kernel_size, *, strides=None, names_io=(axes.EMBED, axes.MLP)
   """
   kinit = nn.initializers.zeros_init() if zero_init else nn.initializers.lecun_normal()
   names = (axes.CONV_SPACE,) + (None,) * (len(kernel_size) - 1) + tuple(names_io)
+  if len(tuple(kernel_size)) == 3 and tuple(kernel_size)[1:] == (1, 1) and strides is None:
+    return TimeConv(features, kernel_size[0], dtype=dtype, param_dtype=param_dtype, name=name,
+                    kernel_init=partitioned(kinit, names),
+                    bias_init=partitioned(nn.initializers.zeros_init(), names[-1:]))
   return nn.Conv(features, kernel_size, strides=strides, padding="SAME", dtype=dtype,
                  param_dtype=param_dtype, name=name, kernel_init=partitioned(kinit, names),
                  bias_init=partitioned(nn.initializers.zeros_init(), names[-1:]))
+
+
+class TimeConv(nn.Module):
+  """A (kt, 1, 1) 'SAME' convolution over time of [B, T, H, W, C], with nn.Conv's parameters
+  (kernel [kt, 1, 1, C, features], bias [features]), computed as a 2-D convolution of
+  [B, T, H*W, C] with a (kt, 1) kernel. Same result as nn.Conv's 3-D convolution, which XLA's
+  CPU backend runs about 2x slower forward and backward (experiments/benchmarks/README.md,
+  "Where the train step loses")."""
+  features: int
+  kernel_frames: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x):
+    b, t, h, w, c = x.shape
+    kt = self.kernel_frames
+    kernel = self.param("kernel", self.kernel_init, (kt, 1, 1, c, self.features),
+                        self.param_dtype)
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    pad = ((kt - 1) // 2, kt // 2)         # 'SAME', as nn.Conv pads
+    y = jax.lax.conv_general_dilated(
+        x.reshape(b, t, h * w, c), kernel.reshape(kt, 1, c, self.features), (1, 1),
+        (pad, (0, 0)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return (y + bias).reshape(b, t, h, w, self.features)
 
 
 class FrameGroupNorm(nn.Module):
