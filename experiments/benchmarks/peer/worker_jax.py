@@ -54,11 +54,21 @@ def main():
   for name, default in (("frames", 8), ("size", 32), ("batch", 4), ("dim", 64),
                         ("text_len", 16), ("text_dim", 384)):
     p.add_argument(f"--{name}", type=int, default=default)
+  p.add_argument("--devices", type=int, default=1,
+                 help="data-parallel over this many CPU devices (one thread each: a way to "
+                      "use several cores; the batch splits between them)")
   args = p.parse_args()
+  devices = args.devices
+  del args.devices
+  if devices > 1:
+    # First: XLA stops reading XLA_FLAGS at a word that is not a --flag.
+    os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} " +
+                               os.environ.get("XLA_FLAGS", "")).strip()
   import jax  # pylint: disable=g-import-not-at-top
   from experiments.benchmarks import train_step  # pylint: disable=g-import-not-at-top
   config = peer_equal_config(**vars(args))
-  bench = train_step.TrainStepBench(config, devices=jax.devices()[:1])
+  config.sharding.mesh_shape = (devices, 1, 1)
+  bench = train_step.TrainStepBench(config, devices=jax.devices()[:devices])
   start = time.perf_counter()
   prepared = bench.prepare(batch_size=args.batch)
   compile_s = time.perf_counter() - start
@@ -68,7 +78,8 @@ def main():
   from vdm_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   params = state_lib.param_count(bench.abstract_args(args.batch)[0].params)
   protocol.serve(lambda: jax.block_until_ready(prepared.run_once()),
-                 {"params": int(params), "jax": jax.__version__, "compile_s": compile_s,
+                 {"params": int(params), "jax": jax.__version__, "devices": devices,
+                  "compile_s": compile_s,
                   "first_step_s": first})
 
 if __name__ == "__main__":
