@@ -37,6 +37,7 @@ from absl import logging
 import jax
 
 from vdm_jax import compile_cache
+from vdm_jax import cpu_flags
 from vdm_jax import config_utils
 from vdm_jax import export
 from vdm_jax.cli import cascade_eval
@@ -380,5 +381,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  cpu_flags.apply()   # before jax starts a backend
   logging.set_verbosity(logging.INFO)
   app.run(main)

@@ -28,6 +28,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from vdm_jax import compile_cache
+from vdm_jax import cpu_flags
 from vdm_jax import config_utils
 from vdm_jax import distill
 from vdm_jax import errors
@@ -131,4 +132,5 @@ def _main(argv):
 
 
 if __name__ == "__main__":
+  cpu_flags.apply()   # before jax starts a backend (the config files load inside app.run)
   app.run(main)
