@@ -424,3 +424,37 @@ def test_time_conv_equals_the_3d_convolution_it_replaces(frames_kernel):
   chex.assert_trees_all_equal(params, ref.init(jax.random.PRNGKey(1), x))
   params = jax.tree.map(lambda p: jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
   np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), atol=1e-6)
+
+
+def test_mixers_last_block_attends_once_per_level_and_path():
+  """mixers='last_block' (imagen-pytorch's Unet3D layout): a level's attention and temporal
+  mixing follow only its last ResBlock in the down path and in the up path (plus the middle),
+  instead of every ResBlock; the ResBlocks are unchanged and the video still mixes time through
+  the attention alone."""
+  def mixer_prefixes(runner):
+    names = {path_str(p).split("/")[1] for p, _ in jax.tree_util.tree_leaves_with_path(
+        runner.params)}
+    return sorted(n for n in names if n.endswith(("_temporal_attn", "_temporal_conv",
+                                                  "_cross_attn", "_spatial_attn")))
+  every = Runner(base_cfg(num_res_blocks=2))
+  once = Runner(base_cfg(num_res_blocks=2, mixers="last_block"))
+  # Tiny: 2 levels, level 0 temporal conv, level 1 spatial + cross + temporal attention.
+  assert mixer_prefixes(once) == [
+      "down0_1_temporal_conv", "down1_1_cross_attn", "down1_1_spatial_attn",
+      "down1_1_temporal_attn", "mid_cross_attn", "mid_spatial_attn", "mid_temporal_attn",
+      "up0_2_temporal_conv", "up1_2_cross_attn", "up1_2_spatial_attn", "up1_2_temporal_attn"]
+  assert len(mixer_prefixes(every)) == (2 + 3) * 1 + (2 + 3) * 3 + 3   # 2 down, 3 up blocks
+  res = lambda r: sorted(n for n in {path_str(p).split("/")[1] for p, _ in
+                                     jax.tree_util.tree_leaves_with_path(r.params)}
+                         if "_res" in n)
+  assert res(once) == res(every)
+  out = once()
+  chex.assert_shape(out, once.x.shape)
+  no_convs = zero_where(once.params, lambda p: "temporal/conv/" in p or "_temporal_conv/" in p)
+  assert _frame0_effect(once, no_convs) > 1e-3
+
+
+def test_mixers_rejects_an_unknown_placement():
+  with pytest.raises(ValueError, match="model.mixers='per_level' is not one of"):
+    SpaceTimeUNet(config=base_cfg(mixers="per_level")).init(
+        jax.random.key(0), *make_inputs(base_cfg())[:2], **make_inputs(base_cfg())[2])

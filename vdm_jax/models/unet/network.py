@@ -12,7 +12,9 @@ Layout (levels l = 0..L-1 with channels base_channels * channel_mult[l]):
   up:     per level (reversed) num_res_blocks + 1 x [concat skip -> ResBlock -> mixers(l)],
           then a spatial 2x upsample (not after level 0).
   out:    GroupNorm -> SiLU -> conv_out (3x3 per frame)
-  mixers(l) = [SpatialSelfAttention]  if spatial_attention[l]
+  mixers(l) (after every ResBlock; with mixers='last_block' after a level's last ResBlock in
+             each path only) =
+              [SpatialSelfAttention]  if spatial_attention[l]
               [TextCrossAttention]    if cross-attention at l (text_cross_attention: the
                                       spatial-attention levels, or cross_attention_levels)
             + TemporalSelfAttention | TemporalConvBlock | nothing  per temporal_mixing[l]
@@ -135,7 +137,8 @@ class SpaceTimeUNet(nn.Module):
     for level in range(spec.num_levels):
       for i in range(spec.num_res_blocks):
         hid = blocks.res(level, f"down{level}_res{i}")(hid, emb, is_image)
-        hid = blocks.mix(level, f"down{level}_{i}", hid, text, text_mask, is_image)
+        if spec.mixes_after(i, spec.num_res_blocks):
+          hid = blocks.mix(level, f"down{level}_{i}", hid, text, text_mask, is_image)
         skips.append(hid)
       if level < spec.num_levels - 1:
         hid = layers.Downsample(spec.level_channels(level), name=f"down{level}_resample",
@@ -151,7 +154,8 @@ class SpaceTimeUNet(nn.Module):
       for i in range(spec.num_res_blocks + 1):
         hid = jnp.concatenate([hid, skips.pop()], axis=-1)
         hid = blocks.res(level, f"up{level}_res{i}")(hid, emb, is_image)
-        hid = blocks.mix(level, f"up{level}_{i}", hid, text, text_mask, is_image)
+        if spec.mixes_after(i, spec.num_res_blocks + 1):
+          hid = blocks.mix(level, f"up{level}_{i}", hid, text, text_mask, is_image)
       if level > 0:
         hid = layers.Upsample(spec.level_channels(level), name=f"up{level}_resample",
                               **kw)(hid)

@@ -59,6 +59,8 @@ def default_section():
   m.temporal_conv_in_resblock = False     # 3x1x1 conv inside every ResBlock (SR stages)
   m.pseudo3d_convs = False                # with it: after each of the ResBlock's two 3x3 convs
   #   (Make-A-Video's pseudo-3D convs), not after the second only
+  m.mixers = "every_block"                # where a level's attention / temporal mixing sits:
+  #   every_block (after each ResBlock) | last_block (once per level and path, as imagen-pytorch)
   m.num_heads = 4                         # 0: channels // head_dim heads per level
   m.head_dim = 32                         # 0: channels // num_heads features per head
   m.dropout = 0.0

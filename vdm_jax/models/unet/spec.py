@@ -14,6 +14,7 @@ TEMPORAL_MIXING = ("attention", "conv", "none", "spacetime")
 TEMPORAL_POSITIONS = ("bias", "shaw")
 FRAME_POSITIONS = ("none", "sinusoidal")
 TEXT_BIAS_POOLINGS = ("mean", "attention")
+MIXERS = ("every_block", "last_block")
 # Each keyword input of the U-Net and the spec field that switches it on (None: always taken;
 # needs_text covers text_cross_attention or text_pooled_conditioning).
 INPUT_FLAGS = {
@@ -90,10 +91,14 @@ class UNetSpec(DtypeProperties):
   # pooled caption tokens: the text can say which way time runs (see TemporalSelfAttention).
   temporal_text_bias: bool = False
   temporal_text_bias_pooling: str = "mean"
+  # Where a level's mixers (spatial / cross / temporal attention or temporal conv) sit: after
+  # every ResBlock, or after the last ResBlock of each level in the down and up paths only
+  # (imagen-pytorch's Unet3D attends once per level).
+  mixers: str = "every_block"
 
   OPTIONAL = ("frame_mask_conditioning", "temporal_position", "frame_position",
               "cross_attention_levels", "pseudo3d_convs", "temporal_text_bias",
-              "temporal_text_bias_pooling")
+              "temporal_text_bias_pooling", "mixers")
 
   @classmethod
   def from_config(cls, config):
@@ -139,6 +144,10 @@ class UNetSpec(DtypeProperties):
       return [f"height x width = {height}x{width} must be divisible by {down} (the U-Net halves "
               f"space {self.num_levels - 1} times); change the size or model.channel_mult"]
     return []
+
+  def mixes_after(self, block: int, blocks: int) -> bool:
+    """Whether the mixers follow ResBlock `block` of the `blocks` in a level's path."""
+    return self.mixers == "every_block" or block == blocks - 1
 
   def cross_attention_at(self, level) -> bool:
     """Whether level `level` has text cross-attention."""
@@ -234,7 +243,7 @@ class UNetSpec(DtypeProperties):
                ("param_dtype", tuple(DTYPES)), ("remat", REMAT),
                ("temporal_position", TEMPORAL_POSITIONS),
                ("temporal_text_bias_pooling", TEXT_BIAS_POOLINGS),
-               ("frame_position", FRAME_POSITIONS))
+               ("frame_position", FRAME_POSITIONS), ("mixers", MIXERS))
     for key, allowed in choices:
       if getattr(self, key) not in allowed:
         fail(f"model.{key}={getattr(self, key)!r} is not one of {allowed}")
