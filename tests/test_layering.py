@@ -10,7 +10,7 @@ Layers, lowest first (a module may import its own layer and the layers below it,
   5  distill                                    distillation rounds on the train runner
   6  sample, export                             stages, samplers, cascade, exported weights
   7  eval                                       evaluators, FVD
-  8  cli, main, demo, config_utils, compile_cache   entry points and their helpers
+  8  cli, main, demo, config_utils, compile_cache, cpu_flags   entry points and their helpers
 
 Parsed with `ast` (nothing imported), so it is fast and sees imports inside functions too.
 """
@@ -31,7 +31,7 @@ LAYERS = {
     "distill": 5,
     "sample": 6, "export": 6,
     "eval": 7,
-    "cli": 8, "main": 8, "demo": 8, "config_utils": 8, "compile_cache": 8,
+    "cli": 8, "main": 8, "demo": 8, "config_utils": 8, "compile_cache": 8, "cpu_flags": 8,
 }
 # Imports that may sit inside a function: optional or heavy dependencies that most users of
 # the module never need (tfds, grain, video codecs, tokenizers, the I3D pickle reader, ...).

@@ -13,6 +13,7 @@ faster that way on the 2-core x86-64 CPU this project is tested on (numbers in t
 import os
 
 from absl import logging
+from jax._src import xla_bridge   # importing jax starts no backend
 
 OFF = ("off", "none", "0", "false")
 # flag name -> value
@@ -49,8 +50,5 @@ def apply(environ=None) -> list[str]:
 
 
 def _backends_started() -> bool:
-  try:
-    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-    return bool(xla_bridge.backends_are_initialized())
-  except (ImportError, AttributeError):    # another jax: assume not started
-    return False
+  started = getattr(xla_bridge, "backends_are_initialized", None)
+  return bool(started()) if started is not None else False   # another jax: assume not
