@@ -18,6 +18,10 @@ diffuse. Variants (comma-separated):
                          2 is 'shapes2d_f2', 13 x 32 x 32 x 3 -> 13 x 16 x 16 x 4 latents
   images=K               joint training: K extra single frames per clip, encoded as one-frame
                          videos (the 3-D VAE compresses a first frame in space only)
+  adversarial=W          adversarial training: a 3-D patch discriminator (model.discriminator
+                         (32, 64, 128)), hinge losses with generator weight W, R1 weight 1.0,
+                         from step adv_start=N (default 0: for fine-tuning a trained run
+                         with train.init_from; from scratch, let the reconstruction come first)
 The objective (vdm_jax/models/vae/objective.py): L1 reconstruction + autoencoder.kl_weight *
 KL per input value.
 """
@@ -36,10 +40,13 @@ def get_config(arg=None):
   kind = v.pop("kind", "3d")
   images = int(v.pop("images", 0))
   factor = int(v.pop("factor", 4))
+  adversarial = float(v.pop("adversarial", 0.0))
+  adv_start = int(v.pop("adv_start", 0))
   factor_ok = factor == 4 or (factor == 2 and kind != "3d")
-  if v or kind not in KINDS or images < 0 or not factor_ok:
-    raise ValueError(f"configs/vae.py takes kind={tuple(KINDS)}, images=K >= 0 and factor=4|2 "
-                     f"(2: kind=2d or temporal_decoder); got {arg!r}")
+  if v or kind not in KINDS or images < 0 or not factor_ok or adversarial < 0 or adv_start < 0:
+    raise ValueError(f"configs/vae.py takes kind={tuple(KINDS)}, images=K >= 0, factor=4|2 "
+                     f"(2: kind=2d or temporal_decoder), adversarial=W >= 0 and adv_start=N "
+                     f">= 0; got {arg!r}")
   c = default.get_config()
   c.frames, c.height, c.width, c.fps = 13, 32, 32, 8.0
   c.model = presets.default_section()
@@ -50,6 +57,10 @@ def get_config(arg=None):
     c.train.trainable = "temporal"
   c.autoencoder = ml_collections.ConfigDict(dict(
       reconstruction="l1", kl_weight=1e-6, sample_posterior=True))
+  if adversarial > 0:
+    c.model.discriminator = (32, 64, 128)
+    c.autoencoder.update(adversarial_weight=adversarial, adversarial_start=adv_start,
+                         r1_weight=1.0)
   d = c.data
   d.data_dir = "demo_out/data"
   d.num_train_examples, d.num_eval_examples = 4096, 64

@@ -78,7 +78,8 @@ class ModelFamily:
   # (config, module) -> loss(params, groups, key) -> (loss, aux with 'loss_per_example' [rows],
   # optionally 'metrics' {name: scalar} and 'row_is_image'), for a family with its own
   # objective (None: the diffusion objective of vdm_jax.train.objective). `groups`: the batch's
-  # videos [B, T, H, W, C], then its extra images [B * K, 1, H, W, C] in joint training.
+  # videos [B, T, H, W, C], then its extra images [B * K, 1, H, W, C] in joint training. A loss
+  # with the attribute takes_step = True also gets the keyword step (the train step counter).
   objective: Optional[Callable[[Any, nn.Module], Callable]] = None
   # (module, x [B, T, H, W, C]) -> key -> boxed params, for a module not called as
   # (x, logsnr, **inputs) (None: ModelInterface.init_fn's denoiser init).

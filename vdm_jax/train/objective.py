@@ -131,9 +131,13 @@ def make_loss_fn(config, model) -> Callable[[Any, dict, jax.Array], tuple]:
   if fam.family.objective is not None:   # a family with its own objective (the autoencoders)
     own = fam.family.objective(config, model)
 
-    def family_loss(params, batch, key):
+    def family_loss(params, batch, key, step=0):
       videos, images = split_joint_batch(batch)
-      return own(params, [videos["video"]] + ([images["video"]] if images else []), key)
+      groups = [videos["video"]] + ([images["video"]] if images else [])
+      if getattr(own, "takes_step", False):
+        return own(params, groups, key, step=step)
+      return own(params, groups, key)
+    family_loss.takes_step = True
     return family_loss
   schedule = diffusion.schedule_from_config(d, resolution=config.height)
   noise_fn = noise_lib.noise_fn_from_config(d)   # None: i.i.d. noise

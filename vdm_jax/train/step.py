@@ -21,7 +21,9 @@ from vdm_jax.models import axes
 from vdm_jax.train.state import TrainState, ema_decay_at, ema_update
 
 # loss_fn(params, batch, key) -> (scalar loss, aux with 'loss_per_example' [rows] and, for a
-# batch with rows beyond 'video' (joint image-video training), 'row_is_image' [rows]).
+# batch with rows beyond 'video' (joint image-video training), 'row_is_image' [rows]). A loss
+# function with the attribute `takes_step` = True is called with the keyword `step` (the
+# state's step counter, a traced int32 scalar) too, e.g. for an adversarial term's warm-up.
 LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
 
 _COND_DROP_SALT = 0   # step key fold-ins: 0 for conditioning dropout, 1 + i for microbatch i
@@ -79,10 +81,12 @@ def _row_is_image(batch: dict, aux: dict) -> jax.Array:
   return jnp.zeros(aux["loss_per_example"].shape, jnp.bool_)
 
 
-def _grads(params, batch, key, loss_fn: LossFn, accum: int):
+def _grads(params, batch, key, loss_fn: LossFn, accum: int, step=None):
   """(loss, per-example losses [rows], which rows are images [rows], the objective's own
   metrics {name: scalar} (aux 'metrics', mean over microbatches), mean gradient) over
   `accum` microbatches."""
+  if getattr(loss_fn, "takes_step", False) and step is not None:
+    loss_fn = functools.partial(loss_fn, step=step)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if accum == 1:
     (loss, aux), grads = grad_fn(params, batch, jax.random.fold_in(key, 1))
@@ -123,7 +127,7 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn,
   key = step_key(seed, state.step)
   batch = apply_cond_dropout(batch, jax.random.fold_in(key, _COND_DROP_SALT), cond_drop_prob)
   loss, per_example, row_is_image, objective_metrics, grads = _grads(
-      state.params, batch, key, loss_fn, grad_accum_steps)
+      state.params, batch, key, loss_fn, grad_accum_steps, step=state.step)
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 

@@ -6,7 +6,8 @@ network.py    AutoencoderKL (encoder, diagonal Gaussian posterior, decoder)
 layers.py     causal 3-D convs with an explicit frame cache, resamplers, norms, blocks
 chunked.py    encode / decode a long video chunk by chunk (lax.scan), chunk from a memory budget
 inflate.py    a trained 2-D autoencoder -> the 3-D one
-objective.py  the training loss (reconstruction + KL) and init
+objective.py  the training loss (reconstruction + KL [+ adversarial]) and init
+discriminator.py  the 3-D patch discriminator (hinge loss, R1) of adversarial training
 spec.py       VAESpec: the `model` section read and checked
 presets.py    paper-scale sections (SD, SVD, CogVideoX, Wan 2.1) and CPU-scale ones
 """
@@ -19,8 +20,10 @@ from vdm_jax.models.vae.spec import VAESpec
 
 def is_temporal_param(path: str) -> bool:
   """The layers Video LDM trains on a frozen per-frame autoencoder: the decoder's temporal
-  residual blocks ('*_temporal') and its output time conv ('conv_out_temporal')."""
-  return any(part.endswith("_temporal") for part in path.split("/"))
+  residual blocks ('*_temporal'), its output time conv ('conv_out_temporal'), and the 3-D
+  discriminator trained with them when there is one ('discriminator/...')."""
+  parts = path.split("/")
+  return parts[0] == "discriminator" or any(part.endswith("_temporal") for part in parts)
 
 
 FAMILY = family.ModelFamily(

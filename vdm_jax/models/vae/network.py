@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from vdm_jax.models.vae import layers
+from vdm_jax.models.vae.discriminator import PatchDiscriminator3D
 from vdm_jax.models.vae.spec import VAESpec
 
 
@@ -127,6 +128,18 @@ class AutoencoderKL(nn.Module):
   def setup(self):
     self.encoder = Encoder(self.spec)
     self.decoder = Decoder(self.spec)
+    if self.spec.discriminator:
+      self.discriminator = PatchDiscriminator3D(
+          tuple(int(c) for c in self.spec.discriminator), dtype=self.spec.compute_dtype,
+          param_dtype=self.spec.params_dtype)
+
+  def discriminate(self, x):
+    """Patch logits [B, T, H', W', 1] of the adversarial-training discriminator (discriminator.py)
+    on videos [B, T, H, W, C] in [-1, 1]; needs `model.discriminator`."""
+    if not self.spec.discriminator:
+      raise ValueError("this autoencoder has no discriminator: set model.discriminator, e.g. "
+                       "(32, 64, 128)")
+    return self.discriminator(x)
 
   def encode(self, x, train: bool = False):
     """[B, T, H, W, C] -> (mean, logvar), each [B, T', H', W', latent_channels] float32."""
@@ -143,4 +156,7 @@ class AutoencoderKL(nn.Module):
     if sample_posterior:
       eps = jax.random.normal(self.make_rng("sample"), mean.shape, jnp.float32)
       z = mean + jnp.exp(0.5 * logvar) * eps
-    return self.decode(z, train), mean, logvar
+    recon = self.decode(z, train)
+    if self.spec.discriminator and self.is_initializing():
+      self.discriminate(x)              # creates its parameters
+    return recon, mean, logvar

@@ -16,7 +16,7 @@ from vdm_jax.models.spec_common import DTYPES, DtypeProperties
 TIME_RESAMPLE = ("conv", "pool")
 KEYS = ("family", "channels", "num_res_blocks", "latent_channels", "image_channels",
         "temporal_kernel", "time_down", "norm", "norm_groups", "mid_attention", "quant_conv",
-        "temporal_decoder", "time_resample", "dropout", "dtype", "param_dtype", "logvar_min", "logvar_max")
+        "temporal_decoder", "time_resample", "discriminator", "dropout", "dtype", "param_dtype", "logvar_min", "logvar_max")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +34,8 @@ class VAESpec(DtypeProperties):
   temporal_decoder: bool = False           # Video LDM's temporal layers in the decoder
   time_resample: str = "conv"              # 'conv': learned causal time convs (Wan 2.1);
                                            # 'pool': average / repeat, no parameters (CogVideoX)
+  discriminator: tuple = ()                # widths of the 3-D patch discriminator trained
+                                           # with it (discriminator.py); () = none
   dropout: float = 0.0
   dtype: str = "float32"
   param_dtype: str = "float32"
@@ -47,7 +49,7 @@ class VAESpec(DtypeProperties):
       raise ValueError(f"model.{unknown[0]} is not a key of the autoencoder's model section "
                        f"(known: {', '.join(KEYS[1:])})")
     kw = {k: m[k] for k in KEYS[1:] if k in m}
-    for key in ("channels", "time_down"):
+    for key in ("channels", "time_down", "discriminator"):
       if key in kw:
         kw[key] = tuple(kw[key])
     spec = cls(**kw)
@@ -79,6 +81,9 @@ class VAESpec(DtypeProperties):
     if self.norm == "group" and any(int(c) % self.norm_groups for c in self.channels):
       out.append(f"model.norm_groups={self.norm_groups} must divide every width of "
                  f"model.channels={self.channels}")
+    if any(int(c) <= 0 for c in self.discriminator):
+      out.append(f"model.discriminator={self.discriminator} must be positive widths (or () for "
+                 "no discriminator)")
     if self.num_res_blocks < 1 or self.latent_channels < 1:
       out.append("model.num_res_blocks and model.latent_channels must be at least 1")
     for key in ("dtype", "param_dtype"):
