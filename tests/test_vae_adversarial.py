@@ -1,6 +1,5 @@
 """Adversarial autoencoder training: the 3-D patch discriminator, its hinge losses and R1, the
 one-backward-pass split of the two players' gradients, the warm-up, and the config checks."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +16,9 @@ from vdm_jax.train import objective as train_objective
 from vdm_jax.train import state as st
 from vdm_jax.train import step as sp
 
-FRAMES, SIZE = 5, 8
+import vae_helpers                       # tests/vae_helpers.py
+from vae_helpers import FRAMES, SIZE, clips
+
 ADV_W, R1_W, START = 0.3, 2.0, 10
 
 
@@ -33,40 +34,19 @@ def _config(**model):
   return c
 
 
-def _clips(n, seed=0):
-  rng = np.random.default_rng(seed)
-  v = np.full((n, FRAMES, SIZE, SIZE, 3), -0.6, np.float32)
-  for i in range(n):
-    colour, y = rng.uniform(-1, 1, 3), rng.integers(0, SIZE - 3)
-    for t in range(FRAMES):
-      v[i, t, y:y + 3, t:t + 3] = colour
-  return v
-
-
 @pytest.fixture(scope="module")
 def setup():
   c = _config()
   fam = registry.family(c.model)
   model = fam.module()
-  init = fam.init_fn(model, batch_like={"video": np.zeros((2, FRAMES, SIZE, SIZE, 3))})
-  abstract = nn.unbox(jax.eval_shape(init, jax.random.key(0)))   # no compile: numpy draws
-  rng = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    if path[-1].key == "scale":
-      return jnp.ones(leaf.shape, jnp.float32)
-    if path[-1].key in ("bias", "mix_logit"):
-      return jnp.zeros(leaf.shape, jnp.float32)
-    fan_in = max(int(np.prod(leaf.shape[:-1])), 1)
-    return jnp.asarray(rng.standard_normal(leaf.shape) / np.sqrt(fan_in), jnp.float32)
-  return c, model, jax.tree_util.tree_map_with_path(fill, abstract)
+  return c, model, vae_helpers.filled_params(fam, model)
 
 
 def test_the_discriminator_lives_beside_the_autoencoder_and_leaves_it_unchanged(setup):
   c, model, params = setup
   assert set(params) == {"encoder", "decoder", "discriminator"}
   plain = registry.family(_config(discriminator=()).model).module()
-  x = jnp.asarray(_clips(2))
+  x = jnp.asarray(clips(2))
   with_d = model.apply({"params": params}, x, sample_posterior=False)[0]
   without = plain.apply({"params": {k: v for k, v in params.items() if k != "discriminator"}},
                         x, sample_posterior=False)[0]
@@ -99,7 +79,7 @@ def _split(tree):
 def test_one_backward_pass_gives_each_player_its_own_gradient(setup):
   c, model, params = setup
   loss_fn = train_objective.make_loss_fn(c, model)
-  x = jnp.asarray(_clips(2, seed=1))
+  x = jnp.asarray(clips(2, seed=1))
   key = jax.random.key(5)
   got_fn = jax.jit(jax.value_and_grad(
       lambda p, step: loss_fn(p, {"video": x}, key, step=step), has_aux=True))
@@ -157,7 +137,7 @@ def test_the_train_step_passes_its_step_and_the_discriminator_learns_after_the_w
   step = jax.jit(lambda s, b: sp.train_step(s, b, loss_fn=loss_fn, tx=tx,
                                             lr_schedule=lambda _: 3e-3, seed=0, ema_decay=0.9))
   state = st.create_train_state(params, tx)
-  batch = {"video": jnp.asarray(_clips(4, seed=2))}
+  batch = {"video": jnp.asarray(clips(4, seed=2))}
   gaps = []
   for i in range(START + 30):
     before = state.params["discriminator"]

@@ -1,7 +1,6 @@
 """The autoencoder family (model.family='vae') through the shared training path: its objective,
 its metrics in the train step, its refusal where a denoiser is needed, its config checks and
 its reconstruction scores."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +20,10 @@ from vdm_jax.train import objective as train_objective
 from vdm_jax.train import state as st
 from vdm_jax.train import step as sp
 
-FRAMES, SIZE, KL_WEIGHT = 5, 8, 0.5
+import vae_helpers                       # tests/vae_helpers.py
+from vae_helpers import FRAMES, SIZE, clips
+
+KL_WEIGHT = 0.5
 
 
 def _config(**model):
@@ -34,41 +36,18 @@ def _config(**model):
   return c
 
 
-def _clips(n, seed=0):
-  """Moving squares on a flat background, [n, T, H, W, 3] in [-1, 1]."""
-  rng = np.random.default_rng(seed)
-  v = np.full((n, FRAMES, SIZE, SIZE, 3), -0.6, np.float32)
-  for i in range(n):
-    colour, y = rng.uniform(-1, 1, 3), rng.integers(0, SIZE - 3)
-    for t in range(FRAMES):
-      v[i, t, y:y + 3, t:t + 3] = colour
-  return v
-
-
 @pytest.fixture(scope="module")
 def setup():
   c = _config()
   fam = registry.family(c.model)
   model = fam.module()
-  # The abstract init (no compile) filled with numpy draws: every path of the network active.
-  init = fam.init_fn(model, batch_like={"video": np.zeros((2, FRAMES, SIZE, SIZE, 3))})
-  abstract = nn.unbox(jax.eval_shape(init, jax.random.key(0)))
-  rng = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    if path[-1].key == "scale":
-      return jnp.ones(leaf.shape, jnp.float32)
-    if path[-1].key in ("bias", "mix_logit"):
-      return jnp.zeros(leaf.shape, jnp.float32)
-    fan_in = max(int(np.prod(leaf.shape[:-1])), 1)
-    return jnp.asarray(rng.standard_normal(leaf.shape) / np.sqrt(fan_in), jnp.float32)
-  return c, fam, model, jax.tree_util.tree_map_with_path(fill, abstract)
+  return c, fam, model, vae_helpers.filled_params(fam, model)
 
 
 def test_the_loss_is_reconstruction_plus_weighted_kl_per_value_over_videos_and_images(setup):
   c, _, model, params = setup
   loss_fn = train_objective.make_loss_fn(c, model)      # dispatches to the family's objective
-  videos, images = _clips(2), _clips(4, seed=1)[:, :1]  # 2 clips, 2 extra images per clip
+  videos, images = clips(2), clips(4, seed=1)[:, :1]  # 2 clips, 2 extra images per clip
   key = jax.random.key(3)
   loss, aux = loss_fn(params, {"video": videos, IMAGE_PREFIX + "video": images}, key)  # eager
 
@@ -101,7 +80,7 @@ def test_the_train_step_lowers_the_loss_and_reports_the_objectives_metrics(setup
   step = jax.jit(lambda s, b: sp.train_step(s, b, loss_fn=loss_fn, tx=tx,
                                             lr_schedule=lambda _: 3e-3, seed=0, ema_decay=0.9))
   state = st.create_train_state(params, tx)
-  batch = {"video": jnp.asarray(_clips(2, seed=2))}
+  batch = {"video": jnp.asarray(clips(2, seed=2))}
   history = []
   for _ in range(40):
     state, metrics = step(state, batch)
@@ -166,7 +145,7 @@ def test_reconstruction_metrics_separate_a_steady_error_from_a_flickering_one():
 
 def test_reconstruct_decodes_the_posterior_mean_in_padded_batches(setup):
   _, _, model, params = setup
-  videos = _clips(3, seed=4)
+  videos = clips(3, seed=4)
   got = ae_eval.reconstruct(model, params, videos, batch_size=2)
   mean, _ = model.apply({"params": params}, jnp.asarray(videos), method=AutoencoderKL.encode)
   want = model.apply({"params": params}, mean, method=AutoencoderKL.decode)
