@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
@@ -32,21 +31,10 @@ from vdm_jax.sample import sampler
 from vdm_jax.sample import stage as stage_lib
 from vdm_jax.train import objective
 
+import vae_helpers                       # tests/vae_helpers.py
+
 FRAMES, SIZE, FPS = 5, 16, 4.0
 LATENT = (2, 4, 4, 4)                 # [T', H', W', C'] of a 5 x 16 x 16 clip
-
-
-def _random_params(abstract, seed):
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    if path[-1].key == "scale":
-      return np.ones(leaf.shape, np.float32)
-    if path[-1].key in ("bias", "mix_logit"):
-      return np.zeros(leaf.shape, np.float32)
-    return (rng.standard_normal(leaf.shape) / np.sqrt(max(np.prod(leaf.shape[:-1]), 1))).astype(
-        np.float32)
-  return jax.tree_util.tree_map_with_path(fill, nn.unbox(abstract))
 
 
 class FakeTextStore:
@@ -69,7 +57,7 @@ def built(tmp_path_factory):
   ae.model.update(presets.cpu("tiny"))
   fam = registry.family(ae.model)
   init = fam.init_fn(fam.module(), batch_like={"video": np.zeros((1, FRAMES, SIZE, SIZE, 3))})
-  params = _random_params(jax.eval_shape(init, jax.random.key(0)), seed=0)
+  params = vae_helpers.random_params(jax.eval_shape(init, jax.random.key(0)), seed=0)
   exported = str(root / "exported")
   entry = export.write_stage(exported, "vae", params, ae)
   export.write_manifest(exported, {"stages": {"vae": dict(entry, step=7)}})
@@ -213,7 +201,7 @@ def test_a_latent_stage_samples_decoded_pixels_and_chains_into_a_pixel_sr_stage(
   c, vae_params, _ = built
   fam = registry.family(c.model)
   init = fam.init_fn(fam.module(), batch_like=fam.example_batch(c))
-  params = _random_params(jax.eval_shape(init, jax.random.key(0)), seed=1)
+  params = vae_helpers.random_params(jax.eval_shape(init, jax.random.key(0)), seed=1)
   mesh = sharding_lib.create_mesh(c.sharding, jax.devices()[:1])
   stage = stage_lib.make_stage(c, params, NamedSharding(mesh, PartitionSpec()), step=1,
                                mesh=mesh, text_encoder=cascade_testlib.FakeTextEncoder())
@@ -254,7 +242,7 @@ def test_a_transformer_diffuses_the_same_latents_and_its_samples_are_decoded(bui
   fam = registry.family(c.model)
   model = fam.module()
   init = fam.init_fn(model, batch_like=fam.example_batch(c))
-  params = _random_params(jax.eval_shape(init, jax.random.key(0)), seed=2)
+  params = vae_helpers.random_params(jax.eval_shape(init, jax.random.key(0)), seed=2)
   store = FakeTextStore()
   store.dim = cascade_testlib.TEXT_DIM             # the width the sampler's text encoder gives
   batch = next(pipeline.make_train_iterator(c, text_store=store, process_index=0,

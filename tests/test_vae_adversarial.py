@@ -11,7 +11,7 @@ from vdm_jax import config_utils
 from vdm_jax import errors
 from vdm_jax.models import registry
 from vdm_jax.models.vae import discriminator as disc_lib
-from vdm_jax.models.vae import is_temporal_param, presets
+from vdm_jax.models.vae import is_temporal_param
 from vdm_jax.train import objective as train_objective
 from vdm_jax.train import state as st
 from vdm_jax.train import step as sp
@@ -23,12 +23,7 @@ ADV_W, R1_W, START = 0.3, 2.0, 10
 
 
 def _config(**model):
-  c = vae_config.get_config("adversarial=0.3")
-  c.frames, c.height, c.width = FRAMES, SIZE, SIZE
-  c.data.crop_frames = c.data.crop_height = c.data.crop_width = 0
-  c.model.update(presets.cpu("tiny2d"))
-  c.model.discriminator = (8, 16)
-  c.model.update(model)
+  c = vae_helpers.tiny_config("adversarial=0.3", "tiny2d", **{"discriminator": (8, 16), **model})
   c.autoencoder.update(kl_weight=0.5, adversarial_weight=ADV_W, r1_weight=R1_W,
                        adversarial_start=START)
   return c

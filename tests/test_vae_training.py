@@ -13,7 +13,7 @@ from vdm_jax import errors
 from vdm_jax.data import IMAGE_PREFIX
 from vdm_jax.eval import autoencoder as ae_eval
 from vdm_jax.models import registry
-from vdm_jax.models.vae import AutoencoderKL, kl_to_standard_normal, presets
+from vdm_jax.models.vae import AutoencoderKL, kl_to_standard_normal
 from vdm_jax.models.vae import objective as vae_objective
 from vdm_jax.sample import stage as stage_lib
 from vdm_jax.train import objective as train_objective
@@ -27,11 +27,7 @@ KL_WEIGHT = 0.5
 
 
 def _config(**model):
-  c = vae_config.get_config()
-  c.frames, c.height, c.width = FRAMES, SIZE, SIZE
-  c.data.crop_frames = c.data.crop_height = c.data.crop_width = 0
-  c.model.update(presets.cpu("tiny"))
-  c.model.update(model)
+  c = vae_helpers.tiny_config(**model)
   c.autoencoder.kl_weight = KL_WEIGHT
   return c
 
